@@ -1,0 +1,1 @@
+"""freshrank exporter: live weights -> ONNX -> check -> publish version directory -> Triton load."""

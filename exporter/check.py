@@ -1,0 +1,65 @@
+"""Checks before publishing: the ONNX file loads in onnxruntime and scores like torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from updater import FreshrankError
+from updater.batcher import Vocabularies, encode
+from updater.joiner import Sample
+from updater.model import Ranker
+
+DEFAULT_ATOL = 1e-4
+
+
+class CheckFailed(FreshrankError):
+    """A candidate version failed a pre-publish check; it must not be served."""
+
+
+def feeds(samples: list[Sample]) -> dict[str, np.ndarray]:
+    """Serving-contract inputs for ``samples`` (raw ids, as a client would send them)."""
+    return {
+        "user_id": np.array([s.user_id for s in samples], dtype=object),
+        "query": np.array([s.query for s in samples], dtype=object),
+        "item_id": np.array([s.item_id for s in samples], dtype=object),
+        "category": np.array([s.category for s in samples], dtype=object),
+        "brand": np.array([s.brand for s in samples], dtype=object),
+        "price": np.array([s.price for s in samples], dtype=np.float32),
+    }
+
+
+def open_session(onnx_path: Path, threads: int = 1) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+
+
+def check_parity(
+    onnx_path: Path, model: Ranker, vocabs: Vocabularies, samples: list[Sample], atol: float = DEFAULT_ATOL
+) -> float:
+    """Largest |onnxruntime - torch| score difference on ``samples``; raise when above ``atol``."""
+    if not samples:
+        raise CheckFailed("parity check needs at least one sample")
+    session = open_session(onnx_path)
+    (onnx_scores,) = session.run(["score"], feeds(samples))
+    batch = encode(samples, vocabs, model.config.max_tokens, grow=False)
+    with torch.no_grad():
+        torch_scores = torch.sigmoid(
+            model(
+                *(
+                    torch.from_numpy(a)
+                    for a in (batch.user, batch.tokens, batch.item, batch.category, batch.brand, batch.price)
+                )
+            )
+        ).numpy()
+    if not np.all(np.isfinite(onnx_scores)):
+        raise CheckFailed(f"onnxruntime produced non-finite scores for {onnx_path}")
+    diff = float(np.max(np.abs(onnx_scores - torch_scores)))
+    if diff > atol:
+        raise CheckFailed(f"expected onnxruntime to match torch within {atol}, got max difference {diff:.3g}")
+    return diff

@@ -1,0 +1,178 @@
+"""Build an ONNX graph from the live model, with the vocabularies inside it.
+
+Clients send raw string ids; ``ai.onnx.ml.LabelEncoder`` maps them to embedding rows with
+the vocabulary that matches these weights, so a version's ids and weights cannot disagree.
+The graph restates :meth:`updater.model.Ranker.forward` op for op; the parity check in
+:mod:`exporter.check` compares the two on real samples before anything is published.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from updater.batcher import Vocabularies
+from updater.model import FEATURES, Ranker
+from updater.vocab import OOV, PAD, RESERVED
+
+# Serving contract: input names are the event field names.
+STRING_INPUTS = {"user": "user_id", "item": "item_id", "category": "category", "brand": "brand"}
+QUERY_INPUT = "query"
+PRICE_INPUT = "price"
+OUTPUT = "score"
+INPUT_NAMES = ("user_id", "query", "item_id", "category", "brand", "price")
+ONNX_FILE = "model.onnx"
+DATA_FILE = "model.onnx.data"
+OPSET = 20
+ML_OPSET = 3
+
+
+def _weights(model: Ranker) -> dict[str, np.ndarray]:
+    sd = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    out = {f"emb_{f}": sd[f"embeddings.{f}.weight"] for f in FEATURES}
+    out["item_bias"] = sd["item_bias.weight"]
+    out["w1"], out["b1"] = sd["mlp.0.weight"], sd["mlp.0.bias"]
+    out["w2"], out["b2"] = sd["mlp.2.weight"], sd["mlp.2.bias"]
+    return out
+
+
+def _encoder(name: str, inp: str, out: str, keys: list[str]) -> onnx.NodeProto:
+    # "" (and padding) is row 0, every unknown id row 1 (OOV).
+    return helper.make_node(
+        "LabelEncoder",
+        [inp],
+        [out],
+        name=name,
+        domain="ai.onnx.ml",
+        keys_strings=["", *keys],
+        values_int64s=[PAD, *range(RESERVED, RESERVED + len(keys))],
+        default_int64=OOV,
+    )
+
+
+def build_onnx(model: Ranker, vocabs: Vocabularies) -> onnx.ModelProto:
+    """The serving graph: raw ids and price in, click probability ``score`` out."""
+    cfg = model.config
+    w = _weights(model)
+    nodes: list[onnx.NodeProto] = []
+    inits = [numpy_helper.from_array(arr, name) for name, arr in w.items()]
+    inits += [
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
+        numpy_helper.from_array(np.array([0], dtype=np.int64), "zero_i"),
+        numpy_helper.from_array(np.array([cfg.max_tokens], dtype=np.int64), "max_tokens"),
+        numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one_f"),
+        numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero_f"),
+        numpy_helper.from_array(np.array(PAD, dtype=np.int64), "pad_row"),
+    ]
+    emb: dict[str, str] = {}
+    for feature, inp in STRING_INPUTS.items():
+        nodes.append(_encoder(f"vocab_{feature}", inp, f"row_{feature}", vocabs[feature].keys()))
+        nodes.append(
+            helper.make_node("Gather", [f"emb_{feature}", f"row_{feature}"], [f"e_{feature}"], axis=0)
+        )
+        emb[feature] = f"e_{feature}"
+
+    # Query: lower-case, split on spaces, keep the first max_tokens, mean of token embeddings.
+    nodes += [
+        helper.make_node(
+            "StringNormalizer", [QUERY_INPUT], ["q_lower"], case_change_action="LOWER", locale="C.UTF-8"
+        ),
+        helper.make_node("StringSplit", ["q_lower"], ["q_tokens", "q_ntok"]),
+        _encoder("vocab_token", "q_tokens", "q_rows_all", vocabs["token"].keys()),
+        helper.make_node("Slice", ["q_rows_all", "zero_i", "max_tokens", "axis1"], ["q_rows"]),
+        helper.make_node("Gather", ["emb_token", "q_rows"], ["q_emb"], axis=0),
+        helper.make_node("ReduceSum", ["q_emb", "axis1"], ["q_sum"], keepdims=0),
+        helper.make_node("Not", ["q_is_pad"], ["q_real"]),
+        helper.make_node("Equal", ["q_rows", "pad_row"], ["q_is_pad"]),
+        helper.make_node("Cast", ["q_real"], ["q_real_f"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceSum", ["q_real_f", "axis1"], ["q_count0"], keepdims=1),
+        helper.make_node("Max", ["q_count0", "one_f"], ["q_count"]),
+        helper.make_node("Div", ["q_sum", "q_count"], ["e_query"]),
+    ]
+    # Price: log1p(max(price, 0)) as one column.
+    nodes += [
+        helper.make_node("Max", [PRICE_INPUT, "zero_f"], ["p_pos"]),
+        helper.make_node("Add", ["p_pos", "one_f"], ["p_1"]),
+        helper.make_node("Log", ["p_1"], ["p_log"]),
+        helper.make_node("Unsqueeze", ["p_log", "axis1"], ["p_col"]),
+    ]
+    nodes += [
+        helper.make_node("Mul", [emb["user"], emb["item"]], ["x_ui"]),
+        helper.make_node("Mul", ["e_query", emb["item"]], ["x_qi"]),
+        helper.make_node("Mul", ["e_query", emb["category"]], ["x_qc"]),
+        helper.make_node(
+            "Concat",
+            [
+                emb["user"],
+                "e_query",
+                emb["item"],
+                emb["category"],
+                emb["brand"],
+                "x_ui",
+                "x_qi",
+                "x_qc",
+                "p_col",
+            ],
+            ["x"],
+            axis=1,
+        ),
+        helper.make_node("Gemm", ["x", "w1", "b1"], ["h_pre"], transB=1),
+        helper.make_node("Relu", ["h_pre"], ["h"]),
+        helper.make_node("Gemm", ["h", "w2", "b2"], ["logit_col"], transB=1),
+        helper.make_node("Gather", ["item_bias", "row_item"], ["bias_col"], axis=0),
+        helper.make_node("Add", ["logit_col", "bias_col"], ["logit2"]),
+        helper.make_node("Squeeze", ["logit2", "axis1"], ["logit"]),
+        helper.make_node("Sigmoid", ["logit"], [OUTPUT]),
+    ]
+    # Topological order matters to the checker: "q_is_pad" is produced after its consumer above.
+    nodes = _toposort(nodes, {i.name for i in inits} | set(INPUT_NAMES))
+    inputs = [helper.make_tensor_value_info(n, TensorProto.STRING, ["N"]) for n in INPUT_NAMES[:-1]]
+    inputs.append(helper.make_tensor_value_info(PRICE_INPUT, TensorProto.FLOAT, ["N"]))
+    graph = helper.make_graph(
+        nodes,
+        "freshrank_ranker",
+        inputs,
+        [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N"])],
+        initializer=inits,
+    )
+    proto = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("ai.onnx.ml", ML_OPSET)],
+        producer_name="freshrank",
+    )
+    proto.ir_version = 9
+    return proto
+
+
+def _toposort(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.NodeProto]:
+    done: list[onnx.NodeProto] = []
+    ready = set(available)
+    todo = list(nodes)
+    while todo:
+        progressed = False
+        for node in list(todo):
+            if all(i in ready for i in node.input if i):
+                done.append(node)
+                ready.update(node.output)
+                todo.remove(node)
+                progressed = True
+        if not progressed:
+            raise ValueError(f"graph has unresolved inputs: {[n.name or n.op_type for n in todo]}")
+    return done
+
+
+def write_onnx(proto: onnx.ModelProto, directory: Path) -> list[Path]:
+    """Write ``model.onnx`` with its weights in ``model.onnx.data``; return the files written."""
+    directory.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(
+        proto,
+        str(directory / ONNX_FILE),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=DATA_FILE,
+        size_threshold=1024,
+    )
+    return [p for p in (directory / ONNX_FILE, directory / DATA_FILE) if p.exists()]

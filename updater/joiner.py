@@ -1,0 +1,146 @@
+"""The label join: impressions + later actions -> labelled samples.
+
+An impression waits in the join state for its attribution window. The first click,
+add-to-cart or purchase with the same ``request_id`` and ``item_id`` inside the window makes
+it a positive sample at once (fresh positives are what the model needs most); when the
+window closes without one, it becomes a negative. Time is event time: the window closes
+when the largest timestamp seen so far passes ``impression.ts + window``.
+
+Pure: no I/O; the whole state round-trips through :meth:`Joiner.state`.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import OrderedDict
+from dataclasses import astuple, dataclass
+
+from updater.events import ACTION_TYPES, Event, Rejection
+
+DEFAULT_WINDOW_MS = 10_000
+DEFAULT_MAX_PENDING = 500_000
+# Labelled keys remembered so that a cart after a click is not an orphan.
+DEFAULT_LABELLED_MEMORY = 200_000
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One labelled training example; ``action_ts_ms`` is 0 for negatives."""
+
+    user_id: str
+    query: str
+    item_id: str
+    category: str
+    brand: str
+    price: float
+    label: int
+    impression_ts_ms: int
+    action_ts_ms: int
+
+
+class Joiner:
+    """Joins impressions with the actions that follow them."""
+
+    def __init__(
+        self,
+        window_ms: int = DEFAULT_WINDOW_MS,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        labelled_memory: int = DEFAULT_LABELLED_MEMORY,
+    ) -> None:
+        if window_ms <= 0:
+            raise ValueError(f"expected a positive attribution window, got {window_ms!r} ms")
+        self.window_ms = window_ms
+        self.max_pending = max_pending
+        self.labelled_memory = labelled_memory
+        self._pending: dict[tuple[str, str], Event] = {}
+        self._deadlines: list[tuple[int, str, str]] = []  # (ts, request_id, item_id), a min-heap
+        self._labelled: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self.watermark_ms = 0
+        self.repeated_impressions = 0
+        self.extra_actions = 0
+        self.forced_negatives = 0
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def add(self, event: Event) -> list[Sample] | Rejection:
+        """Take one event; return the samples it completes (possibly none) or a rejection."""
+        self.watermark_ms = max(self.watermark_ms, event.ts_ms)
+        key = (event.request_id, event.item_id)
+        if event.type in ACTION_TYPES:
+            impression = self._pending.pop(key, None)
+            if impression is not None:
+                self._remember_labelled(key)
+                return [_sample(impression, 1, event.ts_ms)]
+            if key in self._labelled:
+                self.extra_actions += 1
+                return []
+            return Rejection("orphan_action", "no impression with this request_id and item_id")
+        if key in self._pending or key in self._labelled:
+            self.repeated_impressions += 1
+            return []
+        self._pending[key] = event
+        heapq.heappush(self._deadlines, (event.ts_ms, event.request_id, event.item_id))
+        if len(self._pending) > self.max_pending:
+            # Memory is bounded: close the oldest impressions early, as negatives.
+            return self._pop_oldest(len(self._pending) - self.max_pending)
+        return []
+
+    def expire(self) -> list[Sample]:
+        """Close every impression whose window ended before the watermark: negatives."""
+        out: list[Sample] = []
+        limit = self.watermark_ms - self.window_ms
+        while self._deadlines and self._deadlines[0][0] < limit:
+            _, request_id, item_id = heapq.heappop(self._deadlines)
+            impression = self._pending.pop((request_id, item_id), None)
+            if impression is not None:
+                out.append(_sample(impression, 0, 0))
+        return out
+
+    def _pop_oldest(self, count: int) -> list[Sample]:
+        out: list[Sample] = []
+        while len(out) < count and self._deadlines:
+            _, request_id, item_id = heapq.heappop(self._deadlines)
+            impression = self._pending.pop((request_id, item_id), None)
+            if impression is not None:
+                out.append(_sample(impression, 0, 0))
+                self.forced_negatives += 1
+        return out
+
+    def _remember_labelled(self, key: tuple[str, str]) -> None:
+        self._labelled[key] = None
+        if len(self._labelled) > self.labelled_memory:
+            self._labelled.popitem(last=False)
+
+    def state(self) -> dict[str, object]:
+        return {
+            "window_ms": self.window_ms,
+            "watermark_ms": self.watermark_ms,
+            "pending": [astuple(e) for e in self._pending.values()],
+            "labelled": list(self._labelled),
+            "counters": [self.repeated_impressions, self.extra_actions, self.forced_negatives],
+        }
+
+    def restore(self, state: dict[str, object]) -> None:
+        self.watermark_ms = int(state["watermark_ms"])  # type: ignore[call-overload]
+        pending = [Event(*row) for row in state["pending"]]  # type: ignore[attr-defined]
+        self._pending = {(e.request_id, e.item_id): e for e in pending}
+        self._deadlines = [(e.ts_ms, e.request_id, e.item_id) for e in pending]
+        heapq.heapify(self._deadlines)
+        self._labelled = OrderedDict.fromkeys(tuple(k) for k in state["labelled"])  # type: ignore[attr-defined]
+        self.repeated_impressions, self.extra_actions, self.forced_negatives = state["counters"]  # type: ignore[misc]
+
+
+def _sample(impression: Event, label: int, action_ts_ms: int) -> Sample:
+    return Sample(
+        user_id=impression.user_id,
+        query=impression.query,
+        item_id=impression.item_id,
+        category=impression.category,
+        brand=impression.brand,
+        price=impression.price,
+        label=label,
+        impression_ts_ms=impression.ts_ms,
+        action_ts_ms=action_ts_ms,
+    )

@@ -1,0 +1,108 @@
+"""Test-then-train: score a micro-batch with the current weights, then take one step on it."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from updater.batcher import Batch
+from updater.metrics import Prequential
+from updater.model import Ranker, RankerConfig
+
+DEFAULT_SPARSE_LR = 0.01
+DEFAULT_DENSE_LR = 0.003
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """``auto`` takes CUDA when present, else the CPU."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+class Learner:
+    """Owns the model, its two optimisers and the prequential metrics."""
+
+    def __init__(
+        self,
+        config: RankerConfig,
+        device: str = "auto",
+        sparse_lr: float = DEFAULT_SPARSE_LR,
+        dense_lr: float = DEFAULT_DENSE_LR,
+        seed: int = 0,
+    ) -> None:
+        torch.manual_seed(seed)
+        self.config = config
+        self.device = pick_device(device)
+        self.model = Ranker(config).to(self.device)
+        self.sparse_opt = torch.optim.SparseAdam(self.model.sparse_parameters(), lr=sparse_lr)
+        self.dense_opt = torch.optim.Adam(self.model.dense_parameters(), lr=dense_lr)
+        self.loss_fn = nn.BCEWithLogitsLoss()
+        self.metrics = Prequential()
+        self.samples_trained = 0
+        self.steps = 0
+
+    def _tensors(self, batch: Batch) -> tuple[torch.Tensor, ...]:
+        dev = self.device
+        return tuple(
+            torch.from_numpy(a).to(dev, non_blocking=True)
+            for a in (batch.user, batch.tokens, batch.item, batch.category, batch.brand, batch.price)
+        )
+
+    def learn(self, batch: Batch) -> np.ndarray:
+        """Score ``batch`` (recorded in the prequential metrics), then learn from it.
+
+        Returns the scores the model gave before the update.
+        """
+        self.model.train()
+        logits = self.model(*self._tensors(batch))
+        labels = torch.from_numpy(batch.label).to(self.device)
+        scores = torch.sigmoid(logits.detach()).cpu().numpy()
+        self.metrics.update(scores, batch.label)
+        loss = self.loss_fn(logits, labels)
+        self.sparse_opt.zero_grad(set_to_none=True)
+        self.dense_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.sparse_opt.step()
+        self.dense_opt.step()
+        self.samples_trained += len(batch)
+        self.steps += 1
+        return scores
+
+    @torch.no_grad()
+    def score(self, batch: Batch) -> np.ndarray:
+        self.model.eval()
+        return torch.sigmoid(self.model(*self._tensors(batch))).cpu().numpy()
+
+    def frozen_copy(self) -> Ranker:
+        """A CPU copy of the model for export, detached from further training."""
+        model = copy.deepcopy(self.model).to("cpu")
+        model.eval()
+        return model
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "model": self.model.state_dict(),
+            "sparse_opt": self.sparse_opt.state_dict(),
+            "dense_opt": self.dense_opt.state_dict(),
+            "metrics": self.metrics.state(),
+            "samples_trained": self.samples_trained,
+            "steps": self.steps,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        if state["config"] != self.config.to_dict():
+            raise ValueError(
+                f"checkpoint model config {state['config']} differs from {self.config.to_dict()}"
+            )
+        self.model.load_state_dict(state["model"])
+        self.sparse_opt.load_state_dict(state["sparse_opt"])
+        self.dense_opt.load_state_dict(state["dense_opt"])
+        self.metrics.restore(state["metrics"])
+        self.samples_trained = int(state["samples_trained"])
+        self.steps = int(state["steps"])

@@ -1,0 +1,97 @@
+"""The ranking model: embeddings for user, query tokens, item, category and brand, plus price.
+
+Scores ``P(click | user, query, item)``. Embedding tables are sparse (``sparse=True``) so an
+optimiser step touches only the rows in the batch; the rest is a small dense MLP.
+The exporter rebuilds exactly this computation as an ONNX graph (see
+``exporter/onnx_export.py``); the parity check keeps the two honest.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from updater.vocab import PAD
+
+FEATURES = ("user", "token", "item", "category", "brand")
+
+
+@dataclass(frozen=True)
+class RankerConfig:
+    """Hyperparameters; capacities are rows per vocabulary (including the 2 reserved rows)."""
+
+    user_capacity: int = 200_000
+    token_capacity: int = 50_000
+    item_capacity: int = 200_000
+    category_capacity: int = 2_000
+    brand_capacity: int = 10_000
+    dim: int = 16
+    hidden: int = 64
+    max_tokens: int = 8
+    # The output bias starts at logit(prior_ctr), so early scores are calibrated and the
+    # prequential metrics are not dominated by the bias walking down from 0.5.
+    prior_ctr: float = 0.1
+
+    def capacity(self, feature: str) -> int:
+        return int(getattr(self, f"{feature}_capacity"))
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+class Ranker(nn.Module):
+    """Click-probability model over (user, query tokens, item, category, brand, price)."""
+
+    def __init__(self, config: RankerConfig) -> None:
+        super().__init__()
+        self.config = config
+        d = config.dim
+        self.embeddings = nn.ModuleDict(
+            {f: nn.Embedding(config.capacity(f), d, padding_idx=PAD, sparse=True) for f in FEATURES}
+        )
+        self.item_bias = nn.Embedding(config.item_capacity, 1, padding_idx=PAD, sparse=True)
+        for table in self.tables():
+            nn.init.normal_(table.weight, std=0.05)
+            with torch.no_grad():
+                table.weight[PAD].zero_()
+        nn.init.zeros_(self.item_bias.weight)
+        # [user, query, item, category, brand, user*item, query*item, query*category, log price]
+        self.mlp = nn.Sequential(nn.Linear(8 * d + 1, config.hidden), nn.ReLU(), nn.Linear(config.hidden, 1))
+        with torch.no_grad():
+            self.mlp[2].bias.fill_(  # type: ignore[operator]
+                math.log(config.prior_ctr / (1 - config.prior_ctr))
+            )
+
+    def tables(self) -> list[nn.Embedding]:
+        return [t for t in self.embeddings.values() if isinstance(t, nn.Embedding)]
+
+    def sparse_parameters(self) -> list[torch.Tensor]:
+        return [t.weight for t in self.tables()] + [self.item_bias.weight]
+
+    def dense_parameters(self) -> list[nn.Parameter]:
+        return list(self.mlp.parameters())
+
+    def forward(
+        self,
+        user: torch.Tensor,
+        tokens: torch.Tensor,
+        item: torch.Tensor,
+        category: torch.Tensor,
+        brand: torch.Tensor,
+        price: torch.Tensor,
+    ) -> torch.Tensor:
+        """Logits, shape ``[N]``. ``tokens`` is ``[N, T]`` padded with row 0."""
+        e = self.embeddings
+        u = e["user"](user)
+        tok = e["token"](tokens)
+        count = (tokens != PAD).sum(dim=1, keepdim=True).clamp(min=1).to(tok.dtype)
+        q = tok.sum(dim=1) / count
+        i = e["item"](item)
+        c = e["category"](category)
+        b = e["brand"](brand)
+        p = torch.log1p(price.clamp(min=0)).unsqueeze(1)
+        x = torch.cat([u, q, i, c, b, u * i, q * i, q * c, p], dim=1)
+        return self.mlp(x).squeeze(1) + self.item_bias(item).squeeze(1)

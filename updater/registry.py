@@ -1,0 +1,193 @@
+"""The PostgreSQL registry: every published version, and every dead letter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import orjson
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS model_versions (
+    model         text        NOT NULL,
+    version       integer     NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    status        text        NOT NULL,
+    offsets       jsonb       NOT NULL,
+    samples_seen  bigint      NOT NULL,
+    metrics       jsonb       NOT NULL,
+    path          text,
+    size_bytes    bigint,
+    sha256        text,
+    reason        text,
+    PRIMARY KEY (model, version)
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id          bigserial   PRIMARY KEY,
+    received_at timestamptz NOT NULL DEFAULT now(),
+    topic       text        NOT NULL,
+    partition   integer     NOT NULL,
+    "offset"    bigint      NOT NULL,
+    reason      text        NOT NULL,
+    detail      text        NOT NULL DEFAULT '',
+    key         bytea,
+    raw         bytea,
+    UNIQUE (topic, partition, "offset")
+);
+CREATE INDEX IF NOT EXISTS dead_letters_reason ON dead_letters (reason);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    topic: str
+    partition: int
+    offset: int
+    reason: str
+    detail: str
+    key: bytes | None
+    raw: bytes | None
+
+
+def _jsonb(value: object) -> str:
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS).decode()
+
+
+class Registry:
+    """asyncpg pool over the registry tables; ``async with Registry(dsn)``."""
+
+    def __init__(self, dsn: str, model: str = "ranker") -> None:
+        self.dsn = dsn
+        self.model = model
+        self._pool: asyncpg.Pool | None = None
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("registry is not started")
+        return self._pool
+
+    async def start(self) -> None:
+        if self._pool is None:
+            self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=4, command_timeout=30)
+            # Two starters at once must not race on CREATE TABLE IF NOT EXISTS.
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(7243001)")
+                await conn.execute(SCHEMA)
+
+    async def stop(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    async def __aenter__(self) -> Registry:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def add_dead_letters(self, letters: list[DeadLetter]) -> None:
+        """Store dead letters; a replayed record (same topic/partition/offset) is stored once."""
+        if not letters:
+            return
+        await self.pool.executemany(
+            'INSERT INTO dead_letters (topic, partition, "offset", reason, detail, key, raw) '
+            "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+            [(d.topic, d.partition, d.offset, d.reason, d.detail, d.key, d.raw) for d in letters],
+        )
+
+    async def dead_letter_counts(self) -> dict[str, int]:
+        rows = await self.pool.fetch(
+            "SELECT reason, count(*) AS n FROM dead_letters GROUP BY reason ORDER BY reason"
+        )
+        return {r["reason"]: int(r["n"]) for r in rows}
+
+    async def dead_letters(self, reason: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        rows = await self.pool.fetch(
+            'SELECT id, received_at, topic, partition, "offset", reason, detail, key, raw FROM dead_letters '
+            "WHERE ($1::text IS NULL OR reason = $1) ORDER BY id DESC LIMIT $2",
+            reason,
+            limit,
+        )
+        return [dict(r) for r in rows]
+
+    async def max_version(self) -> int:
+        value = await self.pool.fetchval(
+            "SELECT max(version) FROM model_versions WHERE model = $1", self.model
+        )
+        return int(value or 0)
+
+    async def add_version(
+        self,
+        version: int,
+        status: str,
+        offsets: dict[str, int],
+        samples_seen: int,
+        metrics: dict[str, Any],
+        path: str | None = None,
+        size_bytes: int | None = None,
+        sha256: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        await self.pool.execute(
+            "INSERT INTO model_versions (model, version, status, offsets, samples_seen, metrics, path,"
+            " size_bytes, sha256, reason) VALUES ($1, $2, $3, $4::jsonb, $5, $6::jsonb, $7, $8, $9, $10)"
+            " ON CONFLICT (model, version) DO UPDATE SET status = EXCLUDED.status, reason = EXCLUDED.reason",
+            self.model,
+            version,
+            status,
+            _jsonb(offsets),
+            samples_seen,
+            _jsonb(metrics),
+            path,
+            size_bytes,
+            sha256,
+            reason,
+        )
+
+    async def mark_live(self, version: int, metrics_update: dict[str, Any] | None = None) -> None:
+        """``version`` is now served; the version served before it is retired."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "UPDATE model_versions SET status = 'retired' WHERE model = $1 AND status = 'live'",
+                self.model,
+            )
+            await conn.execute(
+                "UPDATE model_versions SET status = 'live', metrics = metrics || $3::jsonb"
+                " WHERE model = $1 AND version = $2",
+                self.model,
+                version,
+                _jsonb(metrics_update or {}),
+            )
+
+    async def set_status(self, version: int, status: str, reason: str | None = None) -> None:
+        await self.pool.execute(
+            "UPDATE model_versions SET status = $3, reason = $4 WHERE model = $1 AND version = $2",
+            self.model,
+            version,
+            status,
+            reason,
+        )
+
+    async def versions(self, limit: int = 50) -> list[dict[str, Any]]:
+        rows = await self.pool.fetch(
+            "SELECT version, created_at, status, offsets, samples_seen, metrics, size_bytes, sha256, reason"
+            " FROM model_versions WHERE model = $1 ORDER BY version DESC LIMIT $2",
+            self.model,
+            limit,
+        )
+        out = []
+        for r in rows:
+            row = dict(r)
+            row["offsets"] = orjson.loads(row["offsets"])
+            row["metrics"] = orjson.loads(row["metrics"])
+            out.append(row)
+        return out
+
+    async def live_version(self) -> int | None:
+        value = await self.pool.fetchval(
+            "SELECT max(version) FROM model_versions WHERE model = $1 AND status = 'live'", self.model
+        )
+        return int(value) if value is not None else None
