@@ -17,7 +17,8 @@ COPY model_repository ./model_repository
 # CPU build of PyTorch. For CUDA training, use the matching cu12x index instead
 # (e.g. https://download.pytorch.org/whl/cu124) and give the updater a GPU in compose;
 # serving on GPU is already handled by the NGC Triton image.
-RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu .
+# Editable, so the code finds model_repository/ranker/config.pbtxt beside it.
+RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu -e .
 
 # Non-root runtime user. /models and /state are created here and owned by it so that
 # fresh named volumes mounted there take that ownership and the updater can write them.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 
 from updater import FreshrankError
 from updater.batcher import Vocabularies, encode
+from updater.events import normalise_query
 from updater.joiner import Sample
 from updater.model import Ranker
 
@@ -47,7 +49,9 @@ def check_parity(
         raise CheckFailed("parity check needs at least one sample")
     session = open_session(onnx_path)
     (onnx_scores,) = session.run(["score"], feeds(samples))
-    batch = encode(samples, vocabs, model.config.max_tokens, grow=False)
+    # The graph lower-cases and splits raw queries itself; torch sees them as the cleaner leaves them.
+    cleaned = [replace(s, query=normalise_query(s.query)) for s in samples]
+    batch = encode(cleaned, vocabs, model.config.max_tokens, grow=False)
     with torch.no_grad():
         torch_scores = torch.sigmoid(
             model(

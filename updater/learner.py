@@ -13,7 +13,7 @@ from updater.batcher import Batch
 from updater.metrics import Prequential
 from updater.model import Ranker, RankerConfig
 
-DEFAULT_SPARSE_LR = 0.01
+DEFAULT_SPARSE_LR = 0.03
 DEFAULT_DENSE_LR = 0.003
 
 

@@ -1,0 +1,40 @@
+# freshrank: `make demo` runs the whole loop locally, `make test` runs lint, types and every test.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+ARGS   ?=
+
+.PHONY: demo test lint unit e2e clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# torch is pinned to 2.13.0 in pyproject.toml: on these machines pip takes the CPU build.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/freshrank up $(ARGS)
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+unit: $(VENV)/.installed-test
+	$(BIN)/python -m pytest tests/unit -q
+
+e2e: $(VENV)/.installed-test
+	$(BIN)/python -m pytest tests/e2e -q
+
+test: lint
+	$(BIN)/python -m pytest -q -rs
+
+clean:
+	rm -rf $(VENV) .freshrank .pytest_cache .mypy_cache .ruff_cache

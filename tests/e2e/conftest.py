@@ -1,0 +1,102 @@
+"""End-to-end fixtures: a real broker, PostgreSQL and Triton per test, on free ports."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from freshrank.stack import EmbeddedStack, free_port
+from updater.model import RankerConfig
+from updater.settings import UpdaterSettings
+from updater.source import ensure_topic
+
+pytestmark = pytest.mark.e2e
+
+TOPIC = "events"
+SMALL_MODEL = RankerConfig(
+    user_capacity=2_000,
+    token_capacity=500,
+    item_capacity=2_000,
+    category_capacity=50,
+    brand_capacity=50,
+    dim=8,
+    hidden=16,
+)
+
+
+@pytest.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[EmbeddedStack]:
+    async with EmbeddedStack(tmp_path / "stack", free_port(), free_port(), free_port()) as s:
+        await ensure_topic(s.addresses.bootstrap, TOPIC, partitions=3)
+        yield s
+
+
+@pytest.fixture
+def settings_for(tmp_path: Path) -> Callable[..., UpdaterSettings]:
+    def make(stack: EmbeddedStack, **overrides: Any) -> UpdaterSettings:
+        a = stack.addresses
+        values: dict[str, Any] = dict(
+            bootstrap=a.bootstrap,
+            pg_dsn=a.pg_dsn,
+            repository=Path(a.repository),
+            state_dir=tmp_path / "updater",
+            triton_grpc=a.triton_grpc,
+            topic=TOPIC,
+            batch_size=64,
+            max_wait_s=0.2,
+            publish_interval_s=0.5,
+            checkpoint_interval_s=1.0,
+            window_ms=2_000,
+            model=SMALL_MODEL,
+        )
+        values.update(overrides)
+        return UpdaterSettings(**values)
+
+    return make
+
+
+async def send(bootstrap: str, records: list[tuple[bytes | None, bytes | None]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    await producer.start()
+    try:
+        futures = [await producer.send(TOPIC, key=k, value=v) for k, v in records]
+        for f in futures:
+            await f
+    finally:
+        await producer.stop()
+
+
+def event(
+    etype: str,
+    ts: int,
+    user: str,
+    request: str,
+    item: str,
+    eid: str,
+    query: str = "red shoes",
+    position: int = 0,
+    category: str = "shoes",
+) -> tuple[bytes, bytes]:
+    body: dict[str, Any] = {
+        "event_id": eid,
+        "type": etype,
+        "ts": ts,
+        "user_id": user,
+        "request_id": request,
+        "query": query,
+        "item_id": item,
+        "item": {"category": category, "brand": "acme", "price": 49.0},
+    }
+    if etype == "impression":
+        body["position"] = position
+    return user.encode(), orjson.dumps(body)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)

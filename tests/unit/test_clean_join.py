@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import pytest
+
+from updater.clean import DUPLICATE, Cleaner, Deduper
+from updater.events import Event, Rejection
+from updater.joiner import Joiner
+
+
+def ev(etype: str, ts: int, request: str = "r1", item: str = "i1", eid: str | None = None) -> Event:
+    return Event(
+        eid or f"{etype}-{request}-{item}-{ts}",
+        etype,
+        ts,
+        "u1",
+        request,
+        "red shoes",
+        item,
+        0,
+        "shoes",
+        "acme",
+        10.0,
+        "",
+        "",
+    )
+
+
+def test_deduper_forgets_oldest_beyond_capacity() -> None:
+    d = Deduper(capacity=2)
+    assert not d.seen("a") and not d.seen("b")
+    assert d.seen("a")
+    assert not d.seen("c")  # evicts "a", the oldest
+    restored = Deduper(2)
+    restored.restore(d.state())
+    assert restored.seen("b") and restored.seen("c")
+    assert not restored.seen("a")
+
+
+def test_cleaner_counts_duplicates() -> None:
+    c = Cleaner()
+    raw = b'{"event_id":"x","type":"click","ts":1800000000000,"user_id":"u","request_id":"r","item_id":"i"}'
+    assert isinstance(c.clean(raw, 1_800_000_000_000), Event)
+    assert c.clean(raw, 1_800_000_000_000) is DUPLICATE
+    assert c.duplicates == 1
+
+
+def test_click_within_window_is_positive_at_once() -> None:
+    j = Joiner(window_ms=1000)
+    assert j.add(ev("impression", 0)) == []
+    samples = j.add(ev("click", 500))
+    assert isinstance(samples, list) and len(samples) == 1
+    assert samples[0].label == 1 and samples[0].action_ts_ms == 500
+    assert j.add(ev("add_to_cart", 700)) == []  # a later action on the same impression
+    assert j.extra_actions == 1
+
+
+def test_window_close_makes_negatives() -> None:
+    j = Joiner(window_ms=1000)
+    j.add(ev("impression", 0, item="a"))
+    j.add(ev("impression", 100, item="b"))
+    assert j.expire() == []
+    j.add(ev("impression", 1050, item="c"))
+    negatives = j.expire()
+    assert [s.item_id for s in negatives] == ["a"]
+    assert negatives[0].label == 0
+    assert j.pending == 2
+
+
+def test_orphan_action_is_rejected() -> None:
+    j = Joiner(window_ms=1000)
+    result = j.add(ev("click", 10, request="nope"))
+    assert isinstance(result, Rejection) and result.reason == "orphan_action"
+
+
+def test_late_click_after_window_is_orphan() -> None:
+    j = Joiner(window_ms=1000)
+    j.add(ev("impression", 0))
+    j.add(ev("impression", 5000, item="other"))
+    assert len(j.expire()) == 1
+    assert isinstance(j.add(ev("click", 5001)), Rejection)
+
+
+def test_state_round_trip_keeps_pending_impressions() -> None:
+    j = Joiner(window_ms=1000)
+    j.add(ev("impression", 0, item="a"))
+    j.add(ev("impression", 0, item="b"))
+    j.add(ev("click", 10, item="a"))
+    k = Joiner(window_ms=1000)
+    k.restore(j.state())
+    assert k.pending == 1
+    assert k.add(ev("add_to_cart", 20, item="a")) == []  # remembered as labelled
+    assert [s.label for s in k.add(ev("click", 30, item="b"))] == [1]  # type: ignore[union-attr]
+
+
+def test_pending_is_bounded() -> None:
+    j = Joiner(window_ms=10_000, max_pending=3)
+    out = []
+    for i in range(5):
+        out += j.add(ev("impression", i, item=str(i)))  # type: ignore[arg-type]
+    assert j.pending == 3 and [s.item_id for s in out] == ["0", "1"]
+    assert j.forced_negatives == 2
+
+
+def test_window_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="positive attribution window"):
+        Joiner(window_ms=0)

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from freshrank.simulator import ShopSimulator, SimulatorConfig, encode_event
+from updater import ConfigError
+from updater.events import Event, parse_event
+from updater.settings import UpdaterSettings
+
+START = 1_800_000_000_000
+
+
+def run(sim: ShopSimulator, seconds: int, per_s: int = 20) -> list[dict[str, object]]:
+    out: list[dict[str, object]] = []
+    for k in range(seconds * per_s):
+        now = START + k * 1000 // per_s
+        out += sim.due(now) + sim.request(now)
+    return out
+
+
+def test_same_seed_same_events() -> None:
+    a = run(ShopSimulator(SimulatorConfig(seed=3), START), 5)
+    b = run(ShopSimulator(SimulatorConfig(seed=3), START), 5)
+    c = run(ShopSimulator(SimulatorConfig(seed=4), START), 5)
+    assert a == b
+    assert a != c
+
+
+def test_events_follow_the_contract_and_truth_drifts() -> None:
+    sim = ShopSimulator(SimulatorConfig(seed=1, bad_rate=0.0, launch_every_s=2.0), START)
+    events = run(sim, 30)
+    parsed = [parse_event(encode_event(e)[1], START + 60_000) for e in events]
+    assert all(isinstance(p, Event) for p in parsed)
+    types = {p.type for p in parsed if isinstance(p, Event)}
+    assert types == {"impression", "click", "add_to_cart", "purchase"}
+    assert len(sim.launched) == 14  # one every 2 s after the start, up to 29.95 s
+    assert any(isinstance(p, Event) and p.item_id in sim.launched for p in parsed)
+    assert sim.trend("phone", START) != sim.trend("phone", START + 45_000)
+
+
+def test_bad_events_are_mixed_in_when_asked() -> None:
+    events = run(ShopSimulator(SimulatorConfig(seed=1, bad_rate=0.05), START), 10)
+    bad = [e for e in events if not isinstance(parse_event(encode_event(e)[1], START + 60_000), Event)]
+    assert bad
+
+
+def test_settings_validate_with_clear_messages(tmp_path: Path) -> None:
+    ok = dict(bootstrap="127.0.0.1:9092", pg_dsn="postgresql://x@/db", repository=tmp_path)
+    UpdaterSettings(**ok)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="expected batch_size to be a positive integer, got 0"):
+        UpdaterSettings(**ok, batch_size=0)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="HOST:PORT"):
+        UpdaterSettings(**{**ok, "bootstrap": "kafka"})  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="device"):
+        UpdaterSettings(**ok, device="tpu")  # type: ignore[arg-type]
