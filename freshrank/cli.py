@@ -260,7 +260,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 status["triton_ready"] = await triton.ready()
         if pg_dsn:
             async with Registry(pg_dsn) as registry:
-                status["versions_published"] = len(await registry.versions(limit=100_000))
+                status["versions_published"] = await registry.count_published()
                 status["registry_live_version"] = await registry.live_version()
                 status["dead_letters_by_reason"] = await registry.dead_letter_counts()
 

@@ -113,6 +113,13 @@ class Registry:
         )
         return [dict(r) for r in rows]
 
+    async def count_published(self) -> int:
+        """Versions that were published (served now, served before, or written and not loaded)."""
+        value = await self.pool.fetchval(
+            "SELECT count(*) FROM model_versions WHERE model = $1 AND status NOT IN ('rejected')", self.model
+        )
+        return int(value)
+
     async def max_version(self) -> int:
         value = await self.pool.fetchval(
             "SELECT max(version) FROM model_versions WHERE model = $1", self.model

@@ -138,7 +138,7 @@ class Updater:
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
         self._restore()
         await self.registry.start()
-        self.counters.versions_published = await self.registry.max_version()
+        self.counters.versions_published = await self.registry.count_published()
         self.source = EventSource(
             self.settings.bootstrap, self.settings.topic, self.settings.group, resume_offsets=self.positions
         )
@@ -423,7 +423,7 @@ class Updater:
             published.size_bytes,
             published.sha256,
         )
-        self.counters.versions_published = version
+        self.counters.versions_published += 1
         if self.triton is None:
             self.live_version = version
             await self.registry.mark_live(version)
