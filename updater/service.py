@@ -43,6 +43,7 @@ from updater.clean import Cleaner
 from updater.events import Event, Rejection
 from updater.joiner import Joiner, Sample
 from updater.learner import Learner
+from updater.ledger import Ledger
 from updater.model import Ranker
 from updater.registry import DeadLetter, Registry
 from updater.settings import UpdaterSettings
@@ -77,7 +78,7 @@ class Snapshot:
     vocabs: Vocabularies
     offsets: dict[str, int]
     samples_trained: int
-    metrics: dict[str, float]
+    metrics: dict[str, Any]
     parity_samples: list[Sample]
     fresh_action_ts_ms: list[int]
     taken_at: float = field(default_factory=time.time)
@@ -107,7 +108,7 @@ class Updater:
         self.triton = TritonModel(s.triton_grpc) if s.triton_grpc else None
         self.source: EventSource | None = None
         self.counters = Counters()
-        self.positions: dict[str, int] = {}
+        self.ledger = Ledger()
         self.dead_by_reason: dict[str, int] = {}
         self.freshness_s: deque[float] = deque(maxlen=FRESHNESS_MEMORY)
         self.live_version: int | None = None
@@ -127,6 +128,11 @@ class Updater:
         self._last_checkpoint = time.monotonic()
         self._published_samples = -1
         self._started = False
+
+    @property
+    def positions(self) -> dict[str, int]:
+        """Next offset to read per ``topic:partition``, from the ledger."""
+        return self.ledger.positions()
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -242,6 +248,8 @@ class Updater:
         samples: list[Sample] = []
         counters = self.counters
         for rec in records:
+            if not self.ledger.accept(f"{rec.topic}:{rec.partition}", rec.offset):
+                continue  # this state already consumed it: never learn a record twice
             counters.events_consumed += 1
             result = self.cleaner.clean(rec.value, now_ms)
             if isinstance(result, Event):
@@ -253,7 +261,6 @@ class Updater:
                     samples.extend(joined)
             elif isinstance(result, Rejection):
                 self._dead_letter(rec, result)
-            self.positions[f"{rec.topic}:{rec.partition}"] = rec.offset + 1
         counters.duplicates = self.cleaner.duplicates
         samples.extend(self.joiner.expire())
         self._recent.extend(samples[-PARITY_SAMPLES:])
@@ -317,11 +324,12 @@ class Updater:
         return Snapshot(
             model=self.learner.frozen_copy(),
             vocabs=self.vocabs.copy(),
-            offsets=dict(self.positions),
+            offsets=self.positions,
             samples_trained=self.learner.samples_trained,
             metrics={
                 "prequential_auc": self.learner.metrics.auc(),
                 "prequential_logloss": self.learner.metrics.logloss(),
+                "ledger": self.ledger.state(),
             },
             parity_samples=list(self._recent),
             fresh_action_ts_ms=fresh,
@@ -338,22 +346,23 @@ class Updater:
             "vocabs": self.vocabs.state(),
             "joiner": self.joiner.state(),
             "dedup": self.cleaner.deduper.state(),
-            "offsets": dict(self.positions),
+            "ledger": self.ledger.state(),
             "counters": asdict(self.counters),
             "dead_by_reason": dict(self.dead_by_reason),
         }
         # Nothing trains while this runs: the queue is drained and only this task fills it.
         seconds = await asyncio.to_thread(self.checkpoints.save, state)
-        if self.source is not None and self.positions:
-            await self.source.commit(self.positions)
+        positions = self.positions
+        if self.source is not None and positions:
+            await self.source.commit(positions)
         self.counters.checkpoints += 1
         self.last_checkpoint = {
             "at": time.time(),
             "seconds": round(seconds, 3),
-            "offsets": dict(self.positions),
+            "offsets": positions,
             "samples_trained": self.learner.samples_trained,
         }
-        log.debug("checkpoint written in %.3f s at %s", seconds, self.positions)
+        log.debug("checkpoint written in %.3f s at %s", seconds, positions)
 
     def _restore(self) -> None:
         state = self.checkpoints.load()
@@ -363,7 +372,7 @@ class Updater:
         self.vocabs.restore(state["vocabs"])
         self.joiner.restore(state["joiner"])
         self.cleaner.deduper.restore(state["dedup"])
-        self.positions = dict(state["offsets"])
+        self.ledger.restore(state["ledger"])
         self.counters = Counters(**state["counters"])
         self.cleaner.duplicates = self.counters.duplicates
         self.dead_by_reason = dict(state["dead_by_reason"])
@@ -402,7 +411,9 @@ class Updater:
 
     async def _export(self, snap: Snapshot) -> None:
         version = self.publisher.next_version(floor=await self.registry.max_version())
-        metrics: dict[str, Any] = {k: _finite(v) for k, v in snap.metrics.items()}
+        metrics: dict[str, Any] = {
+            k: _finite(v) if isinstance(v, float) else v for k, v in snap.metrics.items()
+        }
         try:
             published, export_s, parity = await asyncio.to_thread(self._build_and_publish, snap, version)
         except CheckFailed as exc:
@@ -488,7 +499,9 @@ class Updater:
             "queue_batches": self._queue.qsize(),
             "dead_letters_by_reason": dict(self.dead_by_reason),
             "vocab_sizes": self.vocabs.sizes(),
-            "offsets": dict(self.positions),
+            "offsets": self.positions,
+            "ledger": self.ledger.state(),
+            "ledger_consistent": self.ledger.consistent(),
             "last_checkpoint": self.last_checkpoint,
             "last_export": self.last_export,
             "device": str(self.learner.device),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -100,3 +101,27 @@ def event(
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def traffic(requests: int, start_ms: int, seed: int = 0, prefix: str = "a") -> tuple[list[Any], int]:
+    """Each request shows "hot" (always clicked), "cold" (never) and three fillers (sometimes).
+
+    Returns the records and the number of labelled samples they make.
+    """
+    rng = random.Random(seed)
+    records: list[Any] = []
+    samples = 0
+    for r in range(requests):
+        ts = start_ms + r * 20
+        user, request = f"u{rng.randint(0, 40)}", f"{prefix}r{r}"
+        shown = ["hot", "cold", *(f"f{rng.randint(0, 30)}" for _ in range(3))]
+        shown = list(dict.fromkeys(shown))
+        rng.shuffle(shown)
+        for pos, item in enumerate(shown):
+            records.append(
+                event("impression", ts, user, request, item, f"{prefix}{r}-{item}-imp", position=pos)
+            )
+            samples += 1
+            if item == "hot" or (item.startswith("f") and rng.random() < 0.2):
+                records.append(event("click", ts + 5, user, request, item, f"{prefix}{r}-{item}-clk"))
+    return records, samples

@@ -3,44 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 
 from exporter.triton import Candidate, TritonModel
 from freshrank.stack import EmbeddedStack
-from tests.e2e.conftest import event, now_ms, send
+from tests.e2e.conftest import event, now_ms, send, traffic
 from updater.registry import Registry
 from updater.service import Updater
 from updater.settings import UpdaterSettings
 
 pytestmark = pytest.mark.e2e
-
-
-def traffic(requests: int, start_ms: int, seed: int = 0, prefix: str = "a") -> tuple[list[Any], int]:
-    """Each request shows "hot" (always clicked), "cold" (never) and three fillers (sometimes).
-
-    Returns the records and the number of labelled samples they make.
-    """
-    rng = random.Random(seed)
-    records: list[Any] = []
-    samples = 0
-    for r in range(requests):
-        ts = start_ms + r * 20
-        user, request = f"u{rng.randint(0, 40)}", f"{prefix}r{r}"
-        shown = ["hot", "cold", *(f"f{rng.randint(0, 30)}" for _ in range(3))]
-        shown = list(dict.fromkeys(shown))
-        rng.shuffle(shown)
-        for pos, item in enumerate(shown):
-            records.append(
-                event("impression", ts, user, request, item, f"{prefix}{r}-{item}-imp", position=pos)
-            )
-            samples += 1
-            if item == "hot" or (item.startswith("f") and rng.random() < 0.2):
-                records.append(event("click", ts + 5, user, request, item, f"{prefix}{r}-{item}-clk"))
-    return records, samples
 
 
 async def wait_for(predicate: Callable[[], bool], limit_s: float, what: str) -> None:

@@ -1,0 +1,120 @@
+"""Exactly-once learning across SIGKILLs of a real updater process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from freshrank.stack import EmbeddedStack
+from tests.e2e.conftest import event, now_ms, send, traffic
+
+pytestmark = pytest.mark.e2e
+
+KILLS = 5
+
+
+def read_status(path: Path) -> dict[str, object]:
+    try:
+        return dict(json.loads(path.read_text()))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+async def test_sigkill_restarts_learn_every_sample_exactly_once(stack: EmbeddedStack, tmp_path: Path) -> None:
+    a = stack.addresses
+    state = tmp_path / "updater"
+    status_file = state / "status.json"
+    cmd = [
+        sys.executable,
+        "-m",
+        "freshrank.cli",
+        "updater",
+        "--bootstrap",
+        a.bootstrap,
+        "--pg-dsn",
+        a.pg_dsn,
+        "--model-repository",
+        a.repository,
+        "--triton-grpc",
+        a.triton_grpc,
+        "--state-dir",
+        str(state),
+        "--batch-size",
+        "32",
+        "--window",
+        "2",
+        "--publish-interval",
+        "0.5",
+        "--checkpoint-interval",
+        "0.4",
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    log = open(tmp_path / "updater.log", "ab")  # noqa: ASYNC230, SIM115 - closed below
+
+    # Known content, produced in chunks while the updater is being killed.
+    start = now_ms() - 600_000
+    chunks = []
+    expected = 0
+    for c in range(8):
+        records, samples = traffic(400, start + c * 10_000, seed=c, prefix=f"c{c}-")
+        chunks.append(records)
+        expected += samples
+    closer = event("impression", start + 200_000, "u0", "closer", "x", "closer")
+    total_records = sum(len(c) for c in chunks) + 1
+
+    async def produce() -> None:
+        for records in chunks:
+            await send(a.bootstrap, records)
+            await asyncio.sleep(1.5)
+        await send(a.bootstrap, [closer])
+
+    producer = asyncio.create_task(produce())
+    rng = random.Random(42)
+    kills = 0
+    try:
+        trained_before = 0
+        while kills < KILLS:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=env)  # noqa: ASYNC220
+            # Kill only once this run has learned something new, at a random moment after that.
+            for _ in range(600):
+                await asyncio.sleep(0.1)
+                assert proc.poll() is None, (tmp_path / "updater.log").read_text()[-3000:]
+                if int(read_status(status_file).get("samples_trained") or 0) > trained_before:
+                    break
+            await asyncio.sleep(rng.uniform(0.0, 1.5))
+            proc.kill()
+            proc.wait()
+            kills += 1
+            trained_before = int(read_status(status_file).get("samples_trained") or 0)
+        await producer
+
+        proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=env)  # noqa: ASYNC220
+        status: dict[str, object] = {}
+        for _ in range(900):
+            await asyncio.sleep(0.1)
+            status = read_status(status_file)
+            if status.get("samples_trained") == expected and status.get("events_consumed") == total_records:
+                break
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0  # graceful: batch finished, checkpoint written, offsets committed
+    finally:
+        producer.cancel()
+        log.close()
+
+    status = read_status(status_file)
+    assert kills == KILLS
+    assert status["samples_trained"] == expected  # every sample learned, none twice
+    assert status["events_consumed"] == total_records
+    assert status["ledger_consistent"] is True
+    ranges = status["ledger"]["ranges"]  # type: ignore[index]
+    assert sum(r["records"] for r in ranges.values()) == total_records
+    assert status["duplicates"] == 0
+    assert status["checkpoints"] >= 1
