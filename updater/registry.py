@@ -50,6 +50,24 @@ class DeadLetter:
     raw: bytes | None
 
 
+_INSERT_DEAD_LETTER = (
+    'INSERT INTO dead_letters (topic, partition, "offset", reason, detail, key, raw) '
+    "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING"
+)
+_INSERT_VERSION = (
+    "INSERT INTO model_versions (model, version, status, offsets, samples_seen, metrics, path,"
+    " size_bytes, sha256, reason) VALUES ($1, $2, $3, $4::jsonb, $5, $6::jsonb, $7, $8, $9, $10)"
+    " ON CONFLICT (model, version) DO UPDATE SET status = EXCLUDED.status, reason = EXCLUDED.reason"
+)
+
+
+def dead_letters_op(letters: list[DeadLetter]) -> dict[str, Any]:
+    return {
+        "op": "dead_letters",
+        "rows": [[d.topic, d.partition, d.offset, d.reason, d.detail, d.key, d.raw] for d in letters],
+    }
+
+
 def _jsonb(value: object) -> str:
     return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS).decode()
 
@@ -88,15 +106,57 @@ class Registry:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    async def apply(self, ops: list[dict[str, Any]]) -> None:
+        """Apply queued write operations (see :mod:`updater.outbox`) in one transaction."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            for op in ops:
+                kind = op["op"]
+                if kind == "dead_letters":
+                    await conn.executemany(_INSERT_DEAD_LETTER, [tuple(row) for row in op["rows"]])
+                elif kind == "add_version":
+                    await conn.execute(
+                        _INSERT_VERSION,
+                        self.model,
+                        op["version"],
+                        op["status"],
+                        _jsonb(op["offsets"]),
+                        op["samples_seen"],
+                        _jsonb(op["metrics"]),
+                        op.get("path"),
+                        op.get("size_bytes"),
+                        op.get("sha256"),
+                        op.get("reason"),
+                    )
+                elif kind == "mark_live":
+                    await conn.execute(
+                        "UPDATE model_versions SET status = 'retired' WHERE model = $1 AND status = 'live'"
+                        " AND version <> $2",
+                        self.model,
+                        op["version"],
+                    )
+                    await conn.execute(
+                        "UPDATE model_versions SET status = 'live', metrics = metrics || $3::jsonb"
+                        " WHERE model = $1 AND version = $2",
+                        self.model,
+                        op["version"],
+                        _jsonb(op.get("metrics") or {}),
+                    )
+                elif kind == "set_status":
+                    await conn.execute(
+                        "UPDATE model_versions SET status = $3, reason = $4"
+                        " WHERE model = $1 AND version = $2",
+                        self.model,
+                        op["version"],
+                        op["status"],
+                        op.get("reason"),
+                    )
+                else:
+                    raise ValueError(f"expected a registry operation, got {kind!r}")
+
     async def add_dead_letters(self, letters: list[DeadLetter]) -> None:
         """Store dead letters; a replayed record (same topic/partition/offset) is stored once."""
-        if not letters:
-            return
-        await self.pool.executemany(
-            'INSERT INTO dead_letters (topic, partition, "offset", reason, detail, key, raw) '
-            "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-            [(d.topic, d.partition, d.offset, d.reason, d.detail, d.key, d.raw) for d in letters],
-        )
+        if letters:
+            await self.apply([dead_letters_op(letters)])
 
     async def dead_letter_counts(self) -> dict[str, int]:
         rows = await self.pool.fetch(
@@ -125,58 +185,6 @@ class Registry:
             "SELECT max(version) FROM model_versions WHERE model = $1", self.model
         )
         return int(value or 0)
-
-    async def add_version(
-        self,
-        version: int,
-        status: str,
-        offsets: dict[str, int],
-        samples_seen: int,
-        metrics: dict[str, Any],
-        path: str | None = None,
-        size_bytes: int | None = None,
-        sha256: str | None = None,
-        reason: str | None = None,
-    ) -> None:
-        await self.pool.execute(
-            "INSERT INTO model_versions (model, version, status, offsets, samples_seen, metrics, path,"
-            " size_bytes, sha256, reason) VALUES ($1, $2, $3, $4::jsonb, $5, $6::jsonb, $7, $8, $9, $10)"
-            " ON CONFLICT (model, version) DO UPDATE SET status = EXCLUDED.status, reason = EXCLUDED.reason",
-            self.model,
-            version,
-            status,
-            _jsonb(offsets),
-            samples_seen,
-            _jsonb(metrics),
-            path,
-            size_bytes,
-            sha256,
-            reason,
-        )
-
-    async def mark_live(self, version: int, metrics_update: dict[str, Any] | None = None) -> None:
-        """``version`` is now served; the version served before it is retired."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "UPDATE model_versions SET status = 'retired' WHERE model = $1 AND status = 'live'",
-                self.model,
-            )
-            await conn.execute(
-                "UPDATE model_versions SET status = 'live', metrics = metrics || $3::jsonb"
-                " WHERE model = $1 AND version = $2",
-                self.model,
-                version,
-                _jsonb(metrics_update or {}),
-            )
-
-    async def set_status(self, version: int, status: str, reason: str | None = None) -> None:
-        await self.pool.execute(
-            "UPDATE model_versions SET status = $3, reason = $4 WHERE model = $1 AND version = $2",
-            self.model,
-            version,
-            status,
-            reason,
-        )
 
     async def versions(self, limit: int = 50) -> list[dict[str, Any]]:
         rows = await self.pool.fetch(

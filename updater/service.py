@@ -41,11 +41,13 @@ from updater.batcher import Batcher, Vocabularies, encode
 from updater.checkpoint import CheckpointStore
 from updater.clean import Cleaner
 from updater.events import Event, Rejection
+from updater.health import Health
 from updater.joiner import Joiner, Sample
 from updater.learner import Learner
 from updater.ledger import Ledger
 from updater.model import Ranker
-from updater.registry import DeadLetter, Registry
+from updater.outbox import Outbox
+from updater.registry import DeadLetter, Registry, dead_letters_op
 from updater.settings import UpdaterSettings
 from updater.source import EventSource
 
@@ -56,6 +58,8 @@ PARITY_SAMPLES = 256
 FRESHNESS_MEMORY = 50_000
 FETCH_TIMEOUT_MS = 200
 EXPORT_STOP_TIMEOUT_S = 60.0
+REGISTRY_TIMEOUT_S = 5.0
+TRITON_WATCH_S = 2.0
 
 
 @dataclass
@@ -68,6 +72,7 @@ class Counters:
     versions_rejected: int = 0
     checkpoints: int = 0
     export_failures: int = 0
+    backpressure_pauses: int = 0
 
 
 @dataclass
@@ -123,6 +128,12 @@ class Updater:
         self._tasks: list[asyncio.Task[None]] = []
         self._export_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self._flush_wanted = asyncio.Event()
+        self._triton_lock = asyncio.Lock()
+        self._registry_max = 0
+        self._published_here = 0
+        self.outbox = Outbox(s.state_dir)
+        self.health = {name: Health(name) for name in ("kafka", "postgres", "triton")}
         self._consume_done = asyncio.Event()
         self._last_publish = 0.0
         self._last_checkpoint = time.monotonic()
@@ -143,22 +154,20 @@ class Updater:
         torch.set_num_threads(self.settings.torch_threads)
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
         self._restore()
-        await self.registry.start()
-        self.counters.versions_published = await self.registry.count_published()
+        await self._connect_registry()
         self.source = EventSource(
-            self.settings.bootstrap, self.settings.topic, self.settings.group, resume_offsets=self.positions
+            self.settings.bootstrap, self.settings.topic, self.settings.group, positions=self.ledger.positions
         )
         await self.source.start()
-        if self.triton is not None and self.publisher.versions():
-            # After a restart, serve what was last published before the first new export.
-            with contextlib.suppress(DependencyError):
-                await self.triton.load()
-                self.live_version = self.served_version = await self.triton.served_version()
+        self.health["kafka"].mark(True)
         self._tasks = [
             asyncio.create_task(self._consume(), name="consume"),
             asyncio.create_task(self._train(), name="train"),
             asyncio.create_task(self._report(), name="report"),
+            asyncio.create_task(self._flush_registry(), name="registry-flush"),
         ]
+        if self.triton is not None:
+            self._tasks.append(asyncio.create_task(self._watch_triton(), name="triton-watch"))
         log.info(
             "updater started: topic %s, %d samples trained so far",
             self.settings.topic,
@@ -206,6 +215,8 @@ class Updater:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             self._write_status()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._flush_once(), REGISTRY_TIMEOUT_S)
         finally:
             if self.source is not None:
                 await self.source.stop()
@@ -276,7 +287,13 @@ class Updater:
     async def _enqueue(self, samples: list[Sample]) -> None:
         if samples:
             batch = encode(samples, self.vocabs, self.settings.model.max_tokens)
-            await self._queue.put(batch)  # blocks when the trainer is behind: backpressure
+            if self._queue.full() and self.source is not None:
+                # The trainer is behind: stop fetching until it catches up.
+                self.counters.backpressure_pauses += 1
+                self.source.pause()
+            await self._queue.put(batch)
+            if self.source is not None:
+                self.source.resume()
 
     # ----------------------------------------------------------------- train
 
@@ -339,8 +356,13 @@ class Updater:
         """Dead letters, then the checkpoint, then the Kafka commit: offsets never run ahead."""
         self._last_checkpoint = time.monotonic()
         if self._dead:
-            await self.registry.add_dead_letters(self._dead)
+            # Durable in the outbox before the offsets that produced them are committed.
+            self._record(dead_letters_op(self._dead))
             self._dead = []
+        while self.outbox.full and not self._stopping.is_set():
+            # PostgreSQL has been away long enough to fill the outbox: stop consuming until it drains.
+            log.warning("registry outbox full (%d bytes); waiting for PostgreSQL", self.outbox.size_bytes)
+            await asyncio.sleep(1.0)
         state = {
             "learner": self.learner.state(),
             "vocabs": self.vocabs.state(),
@@ -354,7 +376,8 @@ class Updater:
         seconds = await asyncio.to_thread(self.checkpoints.save, state)
         positions = self.positions
         if self.source is not None and positions:
-            await self.source.commit(positions)
+            committed = await self.source.commit(positions)
+            self.health["kafka"].mark(committed, self.source.last_commit_error)
         self.counters.checkpoints += 1
         self.last_checkpoint = {
             "at": time.time(),
@@ -404,13 +427,13 @@ class Updater:
         """An export that fails is logged and counted; training goes on and the next one retries."""
         try:
             await self._export(snap)
-        except (DependencyError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (DependencyError, OSError) as exc:
             self.counters.export_failures += 1
             log.warning("export failed (%s); will retry with the next snapshot", exc)
             self._fresh_pending = snap.fresh_action_ts_ms + self._fresh_pending
 
     async def _export(self, snap: Snapshot) -> None:
-        version = self.publisher.next_version(floor=await self.registry.max_version())
+        version = self.publisher.next_version(floor=self._registry_max)
         metrics: dict[str, Any] = {
             k: _finite(v) if isinstance(v, float) else v for k, v in snap.metrics.items()
         }
@@ -419,32 +442,47 @@ class Updater:
         except CheckFailed as exc:
             self.counters.versions_rejected += 1
             log.warning("version %d rejected: %s", version, exc)
-            await self.registry.add_version(
-                version, "rejected", snap.offsets, snap.samples_trained, metrics, reason=str(exc)
+            self._record(
+                {
+                    "op": "add_version",
+                    "version": version,
+                    "status": "rejected",
+                    "offsets": snap.offsets,
+                    "samples_seen": snap.samples_trained,
+                    "metrics": metrics,
+                    "reason": str(exc),
+                }
             )
             return
         metrics.update(export_s=round(export_s, 3), parity_max_abs_diff=parity)
-        await self.registry.add_version(
-            version,
-            "published",
-            snap.offsets,
-            snap.samples_trained,
-            metrics,
-            str(published.path),
-            published.size_bytes,
-            published.sha256,
+        self._record(
+            {
+                "op": "add_version",
+                "version": version,
+                "status": "published",
+                "offsets": snap.offsets,
+                "samples_seen": snap.samples_trained,
+                "metrics": metrics,
+                "path": str(published.path),
+                "size_bytes": published.size_bytes,
+                "sha256": published.sha256,
+            }
         )
         self.counters.versions_published += 1
+        self._published_here += 1
+        self._registry_max = max(self._registry_max, version)
         if self.triton is None:
             self.live_version = version
-            await self.registry.mark_live(version)
+            self._record({"op": "mark_live", "version": version})
             return
         try:
-            load_s = await self.triton.load()
-            served, served_at = await self._probe()
+            async with self._triton_lock:
+                load_s = await self.triton.load()
+                served, served_at = await self._probe()
         except DependencyError as exc:
+            # Stays "published": the Triton watcher loads the newest version when Triton is back.
+            self.health["triton"].mark(False, str(exc))
             log.warning("version %d published but not loaded: %s", version, exc)
-            await self.registry.set_status(version, "failed", str(exc))
             return
         if served != version:
             log.warning("Triton serves version %s after loading %d", served, version)
@@ -458,8 +496,12 @@ class Updater:
             "size_bytes": published.size_bytes,
             "parity_max_abs_diff": parity,
         }
-        await self.registry.mark_live(
-            version, {"load_s": round(load_s, 3), "freshness_p50_s": percentile(fresh, 50)}
+        self._record(
+            {
+                "op": "mark_live",
+                "version": served,
+                "metrics": {"load_s": round(load_s, 3), "freshness_p50_s": percentile(fresh, 50)},
+            }
         )
         self.publisher.prune(protect={version})
         log.info(
@@ -476,11 +518,82 @@ class Updater:
         ranking = await self.triton.rank("", "", [Candidate("")])
         return ranking.version, time.time()
 
+    # ----------------------------------------------------------------- registry and Triton
+
+    def _record(self, op: dict[str, Any]) -> None:
+        """Queue a registry write durably; the flusher applies it when PostgreSQL is reachable."""
+        self.outbox.append(op)
+        self._flush_wanted.set()
+
+    async def _connect_registry(self) -> bool:
+        if self.registry._pool is not None:
+            return True
+        try:
+            await asyncio.wait_for(self.registry.start(), REGISTRY_TIMEOUT_S)
+            # Baselines, read before applying anything this process queued.
+            self._registry_max = await self.registry.max_version()
+            self.counters.versions_published = await self.registry.count_published() + self._published_here
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            await self.registry.stop()
+            self.health["postgres"].mark(False, f"{type(exc).__name__}: {exc}")
+            return False
+        self.health["postgres"].mark(True)
+        return True
+
+    async def _flush_once(self) -> None:
+        pending = self.outbox.pending()
+        if not pending or not await self._connect_registry():
+            return
+        try:
+            await asyncio.wait_for(self.registry.apply(pending), REGISTRY_TIMEOUT_S)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            self.health["postgres"].mark(False, f"{type(exc).__name__}: {exc}")
+            await self.registry.stop()  # a fresh pool once it is back
+            return
+        self.outbox.drop(len(pending))
+        self.health["postgres"].mark(True)
+
+    async def _flush_registry(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._flush_wanted.wait(), 1.0)
+            self._flush_wanted.clear()
+            await self._flush_once()
+
+    async def _watch_triton(self) -> None:
+        """Track Triton's readiness; when it serves something older than the newest published
+        version (it restarted, or a load failed), load the newest."""
+        assert self.triton is not None
+        while True:
+            ready = await self.triton.ready()
+            self.health["triton"].mark(ready, None if ready else f"not ready at {self.triton.url}")
+            if ready:
+                served = await self.triton.served_version()
+                self.served_version = served
+                versions = self.publisher.versions()
+                exporting = self._export_task is not None and not self._export_task.done()
+                if versions and served != versions[-1] and not exporting:
+                    await self._reload(versions[-1])
+            await asyncio.sleep(TRITON_WATCH_S)
+
+    async def _reload(self, version: int) -> None:
+        assert self.triton is not None
+        try:
+            async with self._triton_lock:
+                await self.triton.load()
+                served, _ = await self._probe()
+        except DependencyError as exc:
+            self.health["triton"].mark(False, str(exc))
+            return
+        log.info("Triton serves version %s again", served)
+        self.live_version = self.served_version = served
+        self._record({"op": "mark_live", "version": served})
+
     # ----------------------------------------------------------------- status
 
     def status(self) -> dict[str, Any]:
         m = self.learner.metrics
-        lag = self.source.lag(self.positions) if self.source is not None else None
+        lag = self.source.lag() if self.source is not None else None
         return {
             "updated_at": time.time(),
             "pid": os.getpid(),
@@ -498,6 +611,9 @@ class Updater:
             "pending_impressions": self.joiner.pending,
             "queue_batches": self._queue.qsize(),
             "dead_letters_by_reason": dict(self.dead_by_reason),
+            "dependencies": {name: h.to_dict() for name, h in self.health.items()},
+            "registry_outbox": {"pending": len(self.outbox), "bytes": self.outbox.size_bytes},
+            "consumer_paused": bool(self.source and self.source.paused),
             "vocab_sizes": self.vocabs.sizes(),
             "offsets": self.positions,
             "ledger": self.ledger.state(),
@@ -514,14 +630,8 @@ class Updater:
         os.replace(tmp, path)
 
     async def _report(self) -> None:
-        tick = 0
         while True:
-            if self.triton is not None and tick % 3 == 0:
-                served = await self.triton.served_version()
-                if served is not None:
-                    self.served_version = served
             self._write_status()
-            tick += 1
             await asyncio.sleep(1.0)
 
     async def run(self) -> None:

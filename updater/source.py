@@ -7,17 +7,20 @@ Kafka only after the checkpoint that covers them is on disk.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TOPIC = "events"
 DEFAULT_GROUP = "freshrank-updater"
+COMMIT_TIMEOUT_S = 10.0
 
 
 def offset_key(tp: TopicPartition) -> str:
@@ -44,7 +47,13 @@ async def ensure_topic(bootstrap: str, topic: str, partitions: int = 3) -> None:
         await admin.close()
 
 
-class _SeekToCheckpoint(ConsumerRebalanceListener):
+class _SeekToState(ConsumerRebalanceListener):
+    """On every assignment, seek to where the updater's state says it is.
+
+    At start that is the checkpoint; after a rebalance mid-run (a broker that was paused
+    and evicted us, say) it is the in-memory ledger, which covers everything consumed.
+    """
+
     def __init__(self, source: EventSource) -> None:
         self.source = source
 
@@ -53,26 +62,31 @@ class _SeekToCheckpoint(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned: object) -> None:
         consumer = self.source.consumer
+        positions = self.source.positions()
         for tp in assigned:  # type: ignore[attr-defined]
-            offset = self.source.resume_offsets.get(offset_key(tp))
+            offset = positions.get(offset_key(tp))
             if offset is not None:
                 consumer.seek(tp, offset)
         log.info("partitions assigned: %s", sorted(map(str, assigned)))  # type: ignore[call-overload]
 
 
 class EventSource:
-    """``async with EventSource(...)``: fetch batches of records, commit what is durable."""
+    """``async with EventSource(...)``: fetch batches of records, commit what is durable.
+
+    ``positions`` returns the next offset to read per ``topic:partition`` as the caller's
+    state knows it; the source seeks there whenever partitions are assigned.
+    """
 
     def __init__(
         self,
         bootstrap: str,
         topic: str = DEFAULT_TOPIC,
         group: str = DEFAULT_GROUP,
-        resume_offsets: Mapping[str, int] | None = None,
+        positions: Callable[[], Mapping[str, int]] = dict,
         max_partition_fetch_bytes: int = 1 << 20,
     ) -> None:
         self.topic = topic
-        self.resume_offsets = dict(resume_offsets or {})
+        self.positions = positions
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
             group_id=group,
@@ -85,13 +99,15 @@ class EventSource:
             heartbeat_interval_ms=2_000,
         )
         self._started = False
+        self.paused = False
+        self.last_commit_error: str | None = None
 
     async def start(self) -> None:
         if self._started:
             return
         await self.consumer.start()
         self._started = True
-        self.consumer.subscribe([self.topic], listener=_SeekToCheckpoint(self))
+        self.consumer.subscribe([self.topic], listener=_SeekToState(self))
 
     async def stop(self) -> None:
         if self._started:
@@ -109,19 +125,43 @@ class EventSource:
         batches = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
         return [record for records in batches.values() for record in records]
 
-    async def commit(self, offsets: Mapping[str, int]) -> None:
-        """Commit ``offsets`` (next offset to read, per ``topic:partition``) for assigned partitions."""
+    def pause(self) -> None:
+        """Stop fetching (backpressure); records already fetched stay buffered."""
+        if not self.paused:
+            self.consumer.pause(*self.consumer.assignment())
+            self.paused = True
+
+    def resume(self) -> None:
+        if self.paused:
+            self.consumer.resume(*self.consumer.assignment())
+            self.paused = False
+
+    async def commit(self, offsets: Mapping[str, int], timeout_s: float = COMMIT_TIMEOUT_S) -> bool:
+        """Commit ``offsets`` for assigned partitions; False (logged) when the broker refused.
+
+        A failed commit loses nothing: the checkpoint holds the offsets, the next checkpoint
+        commits again, and a restart seeks to the checkpoint, not to the committed offsets.
+        """
         assigned = self.consumer.assignment()
         todo = {
             tp: OffsetAndMetadata(off, "")
             for tp, off in ((parse_offset_key(k), v) for k, v in offsets.items())
             if tp in assigned
         }
-        if todo:
-            await self.consumer.commit(todo)
+        if not todo:
+            return True
+        try:
+            await asyncio.wait_for(self.consumer.commit(todo), timeout_s)
+        except (KafkaError, TimeoutError) as exc:
+            self.last_commit_error = f"{type(exc).__name__}: {exc}"
+            log.warning("offset commit failed (%s); the checkpoint holds them, will commit again", exc)
+            return False
+        self.last_commit_error = None
+        return True
 
-    def lag(self, positions: Mapping[str, int]) -> int | None:
+    def lag(self) -> int | None:
         """Records on the broker not yet consumed, from the last fetch's high watermarks."""
+        positions = self.positions()
         total = 0
         known = False
         for tp in self.consumer.assignment():
@@ -129,6 +169,5 @@ class EventSource:
             if high is None:
                 continue
             known = True
-            pos = positions.get(offset_key(tp), self.resume_offsets.get(offset_key(tp), 0))
-            total += max(0, high - pos)
+            total += max(0, high - positions.get(offset_key(tp), 0))
         return total if known else None
