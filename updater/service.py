@@ -132,6 +132,7 @@ class Updater:
         self._triton_lock = asyncio.Lock()
         self._registry_max = 0
         self._published_here = 0
+        self._registry_baseline: int | None = None
         self.outbox = Outbox(s.state_dir)
         self.health = {name: Health(name) for name in ("kafka", "postgres", "triton")}
         self._consume_done = asyncio.Event()
@@ -318,6 +319,8 @@ class Updater:
         publish_due = (
             now - self._last_publish >= s.publish_interval_s
             and (self._export_task is None or self._export_task.done())
+            # While Triton is down, versions would pile up unserved; the watcher reloads on return.
+            and not (self.triton is not None and self.health["triton"].ok is False)
             and self.learner.samples_trained + len(self.batcher) + self._queue.qsize() * s.batch_size
             >= max(self._published_samples, 0) + s.min_samples_per_version
         )
@@ -483,6 +486,7 @@ class Updater:
             # Stays "published": the Triton watcher loads the newest version when Triton is back.
             self.health["triton"].mark(False, str(exc))
             log.warning("version %d published but not loaded: %s", version, exc)
+            self.publisher.prune(protect={v for v in (self.served_version, version) if v is not None})
             return
         if served != version:
             log.warning("Triton serves version %s after loading %d", served, version)
@@ -530,11 +534,13 @@ class Updater:
             return True
         try:
             await asyncio.wait_for(self.registry.start(), REGISTRY_TIMEOUT_S)
-            # Baselines, read before applying anything this process queued.
-            self._registry_max = await self.registry.max_version()
-            self.counters.versions_published = await self.registry.count_published() + self._published_here
+            if self._registry_baseline is None:
+                # Read once, before anything this process queued has been applied.
+                self._registry_max = max(self._registry_max, await self.registry.max_version())
+                self._registry_baseline = await self.registry.count_published()
+                self.counters.versions_published = self._registry_baseline + self._published_here
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            await self.registry.stop()
+            self.registry.terminate()
             self.health["postgres"].mark(False, f"{type(exc).__name__}: {exc}")
             return False
         self.health["postgres"].mark(True)
@@ -548,7 +554,7 @@ class Updater:
             await asyncio.wait_for(self.registry.apply(pending), REGISTRY_TIMEOUT_S)
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             self.health["postgres"].mark(False, f"{type(exc).__name__}: {exc}")
-            await self.registry.stop()  # a fresh pool once it is back
+            self.registry.terminate()  # a fresh pool once it is back
             return
         self.outbox.drop(len(pending))
         self.health["postgres"].mark(True)
