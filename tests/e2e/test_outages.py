@@ -90,6 +90,8 @@ async def test_updater_rides_out_outages_of_every_dependency(
             await wait_for(
                 lambda: updater.counters.events_consumed > consumed + 500, 60, "consumption to resume"
             )
+            assert updater.health["kafka"].outages >= 1  # commits timed out and it said so
+            timeline["kafka_longest_outage_s"] = updater.health["kafka"].longest_outage_s
 
             # 3. Triton killed and restarted: the newest published version is served again.
             triton = stack.triton.process.proc  # type: ignore[union-attr]
