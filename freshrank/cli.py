@@ -284,6 +284,68 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- dead letters
+
+
+def _raw_view(raw: bytes | None) -> dict[str, Any]:
+    if raw is None:
+        return {"raw": None}
+    try:
+        return {"raw": raw.decode("utf-8")}
+    except UnicodeDecodeError:
+        import base64
+
+        return {"raw_base64": base64.b64encode(raw).decode()}
+
+
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    from updater.registry import Registry
+
+    stack = _stack_file(args.state_dir)
+    pg_dsn = args.pg_dsn or stack.get("pg_dsn")
+    if not pg_dsn:
+        raise FreshrankError("expected --pg-dsn DSN (or a running 'freshrank up' in --state-dir)")
+    bootstrap = args.bootstrap or stack.get("bootstrap")
+    if args.replay and not bootstrap:
+        raise FreshrankError(
+            "--replay needs --bootstrap HOST:PORT (or a running 'freshrank up' in --state-dir)"
+        )
+
+    async def main() -> list[dict[str, Any]]:
+        async with Registry(pg_dsn) as registry:
+            letters = await registry.dead_letters(args.reason, args.limit, not_replayed=args.replay)
+            if args.replay and letters:
+                from aiokafka import AIOKafkaProducer
+
+                producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+                await producer.start()
+                try:
+                    for letter in letters:
+                        await producer.send_and_wait(args.topic, value=letter["raw"], key=letter["key"])
+                finally:
+                    await producer.stop()
+                await registry.mark_replayed([int(letter["id"]) for letter in letters])
+            return letters
+
+    letters = asyncio.run(main())
+    if args.json:
+        rows = []
+        for d in letters:
+            row = {k: v for k, v in d.items() if k not in ("raw", "key")}
+            row["key"] = d["key"].decode("utf-8", "replace") if d["key"] is not None else None
+            rows.append({**row, **_raw_view(d["raw"])})
+        print(_dump({"replayed": len(letters) if args.replay else 0, "dead_letters": rows}))
+    else:
+        for d in letters:
+            raw = d["raw"] or b""
+            preview = raw[:60].decode("utf-8", "replace") + ("..." if len(raw) > 60 else "")
+            where = f"{d['topic']}:{d['partition']}@{d['offset']}"
+            print(f"{d['id']:>6}  {d['reason']:<15} {where:<16} {d['detail'][:40]:<40} {preview!r}")
+        if args.replay:
+            print(f"replayed {len(letters)} dead letter(s) to {args.topic}")
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -390,6 +452,21 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--pg-dsn", metavar="DSN", help="default: from <state-dir>/stack.json")
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
+    dead = sub.add_parser("dead-letters", help="list dead letters, or replay them to the topic")
+    dead.add_argument("--reason", help="only this reason (e.g. not_json, orphan_action)")
+    dead.add_argument("--limit", type=int, default=100)
+    dead.add_argument(
+        "--replay",
+        action="store_true",
+        help="re-submit the raw records (those not replayed yet) "
+        "to the topic, e.g. once their cause is fixed",
+    )
+    dead.add_argument("--bootstrap", metavar="HOST:PORT", help="default: from <state-dir>/stack.json")
+    dead.add_argument("--topic", default="events")
+    dead.add_argument("--pg-dsn", metavar="DSN", help="default: from <state-dir>/stack.json")
+    dead.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    dead.add_argument("--json", action="store_true")
+    dead.set_defaults(func=cmd_dead_letters)
     return parser
 
 

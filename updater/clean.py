@@ -30,6 +30,10 @@ class Deduper:
             self._seen.popitem(last=False)
         return False
 
+    def forget(self, event_id: str) -> None:
+        """Drop ``event_id`` (its event went to the dead letters, so a replay must get through)."""
+        self._seen.pop(event_id, None)
+
     def state(self) -> list[str]:
         return list(self._seen)
 

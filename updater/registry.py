@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     UNIQUE (topic, partition, "offset")
 );
 CREATE INDEX IF NOT EXISTS dead_letters_reason ON dead_letters (reason);
+ALTER TABLE dead_letters ADD COLUMN IF NOT EXISTS replayed_at timestamptz;
 """
 
 
@@ -170,14 +171,23 @@ class Registry:
         )
         return {r["reason"]: int(r["n"]) for r in rows}
 
-    async def dead_letters(self, reason: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    async def dead_letters(
+        self, reason: str | None = None, limit: int = 100, not_replayed: bool = False
+    ) -> list[dict[str, Any]]:
         rows = await self.pool.fetch(
-            'SELECT id, received_at, topic, partition, "offset", reason, detail, key, raw FROM dead_letters '
-            "WHERE ($1::text IS NULL OR reason = $1) ORDER BY id DESC LIMIT $2",
+            'SELECT id, received_at, topic, partition, "offset", reason, detail, key, raw, replayed_at'
+            " FROM dead_letters WHERE ($1::text IS NULL OR reason = $1)"
+            " AND (NOT $3 OR replayed_at IS NULL) ORDER BY id LIMIT $2",
             reason,
             limit,
+            not_replayed,
         )
         return [dict(r) for r in rows]
+
+    async def mark_replayed(self, ids: list[int]) -> None:
+        await self.pool.execute(
+            "UPDATE dead_letters SET replayed_at = now() WHERE id = ANY($1::bigint[])", ids
+        )
 
     async def count_published(self) -> int:
         """Versions that were published (served now, served before, or written and not loaded)."""

@@ -268,6 +268,7 @@ class Updater:
                 counters.events_valid += 1
                 joined = self.joiner.add(result)
                 if isinstance(joined, Rejection):
+                    self.cleaner.deduper.forget(result.event_id)
                     self._dead_letter(rec, joined)
                 else:
                     samples.extend(joined)
