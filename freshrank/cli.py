@@ -238,6 +238,8 @@ def cmd_rank(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    import asyncpg
+
     from exporter.triton import TritonModel
     from updater.registry import Registry
     from updater.service import STATUS_FILE
@@ -259,10 +261,14 @@ def cmd_status(args: argparse.Namespace) -> int:
                 status["served_version"] = await triton.served_version()
                 status["triton_ready"] = await triton.ready()
         if pg_dsn:
-            async with Registry(pg_dsn) as registry:
-                status["versions_published"] = await registry.count_published()
-                status["registry_live_version"] = await registry.live_version()
-                status["dead_letters_by_reason"] = await registry.dead_letter_counts()
+            try:
+                async with Registry(pg_dsn) as registry:
+                    status["versions_published"] = await registry.count_published()
+                    status["registry_live_version"] = await registry.live_version()
+                    status["dead_letters_by_reason"] = await registry.dead_letter_counts()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                # The updater's own view (from its status file) stands; say why it is not fresher.
+                status["registry_error"] = f"{type(exc).__name__}: {exc}"
 
     asyncio.run(live())
     if args.json:
@@ -281,6 +287,16 @@ def cmd_status(args: argparse.Namespace) -> int:
             "status_age_s",
         ):
             print(f"{key:<20} {status.get(key)}")
+        for name, dep in status.get("dependencies", {}).items():
+            state = {True: "up", False: "DOWN", None: "unknown"}[dep["ok"]]
+            extra = f" ({dep['error']})" if dep.get("error") else ""
+            print(
+                f"{name:<20} {state}, {dep['outages']} outage(s), longest {dep['longest_outage_s']} s{extra}"
+            )
+        checkpoint = status.get("last_checkpoint") or {}
+        if checkpoint:
+            age = time.time() - checkpoint["at"]
+            print(f"{'last_checkpoint':<20} {age:.1f} s ago at offsets {checkpoint['offsets']}")
     return 0
 
 

@@ -1,0 +1,82 @@
+"""A backlog: the updater starts behind 100k+ records; its memory stays bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from freshrank.stack import EmbeddedStack
+from tests.e2e.conftest import event, now_ms, send, traffic
+
+pytestmark = pytest.mark.e2e
+
+RSS_LIMIT = 2 * 1024**3
+
+
+async def test_backlog_is_worked_off_with_bounded_memory(stack: EmbeddedStack, tmp_path: Path) -> None:
+    a = stack.addresses
+    start = now_ms() - 3_600_000
+    total_records = total_samples = 0
+    for chunk in range(25):
+        records, samples = traffic(1_000, start + chunk * 25_000, seed=chunk, prefix=f"b{chunk}-")
+        await send(a.bootstrap, records)
+        total_records += len(records)
+        total_samples += samples
+    await send(a.bootstrap, [event("impression", start + 3_000_000, "u0", "closer", "x", "closer")])
+    total_records += 1
+
+    state = tmp_path / "updater"
+    cmd = [
+        sys.executable,
+        "-m",
+        "freshrank.cli",
+        "updater",
+        "--bootstrap",
+        a.bootstrap,
+        "--pg-dsn",
+        a.pg_dsn,
+        "--model-repository",
+        a.repository,
+        "--triton-grpc",
+        a.triton_grpc,
+        "--state-dir",
+        str(state),
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: ASYNC220
+    peak = 0
+    status: dict[str, object] = {}
+    try:
+        ps = psutil.Process(proc.pid)
+        for _ in range(1200):
+            await asyncio.sleep(0.1)
+            assert proc.poll() is None
+            peak = max(peak, ps.memory_info().rss)
+            try:
+                status = json.loads((state / "status.json").read_text())
+            except (FileNotFoundError, json.JSONDecodeError):
+                continue
+            if (
+                status.get("events_consumed") == total_records
+                and status.get("samples_trained") == total_samples
+            ):
+                break
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+    assert status["events_consumed"] == total_records, status
+    assert status["samples_trained"] == total_samples
+    assert peak < RSS_LIMIT, f"peak RSS {peak / 2**20:.0f} MiB"
+    print(
+        f"backlog of {total_records} records: peak RSS {peak / 2**20:.0f} MiB, "
+        f"uptime {status['uptime_s']} s, backpressure pauses {status['backpressure_pauses']}"
+    )
