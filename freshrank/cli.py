@@ -189,7 +189,9 @@ def cmd_rank(args: argparse.Namespace) -> int:
                 "--candidates needs a catalogue: run 'freshrank up' or pass --catalogue FILE"
             )
         words = args.query.lower().split()
-        matching = [i for i, row in catalogue.items() if any(w in row["title"].split() for w in words)]
+        hits = {i: sum(w in row["title"].split() for w in words) for i, row in catalogue.items()}
+        # Items matching more query words first, then catalogue order.
+        matching = sorted((i for i, n in hits.items() if n), key=lambda i: -hits[i])
         ids = (matching or list(catalogue))[: args.candidates]
     else:
         raise FreshrankError("expected --items A,B,C or --candidates N")
