@@ -47,8 +47,11 @@ def check_parity(
     """Largest |onnxruntime - torch| score difference on ``samples``; raise when above ``atol``."""
     if not samples:
         raise CheckFailed("parity check needs at least one sample")
-    session = open_session(onnx_path)
-    (onnx_scores,) = session.run(["score"], feeds(samples))
+    try:
+        session = open_session(onnx_path)
+        (onnx_scores,) = session.run(["score"], feeds(samples))
+    except Exception as exc:
+        raise CheckFailed(f"onnxruntime could not run {onnx_path}: {exc}") from exc
     # The graph lower-cases and splits raw queries itself; torch sees them as the cleaner leaves them.
     cleaned = [replace(s, query=normalise_query(s.query)) for s in samples]
     batch = encode(cleaned, vocabs, model.config.max_tokens, grow=False)

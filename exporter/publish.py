@@ -60,6 +60,9 @@ class Publisher:
             config.write_text(default_config())
         self._remove_orphans()
 
+    def config_text(self) -> str:
+        return (self.model_dir / "config.pbtxt").read_text()
+
     def versions(self) -> list[int]:
         return sorted(int(p.name) for p in self.model_dir.iterdir() if p.is_dir() and p.name.isdigit())
 

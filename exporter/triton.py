@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import tritonclient.grpc.aio as grpcclient
+import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from exporter.publish import MODEL_NAME
@@ -18,6 +18,7 @@ from updater import DependencyError
 log = logging.getLogger(__name__)
 
 DEFAULT_LOAD_TIMEOUT_S = 60.0
+DEFAULT_CALL_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,12 +58,32 @@ def make_inputs(user: str, query: str, candidates: Sequence[Candidate]) -> list[
     return inputs
 
 
-class TritonModel:
-    """One model on one Triton server, over gRPC (asyncio)."""
+def pinned_config(config_text: str, version: int) -> str:
+    """``config.pbtxt`` as Triton's JSON config, serving exactly ``version``."""
+    from google.protobuf import json_format, text_format
+    from tritonclient.grpc import model_config_pb2
 
-    def __init__(self, url: str, model: str = MODEL_NAME) -> None:
+    config = text_format.Parse(config_text, model_config_pb2.ModelConfig())
+    config.version_policy.CopyFrom(
+        model_config_pb2.ModelVersionPolicy(
+            specific=model_config_pb2.ModelVersionPolicy.Specific(versions=[version])
+        )
+    )
+    return str(json_format.MessageToJson(config, preserving_proto_field_name=True))
+
+
+class TritonModel:
+    """One model on one Triton server, over gRPC.
+
+    Calls go through tritonclient's blocking gRPC client in worker threads, with gRPC deadlines
+    instead of task cancellation: the control path is a few calls a second, and cancelling
+    grpc.aio calls across event loops has crashed the interpreter (grpc/grpc#31441).
+    """
+
+    def __init__(self, url: str, model: str = MODEL_NAME, timeout_s: float = DEFAULT_CALL_TIMEOUT_S) -> None:
         self.url = url
         self.model = model
+        self.timeout_s = timeout_s
         self._client: grpcclient.InferenceServerClient | None = None
 
     @property
@@ -74,7 +95,7 @@ class TritonModel:
     async def close(self) -> None:
         client, self._client = self._client, None
         if client is not None:
-            await client.close()
+            await asyncio.to_thread(client.close)
 
     async def __aenter__(self) -> TritonModel:
         return self
@@ -84,15 +105,32 @@ class TritonModel:
 
     async def ready(self) -> bool:
         try:
-            return bool(await self.client.is_server_ready())
+            return bool(await asyncio.to_thread(self.client.is_server_ready, client_timeout=self.timeout_s))
         except InferenceServerException:
             return False
 
-    async def load(self, timeout_s: float = DEFAULT_LOAD_TIMEOUT_S) -> float:
-        """Ask Triton to (re)load the model (it takes the newest version); return seconds taken."""
+    async def load(
+        self,
+        version: int | None = None,
+        config_text: str | None = None,
+        timeout_s: float = DEFAULT_LOAD_TIMEOUT_S,
+    ) -> float:
+        """Ask Triton to (re)load the model; return seconds taken.
+
+        Without ``version`` Triton takes the newest version directory (the repository's policy);
+        with it, exactly that version, through a config override built from ``config_text``
+        (the repository's ``config.pbtxt``).
+        """
         started = time.perf_counter()
+        config = None
+        if version is not None:
+            if config_text is None:
+                raise ValueError("loading a specific version needs the model's config.pbtxt text")
+            config = pinned_config(config_text, version)
         try:
-            await asyncio.wait_for(self.client.load_model(self.model), timeout_s)
+            await asyncio.to_thread(
+                self.client.load_model, self.model, config=config, client_timeout=timeout_s
+            )
         except InferenceServerException as exc:
             raise DependencyError(f"Triton at {self.url} failed to load {self.model!r}: {exc}") from exc
         return time.perf_counter() - started
@@ -100,7 +138,9 @@ class TritonModel:
     async def served_version(self) -> int | None:
         """The newest version Triton reports READY, or None."""
         try:
-            index = await self.client.get_model_repository_index(as_json=True)
+            index = await asyncio.to_thread(
+                self.client.get_model_repository_index, as_json=True, client_timeout=self.timeout_s
+            )
         except InferenceServerException:
             return None
         ready = [
@@ -114,8 +154,11 @@ class TritonModel:
         """Scores for ``candidates``, best first, with the version that computed them."""
         if not candidates:
             raise ValueError("expected at least one candidate item")
+        inputs = make_inputs(user, query, candidates)
         try:
-            result = await self.client.infer(self.model, make_inputs(user, query, candidates))
+            result = await asyncio.to_thread(
+                self.client.infer, self.model, inputs, client_timeout=self.timeout_s
+            )
         except InferenceServerException as exc:
             raise DependencyError(f"Triton at {self.url} could not rank: {exc}") from exc
         scores = result.as_numpy("score")

@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from exporter.gate import DEFAULT_HOLDOUT_EVERY
 from updater import FreshrankError
 from updater.settings import DEFAULT_CHECKPOINT_INTERVAL_S, DEFAULT_PUBLISH_INTERVAL_S
 
@@ -118,6 +119,7 @@ def cmd_updater(args: argparse.Namespace) -> int:
         window_ms=int(args.window * 1000),
         device=args.device,
         torch_threads=args.threads,
+        holdout_every=args.holdout_every,
     )
 
     async def main() -> None:
@@ -364,6 +366,107 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- versions and serving
+
+
+def _registry_dsn(args: argparse.Namespace) -> str:
+    dsn = args.pg_dsn or _stack_file(args.state_dir).get("pg_dsn")
+    if not dsn:
+        raise FreshrankError("expected --pg-dsn DSN (or a running 'freshrank up' in --state-dir)")
+    return str(dsn)
+
+
+def cmd_versions(args: argparse.Namespace) -> int:
+    from updater.registry import Registry
+
+    async def main() -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        async with Registry(_registry_dsn(args)) as registry:
+            return await registry.versions(limit=args.limit), await registry.serving()
+
+    versions, serving = asyncio.run(main())
+    if args.json:
+        print(_dump({"serving": serving, "versions": versions}))
+        return 0
+    held = (
+        f" (holding version {serving['version']}: {serving['reason']})" if serving["mode"] != "latest" else ""
+    )
+    print(f"serving: {serving['mode']}{held}")
+    for v in versions:
+        m = v["metrics"]
+        size = f"{v['size_bytes'] / 2**20:.1f} MiB" if v["size_bytes"] else "-"
+        offsets = sum(v["offsets"].values())
+        print(
+            f"{v['version']:>6}  {v['created_at']:%Y-%m-%d %H:%M:%S}  {v['status']:<12} "
+            f"samples {v['samples_seen']:>9}  records {offsets:>9}  "
+            f"holdout AUC {_fmt(m.get('holdout_auc'))}  {size}  {v['reason'] or ''}"
+        )
+    return 0
+
+
+def _set_serving(args: argparse.Namespace, mode: str, version: int | None, reason: str | None) -> int:
+    """Record the serving decision (the running updater follows it) and apply it to Triton now."""
+    from exporter.publish import MODEL_NAME
+    from exporter.triton import TritonModel
+    from updater.registry import Registry
+
+    stack = _stack_file(args.state_dir)
+    triton_url = args.triton_grpc or stack.get("triton_grpc")
+    repository = args.model_repository or (Path(stack["repository"]) if "repository" in stack else None)
+
+    async def main() -> int | None:
+        async with Registry(_registry_dsn(args)) as registry:
+            if version is not None:
+                known = {v["version"]: v for v in await registry.versions(limit=100_000)}
+                if version not in known or known[version]["status"] == "rejected":
+                    raise FreshrankError(f"expected a published version, got {version}")
+                if repository is not None and not (repository / MODEL_NAME / str(version)).is_dir():
+                    raise FreshrankError(
+                        f"version {version} is no longer in {repository} (retention removed it)"
+                    )
+            await registry.set_serving(mode, version, reason)
+            served = None
+            if triton_url and repository is not None:
+                async with TritonModel(triton_url) as triton:
+                    config = (repository / MODEL_NAME / "config.pbtxt").read_text()
+                    await triton.load(version=version, config_text=config if version is not None else None)
+                    served = await triton.served_version()
+            if served is not None:
+                await registry.apply([{"op": "mark_live", "version": served}])
+            return served
+
+    served = asyncio.run(main())
+    print(_dump({"mode": mode, "version": version, "reason": reason, "served_version": served}))
+    return 0
+
+
+def cmd_pin(args: argparse.Namespace) -> int:
+    return _set_serving(args, "pinned", args.version, f"pinned by hand: {args.reason}")
+
+
+def cmd_unpin(args: argparse.Namespace) -> int:
+    return _set_serving(args, "latest", None, None)
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from updater.registry import Registry
+
+    async def previous() -> int:
+        async with Registry(_registry_dsn(args)) as registry:
+            versions = await registry.versions(limit=1000)
+        live = next((v["version"] for v in versions if v["status"] == "live"), None)
+        earlier = [
+            v["version"]
+            for v in versions
+            if v["status"] == "retired" and (live is None or v["version"] < live)
+        ]
+        if not earlier:
+            raise FreshrankError("no earlier served version to roll back to; name one with --to V")
+        return int(earlier[0])
+
+    target = args.to if args.to is not None else asyncio.run(previous())
+    return _set_serving(args, "pinned", target, f"rolled back by hand: {args.reason}")
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -431,6 +534,14 @@ def build_parser() -> argparse.ArgumentParser:
     upd.add_argument("--checkpoint-interval", type=float, default=DEFAULT_CHECKPOINT_INTERVAL_S, metavar="S")
     upd.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
     upd.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    upd.add_argument(
+        "--holdout-every",
+        type=int,
+        default=DEFAULT_HOLDOUT_EVERY,
+        metavar="N",
+        help=f"hold every N-th request out of training for the publishing gate "
+        f"(default {DEFAULT_HOLDOUT_EVERY}; 0 turns the gate's comparison off)",
+    )
     upd.set_defaults(func=cmd_updater)
 
     sim = sub.add_parser("simulate", help="produce simulated shop traffic to Kafka")
@@ -485,6 +596,40 @@ def build_parser() -> argparse.ArgumentParser:
     dead.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     dead.add_argument("--json", action="store_true")
     dead.set_defaults(func=cmd_dead_letters)
+
+    def registry_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--pg-dsn", metavar="DSN", help="default: from <state-dir>/stack.json")
+        p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+
+    def serving_options(p: argparse.ArgumentParser) -> None:
+        registry_options(p)
+        p.add_argument("--triton-grpc", metavar="HOST:PORT", help="default: from <state-dir>/stack.json")
+        p.add_argument(
+            "--model-repository", type=Path, metavar="DIR", help="default: from <state-dir>/stack.json"
+        )
+        p.add_argument("--reason", default="operator", help="recorded in the registry")
+
+    versions = sub.add_parser("versions", help="published versions: status, metrics, offsets, size")
+    versions.add_argument("--limit", type=int, default=20)
+    versions.add_argument("--json", action="store_true")
+    registry_options(versions)
+    versions.set_defaults(func=cmd_versions)
+
+    rollback = sub.add_parser("rollback", help="serve an earlier version now and hold it (until 'unpin')")
+    rollback.add_argument(
+        "--to", type=int, metavar="V", help="default: the version served before the live one"
+    )
+    serving_options(rollback)
+    rollback.set_defaults(func=cmd_rollback)
+
+    pin = sub.add_parser("pin", help="hold serving on version V while training goes on")
+    pin.add_argument("version", type=int, metavar="V")
+    serving_options(pin)
+    pin.set_defaults(func=cmd_pin)
+
+    unpin = sub.add_parser("unpin", help="serve the newest version again")
+    serving_options(unpin)
+    unpin.set_defaults(func=cmd_unpin)
     return parser
 
 

@@ -28,7 +28,7 @@ class CheckpointStore:
         """Write ``state`` atomically; return the seconds it took."""
         started = time.perf_counter()
         self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(f".tmp-{os.getpid()}")
+        tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
         with open(tmp, "wb") as fh:
             torch.save({"format": FORMAT_VERSION, "saved_at": time.time(), **state}, fh)
             fh.flush()

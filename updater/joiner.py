@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass, fields
 
 from updater.events import ACTION_TYPES, Event, Rejection
 
@@ -21,6 +21,7 @@ DEFAULT_WINDOW_MS = 10_000
 DEFAULT_MAX_PENDING = 500_000
 # Labelled keys remembered so that a cart after a click is not an orphan.
 DEFAULT_LABELLED_MEMORY = 200_000
+MAX_SKEW_MS = 60_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +37,10 @@ class Sample:
     label: int
     impression_ts_ms: int
     action_ts_ms: int
+    request_id: str = ""
+
+
+_EVENT_FIELDS = tuple(f.name for f in fields(Event))
 
 
 class Joiner:
@@ -64,9 +69,14 @@ class Joiner:
     def pending(self) -> int:
         return len(self._pending)
 
-    def add(self, event: Event) -> list[Sample] | Rejection:
-        """Take one event; return the samples it completes (possibly none) or a rejection."""
-        self.watermark_ms = max(self.watermark_ms, event.ts_ms)
+    def add(self, event: Event, now_ms: int | None = None) -> list[Sample] | Rejection:
+        """Take one event; return the samples it completes (possibly none) or a rejection.
+
+        With ``now_ms``, a timestamp ahead of the clock moves the watermark no further than
+        ``now_ms + MAX_SKEW_MS``, so one event from a wrong clock cannot close every window.
+        """
+        ts = event.ts_ms if now_ms is None else min(event.ts_ms, now_ms + MAX_SKEW_MS)
+        self.watermark_ms = max(self.watermark_ms, ts)
         key = (event.request_id, event.item_id)
         if event.type in ACTION_TYPES:
             impression = self._pending.pop(key, None)
@@ -117,7 +127,7 @@ class Joiner:
         return {
             "window_ms": self.window_ms,
             "watermark_ms": self.watermark_ms,
-            "pending": [astuple(e) for e in self._pending.values()],
+            "pending": [tuple(getattr(e, f) for f in _EVENT_FIELDS) for e in self._pending.values()],
             "labelled": list(self._labelled),
             "counters": [self.repeated_impressions, self.extra_actions, self.forced_negatives],
         }
@@ -143,4 +153,5 @@ def _sample(impression: Event, label: int, action_ts_ms: int) -> Sample:
         label=label,
         impression_ts_ms=impression.ts_ms,
         action_ts_ms=action_ts_ms,
+        request_id=impression.request_id,
     )

@@ -18,6 +18,7 @@ import orjson
 
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 OUTBOX_FILE = "registry-outbox.jsonl"
+REJECTED_FILE = "registry-rejected.jsonl"
 
 
 def _default(value: object) -> object:
@@ -41,6 +42,7 @@ class Outbox:
 
     def __init__(self, directory: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.path = Path(directory) / OUTBOX_FILE
+        self.rejected_path = Path(directory) / REJECTED_FILE
         self.max_bytes = max_bytes
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # A crash mid-append can leave a partial last line; it was never acknowledged.
@@ -69,6 +71,12 @@ class Outbox:
 
     def pending(self) -> list[dict[str, Any]]:
         return list(self._entries)
+
+    def set_aside(self, op: dict[str, Any], error: str) -> None:
+        """Keep an operation PostgreSQL refused for good, for a person to look at."""
+        line = orjson.dumps({"error": error, "op": op}, default=_default, option=orjson.OPT_SERIALIZE_NUMPY)
+        with open(self.rejected_path, "ab") as fh:
+            fh.write(line + b"\n")
 
     def drop(self, count: int) -> None:
         """Forget the first ``count`` operations (they are applied)."""

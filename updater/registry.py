@@ -37,6 +37,13 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 );
 CREATE INDEX IF NOT EXISTS dead_letters_reason ON dead_letters (reason);
 ALTER TABLE dead_letters ADD COLUMN IF NOT EXISTS replayed_at timestamptz;
+CREATE TABLE IF NOT EXISTS serving (
+    model       text        PRIMARY KEY,
+    mode        text        NOT NULL,
+    version     integer,
+    reason      text,
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
 """
 
 
@@ -58,7 +65,17 @@ _INSERT_DEAD_LETTER = (
 _INSERT_VERSION = (
     "INSERT INTO model_versions (model, version, status, offsets, samples_seen, metrics, path,"
     " size_bytes, sha256, reason) VALUES ($1, $2, $3, $4::jsonb, $5, $6::jsonb, $7, $8, $9, $10)"
-    " ON CONFLICT (model, version) DO UPDATE SET status = EXCLUDED.status, reason = EXCLUDED.reason"
+    " ON CONFLICT (model, version) DO UPDATE SET status = EXCLUDED.status, offsets = EXCLUDED.offsets,"
+    " samples_seen = EXCLUDED.samples_seen, metrics = EXCLUDED.metrics, path = EXCLUDED.path,"
+    " size_bytes = EXCLUDED.size_bytes, sha256 = EXCLUDED.sha256, reason = EXCLUDED.reason,"
+    " created_at = now()"
+)
+
+
+_UPSERT_SERVING = (
+    "INSERT INTO serving (model, mode, version, reason) VALUES ($1, $2, $3, $4)"
+    " ON CONFLICT (model) DO UPDATE SET mode = EXCLUDED.mode, version = EXCLUDED.version,"
+    " reason = EXCLUDED.reason, updated_at = now()"
 )
 
 
@@ -157,6 +174,10 @@ class Registry:
                         op["status"],
                         op.get("reason"),
                     )
+                elif kind == "set_serving":
+                    await conn.execute(
+                        _UPSERT_SERVING, self.model, op["mode"], op.get("version"), op.get("reason")
+                    )
                 else:
                     raise ValueError(f"expected a registry operation, got {kind!r}")
 
@@ -216,6 +237,16 @@ class Registry:
             row["metrics"] = orjson.loads(row["metrics"])
             out.append(row)
         return out
+
+    async def serving(self) -> dict[str, Any]:
+        """What Triton should serve: ``mode`` latest, rolled_back or pinned, and the held ``version``."""
+        row = await self.pool.fetchrow(
+            "SELECT mode, version, reason FROM serving WHERE model = $1", self.model
+        )
+        return dict(row) if row is not None else {"mode": "latest", "version": None, "reason": None}
+
+    async def set_serving(self, mode: str, version: int | None, reason: str | None) -> None:
+        await self.apply([{"op": "set_serving", "mode": mode, "version": version, "reason": reason}])
 
     async def live_version(self) -> int | None:
         value = await self.pool.fetchval(

@@ -19,9 +19,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import time
 from collections import deque
+from collections.abc import Coroutine
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,10 +35,11 @@ import torch
 from aiokafka import ConsumerRecord
 
 from exporter.check import CheckFailed, check_parity
+from exporter.gate import HoldoutMetrics, decide, evaluate, is_holdout, should_roll_back
 from exporter.onnx_export import build_onnx, write_onnx
 from exporter.publish import Publisher
 from exporter.triton import Candidate, TritonModel
-from updater import DependencyError
+from updater import DependencyError, FreshrankError
 from updater.batcher import Batcher, Vocabularies, encode
 from updater.checkpoint import CheckpointStore
 from updater.clean import Cleaner
@@ -53,12 +56,20 @@ from updater.source import EventSource
 
 log = logging.getLogger(__name__)
 
+
+class TrainingFailed(FreshrankError):
+    """A training step raised; the updater stops and a restart resumes from the last checkpoint."""
+
+
 STATUS_FILE = "status.json"
 PARITY_SAMPLES = 256
 FRESHNESS_MEMORY = 50_000
 FETCH_TIMEOUT_MS = 200
 EXPORT_STOP_TIMEOUT_S = 60.0
 REGISTRY_TIMEOUT_S = 5.0
+STOP_TIMEOUT_S = 60.0
+DEAD_LETTER_BATCH = 1_000
+OUTBOX_CHUNK = 200
 TRITON_WATCH_S = 2.0
 
 
@@ -73,6 +84,26 @@ class Counters:
     checkpoints: int = 0
     export_failures: int = 0
     backpressure_pauses: int = 0
+    held_out: int = 0
+    rollbacks: int = 0
+
+
+@dataclass(frozen=True)
+class LiveModel:
+    """A version Triton serves (or served), with the weights and vocabularies it was built from."""
+
+    version: int
+    model: Ranker
+    vocabs: Vocabularies
+
+
+@dataclass
+class Serving:
+    """What Triton should serve: the newest version, or one held by a rollback or a pin."""
+
+    mode: str = "latest"  # latest | rolled_back | pinned
+    version: int | None = None
+    reason: str | None = None
 
 
 @dataclass
@@ -86,6 +117,8 @@ class Snapshot:
     metrics: dict[str, Any]
     parity_samples: list[Sample]
     fresh_action_ts_ms: list[int]
+    holdout: list[Sample]
+    live: LiveModel | None
     taken_at: float = field(default_factory=time.time)
 
 
@@ -124,7 +157,13 @@ class Updater:
         self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=s.queue_batches)
         self._dead: list[DeadLetter] = []
         self._recent: deque[Sample] = deque(maxlen=PARITY_SAMPLES)
-        self._fresh_pending: list[int] = []
+        self._holdout: deque[Sample] = deque(maxlen=s.holdout_window)
+        self._live: LiveModel | None = None
+        # Versions served before the live one, newest last: the candidates for a rollback.
+        self._history: deque[LiveModel] = deque(maxlen=s.gate.rollback_history)
+        self.serving = Serving()
+        self.last_rollback: dict[str, Any] = {}
+        self._fresh_pending: deque[int] = deque(maxlen=FRESHNESS_MEMORY)
         self._tasks: list[asyncio.Task[None]] = []
         self._export_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -135,7 +174,6 @@ class Updater:
         self._registry_baseline: int | None = None
         self.outbox = Outbox(s.state_dir)
         self.health = {name: Health(name) for name in ("kafka", "postgres", "triton")}
-        self._consume_done = asyncio.Event()
         self._last_publish = 0.0
         self._last_checkpoint = time.monotonic()
         self._published_samples = -1
@@ -198,10 +236,14 @@ class Updater:
         if self._tasks:
             consume = self._tasks[0]
             if self._failed():
-                # Training is dead: a drain would wait forever, and nothing new may be checkpointed.
+                # Training is dead: nothing new may be checkpointed.
                 consume.cancel()
             # Otherwise the consume task ends with a final drain and checkpoint.
-            await asyncio.wait([consume])
+            done, _ = await asyncio.wait([consume], timeout=STOP_TIMEOUT_S)
+            if not done:
+                log.error("the final checkpoint took over %.0f s; stopping without it", STOP_TIMEOUT_S)
+                consume.cancel()
+                await asyncio.wait([consume])
         if self._export_task is not None and not self._export_task.done():
             try:
                 await asyncio.wait_for(asyncio.shield(self._export_task), EXPORT_STOP_TIMEOUT_S)
@@ -212,9 +254,10 @@ class Updater:
         try:
             for task in self._tasks[1:]:
                 task.cancel()
-            for task in self._tasks[1:]:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            results = await asyncio.gather(*self._tasks, return_exceptions=True)
+            for task, result in zip(self._tasks, results, strict=True):
+                if isinstance(result, Exception):
+                    log.error("task %s failed: %s", task.get_name(), result, exc_info=result)
             self._write_status()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._flush_once(), REGISTRY_TIMEOUT_S)
@@ -237,24 +280,22 @@ class Updater:
 
     async def _consume(self) -> None:
         assert self.source is not None
-        try:
-            while not self._stopping.is_set():
-                records = await self.source.fetch(FETCH_TIMEOUT_MS, self.settings.fetch_max_records)
-                samples = self._process(records, int(time.time() * 1000))
-                now = time.monotonic()
-                for chunk in self.batcher.add(samples, now):
-                    await self._enqueue(chunk)
-                if self.batcher.due(now):
-                    await self._enqueue(self.batcher.flush())
-                await self._maybe_snapshot(now)
-        finally:
-            if not self._failed():
-                # Final, shielded: what was consumed is learned and checkpointed before offsets move.
-                await asyncio.shield(self._drain_and_checkpoint())
-            self._consume_done.set()
+        while not self._stopping.is_set():
+            records = await self.source.fetch(FETCH_TIMEOUT_MS, self.settings.fetch_max_records)
+            samples = self._process(records, int(time.time() * 1000))
+            now = time.monotonic()
+            for chunk in self.batcher.add(samples, now):
+                await self._enqueue(chunk)
+            if self.batcher.due(now):
+                await self._enqueue(self.batcher.flush())
+            await self._maybe_snapshot(now)
+        # Only on a clean exit: what was consumed is learned and checkpointed before offsets move.
+        # After an error or a cancellation the last checkpoint stands and a restart replays the rest.
+        await asyncio.shield(self._drain_and_checkpoint())
 
     def _failed(self) -> bool:
-        return any(t.done() and not t.cancelled() and t.exception() for t in self._tasks[1:2])
+        train = self._tasks[1] if len(self._tasks) > 1 else None
+        return train is not None and train.done() and not train.cancelled() and train.exception() is not None
 
     def _process(self, records: list[ConsumerRecord], now_ms: int) -> list[Sample]:
         samples: list[Sample] = []
@@ -266,7 +307,7 @@ class Updater:
             result = self.cleaner.clean(rec.value, now_ms)
             if isinstance(result, Event):
                 counters.events_valid += 1
-                joined = self.joiner.add(result)
+                joined = self.joiner.add(result, now_ms)
                 if isinstance(joined, Rejection):
                     self.cleaner.deduper.forget(result.event_id)
                     self._dead_letter(rec, joined)
@@ -276,14 +317,26 @@ class Updater:
                 self._dead_letter(rec, result)
         counters.duplicates = self.cleaner.duplicates
         samples.extend(self.joiner.expire())
+        every = self.settings.holdout_every
+        if every:
+            held = [x for x in samples if is_holdout(x.request_id, every)]
+            if held:
+                self._holdout.extend(held)
+                self.counters.held_out += len(held)
+                samples = [x for x in samples if not is_holdout(x.request_id, every)]
         self._recent.extend(samples[-PARITY_SAMPLES:])
         return samples
 
     def _dead_letter(self, rec: ConsumerRecord, why: Rejection) -> None:
         self.counters.dead_letters += 1
         self.dead_by_reason[why.reason] = self.dead_by_reason.get(why.reason, 0) + 1
+        if len(self._dead) >= DEAD_LETTER_BATCH:
+            # Bounded memory: to the outbox now (a replay after a crash stores them once anyway).
+            self._record(dead_letters_op(self._dead))
+            self._dead = []
+        detail = why.detail.replace("\x00", "\\x00")[:500]  # PostgreSQL text holds no NUL
         self._dead.append(
-            DeadLetter(rec.topic, rec.partition, rec.offset, why.reason, why.detail, rec.key, rec.value)
+            DeadLetter(rec.topic, rec.partition, rec.offset, why.reason, detail, rec.key, rec.value)
         )
 
     async def _enqueue(self, samples: list[Sample]) -> None:
@@ -293,26 +346,38 @@ class Updater:
                 # The trainer is behind: stop fetching until it catches up.
                 self.counters.backpressure_pauses += 1
                 self.source.pause()
-            await self._queue.put(batch)
+            await self._while_training(self._queue.put(batch))
             if self.source is not None:
                 self.source.resume()
+
+    async def _while_training(self, waiting: Coroutine[Any, Any, None]) -> None:
+        """Await ``waiting`` unless the trainer dies first (then nothing may be checkpointed)."""
+        task = asyncio.ensure_future(waiting)
+        train = self._tasks[1]
+        done, _ = await asyncio.wait({task, train}, return_when=asyncio.FIRST_COMPLETED)
+        if task not in done:
+            task.cancel()
+            raise TrainingFailed(
+                "the training task failed; the last checkpoint stands"
+            ) from train.exception()
+        task.result()
 
     # ----------------------------------------------------------------- train
 
     async def _train(self) -> None:
         while True:
             batch = await self._queue.get()
-            try:
-                await asyncio.to_thread(self.learner.learn, batch)
-                self._fresh_pending.extend(batch.action_ts_ms[batch.label > 0].tolist())
-            finally:
-                self._queue.task_done()
+            # A step that raises ends this task without task_done(): the batch is not counted as
+            # learned, so no checkpoint can claim it (see _while_training).
+            await asyncio.to_thread(self.learner.learn, batch)
+            self._fresh_pending.extend(batch.action_ts_ms[batch.label > 0].tolist())
+            self._queue.task_done()
 
     # ----------------------------------------------------------------- snapshots
 
     async def _drain(self) -> None:
         await self._enqueue(self.batcher.flush())
-        await self._queue.join()
+        await self._while_training(self._queue.join())
 
     async def _maybe_snapshot(self, now: float) -> None:
         s = self.settings
@@ -341,7 +406,8 @@ class Updater:
         await self._checkpoint()
 
     def _snapshot(self) -> Snapshot:
-        fresh, self._fresh_pending = self._fresh_pending, []
+        fresh = list(self._fresh_pending)
+        self._fresh_pending.clear()
         return Snapshot(
             model=self.learner.frozen_copy(),
             vocabs=self.vocabs.copy(),
@@ -353,6 +419,8 @@ class Updater:
                 "ledger": self.ledger.state(),
             },
             parity_samples=list(self._recent),
+            holdout=list(self._holdout),
+            live=self._live,
             fresh_action_ts_ms=fresh,
         )
 
@@ -367,17 +435,9 @@ class Updater:
             # PostgreSQL has been away long enough to fill the outbox: stop consuming until it drains.
             log.warning("registry outbox full (%d bytes); waiting for PostgreSQL", self.outbox.size_bytes)
             await asyncio.sleep(1.0)
-        state = {
-            "learner": self.learner.state(),
-            "vocabs": self.vocabs.state(),
-            "joiner": self.joiner.state(),
-            "dedup": self.cleaner.deduper.state(),
-            "ledger": self.ledger.state(),
-            "counters": asdict(self.counters),
-            "dead_by_reason": dict(self.dead_by_reason),
-        }
-        # Nothing trains while this runs: the queue is drained and only this task fills it.
-        seconds = await asyncio.to_thread(self.checkpoints.save, state)
+        # In a worker thread: nothing trains or consumes while it runs (the queue is drained and
+        # only this task fills it), and building the state of a large join takes seconds.
+        seconds = await asyncio.to_thread(lambda: self.checkpoints.save(self._checkpoint_state()))
         positions = self.positions
         if self.source is not None and positions:
             committed = await self.source.commit(positions)
@@ -391,6 +451,19 @@ class Updater:
         }
         log.debug("checkpoint written in %.3f s at %s", seconds, positions)
 
+    def _checkpoint_state(self) -> dict[str, Any]:
+        return {
+            "learner": self.learner.state(),
+            "vocabs": self.vocabs.state(),
+            "joiner": self.joiner.state(),
+            "dedup": self.cleaner.deduper.state(),
+            "ledger": self.ledger.state(),
+            "counters": asdict(self.counters),
+            "dead_by_reason": dict(self.dead_by_reason),
+            "holdout": list(self._holdout),
+            "serving": asdict(self.serving),
+        }
+
     def _restore(self) -> None:
         state = self.checkpoints.load()
         if state is None:
@@ -403,6 +476,8 @@ class Updater:
         self.counters = Counters(**state["counters"])
         self.cleaner.duplicates = self.counters.duplicates
         self.dead_by_reason = dict(state["dead_by_reason"])
+        self._holdout.extend(state["holdout"])
+        self.serving = Serving(**state["serving"])
         self._published_samples = self.learner.samples_trained
         log.info(
             "resumed from checkpoint: %d samples trained, offsets %s",
@@ -412,9 +487,21 @@ class Updater:
 
     # ----------------------------------------------------------------- export
 
-    def _build_and_publish(self, snap: Snapshot, version: int) -> tuple[Any, float, float]:
+    def _build_and_publish(
+        self, snap: Snapshot, version: int, gated: dict[str, Any]
+    ) -> tuple[Any, float, float]:
         started = time.perf_counter()
         parity: list[float] = []
+        # The gate first: a rejected candidate never becomes a version directory.
+        candidate = evaluate(snap.model, snap.vocabs, snap.holdout)
+        live = evaluate(snap.live.model, snap.live.vocabs, snap.holdout) if snap.live is not None else None
+        gated.update(candidate.to_dict())
+        if live is not None:
+            gated["live_holdout_auc"] = live.to_dict()["holdout_auc"]
+            gated["live_holdout_logloss"] = live.to_dict()["holdout_logloss"]
+        reason = decide(candidate, live, self.settings.gate)
+        if reason is not None:
+            raise CheckFailed(f"gate: {reason}")
 
         def write(directory: Path) -> list[Path]:
             files = write_onnx(build_onnx(snap.model, snap.vocabs), directory)
@@ -431,19 +518,28 @@ class Updater:
         """An export that fails is logged and counted; training goes on and the next one retries."""
         try:
             await self._export(snap)
-        except (DependencyError, OSError) as exc:
+        except asyncio.CancelledError:
+            raise
+        except Exception:
             self.counters.export_failures += 1
-            log.warning("export failed (%s); will retry with the next snapshot", exc)
-            self._fresh_pending = snap.fresh_action_ts_ms + self._fresh_pending
+            log.exception("export failed; will retry with the next snapshot")
+            self._fresh_pending.extendleft(reversed(snap.fresh_action_ts_ms))
 
     async def _export(self, snap: Snapshot) -> None:
         version = self.publisher.next_version(floor=self._registry_max)
         metrics: dict[str, Any] = {
             k: _finite(v) if isinstance(v, float) else v for k, v in snap.metrics.items()
         }
+        if await self._maybe_roll_back(snap):
+            return
+        gated: dict[str, Any] = {}
         try:
-            published, export_s, parity = await asyncio.to_thread(self._build_and_publish, snap, version)
+            published, export_s, parity = await asyncio.to_thread(
+                self._build_and_publish, snap, version, gated
+            )
         except CheckFailed as exc:
+            metrics.update(gated)
+            self._registry_max = max(self._registry_max, version)
             self.counters.versions_rejected += 1
             log.warning("version %d rejected: %s", version, exc)
             self._record(
@@ -458,7 +554,7 @@ class Updater:
                 }
             )
             return
-        metrics.update(export_s=round(export_s, 3), parity_max_abs_diff=parity)
+        metrics.update(gated, export_s=round(export_s, 3), parity_max_abs_diff=parity)
         self._record(
             {
                 "op": "add_version",
@@ -477,7 +573,13 @@ class Updater:
         self._registry_max = max(self._registry_max, version)
         if self.triton is None:
             self.live_version = version
+            self._go_live(LiveModel(version, snap.model, snap.vocabs))
             self._record({"op": "mark_live", "version": version})
+            self.publisher.prune(protect=self._protected(version))
+            return
+        if self.serving.mode == "pinned":
+            # Training and publishing go on; serving stays where the operator put it.
+            self.publisher.prune(protect=self._protected(version))
             return
         try:
             async with self._triton_lock:
@@ -487,13 +589,19 @@ class Updater:
             # Stays "published": the Triton watcher loads the newest version when Triton is back.
             self.health["triton"].mark(False, str(exc))
             log.warning("version %d published but not loaded: %s", version, exc)
-            self.publisher.prune(protect={v for v in (self.served_version, version) if v is not None})
+            self.publisher.prune(protect=self._protected(version))
             return
         if served != version:
             log.warning("Triton serves version %s after loading %d", served, version)
         fresh = [served_at - ts / 1000.0 for ts in snap.fresh_action_ts_ms]
         self.freshness_s.extend(fresh)
         self.live_version = self.served_version = served
+        if served == version:
+            self._go_live(LiveModel(version, snap.model, snap.vocabs))
+            if self.serving.mode == "rolled_back":
+                # A candidate passed the gate against the version rolled back to: back to the newest.
+                self._record({"op": "set_serving", "mode": "latest", "version": None, "reason": None})
+            self.serving = Serving()
         self.last_export = {
             "version": version,
             "export_s": round(export_s, 3),
@@ -508,7 +616,7 @@ class Updater:
                 "metrics": {"load_s": round(load_s, 3), "freshness_p50_s": percentile(fresh, 50)},
             }
         )
-        self.publisher.prune(protect={version})
+        self.publisher.prune(protect=self._protected(version))
         log.info(
             "version %d live: export %.2f s, load %.2f s, %d samples",
             version,
@@ -522,6 +630,68 @@ class Updater:
         assert self.triton is not None
         ranking = await self.triton.rank("", "", [Candidate("")])
         return ranking.version, time.time()
+
+    def _protected(self, *versions: int | None) -> set[int]:
+        """Versions retention must keep: served, pinned or rolled back to, and the one to go back to."""
+        keep = {self.served_version, self.serving.version, *versions}
+        keep |= {m.version for m in (self._live, *self._history) if m is not None}
+        return {v for v in keep if v is not None}
+
+    def _go_live(self, model: LiveModel) -> None:
+        if self._live is not None:
+            self._history.append(self._live)
+        self._live = model
+
+    async def _maybe_roll_back(self, snap: Snapshot) -> bool:
+        """Go back to the best recent version when the live one fell too far below it.
+
+        The live version and the versions served before it are scored on the latest held-out
+        window; the best of those is the rollback target.
+        """
+        live, history = snap.live, list(self._history)
+        if self.triton is None or live is None or not history or self.serving.mode != "latest":
+            return False
+        if not snap.holdout:
+            return False
+
+        def score_all() -> list[tuple[LiveModel, HoldoutMetrics]]:
+            return [(m, evaluate(m.model, m.vocabs, snap.holdout)) for m in (live, *history)]
+
+        scored = await asyncio.to_thread(score_all)
+        now_m = scored[0][1]
+        previous, prev_m = max(scored[1:], key=lambda pair: -1.0 if math.isnan(pair[1].auc) else pair[1].auc)
+        reason = should_roll_back(now_m, prev_m, self.settings.gate)
+        if reason is None:
+            return False
+        detected = time.perf_counter()
+        log.warning("rolling back from version %d to %d: %s", live.version, previous.version, reason)
+        try:
+            async with self._triton_lock:
+                await self.triton.load(version=previous.version, config_text=self.publisher.config_text())
+                served, _ = await self._probe()
+        except DependencyError as exc:
+            self.health["triton"].mark(False, str(exc))
+            return True
+        self.counters.rollbacks += 1
+        self.serving = Serving("rolled_back", previous.version, reason)
+        # The bad version and everything served after the target leave the history.
+        self._live = previous
+        while self._history and self._history[-1].version >= previous.version:
+            self._history.pop()
+        self.live_version = self.served_version = served
+        self.last_rollback = {
+            "from": live.version,
+            "to": previous.version,
+            "reason": reason,
+            "at": time.time(),
+            "seconds_to_serve": round(time.perf_counter() - detected, 3),
+        }
+        self._record({"op": "set_status", "version": live.version, "status": "rolled_back", "reason": reason})
+        self._record(
+            {"op": "set_serving", "mode": "rolled_back", "version": previous.version, "reason": reason}
+        )
+        self._record({"op": "mark_live", "version": previous.version})
+        return True
 
     # ----------------------------------------------------------------- registry and Triton
 
@@ -548,17 +718,38 @@ class Updater:
         return True
 
     async def _flush_once(self) -> None:
-        pending = self.outbox.pending()
-        if not pending or not await self._connect_registry():
-            return
-        try:
-            await asyncio.wait_for(self.registry.apply(pending), REGISTRY_TIMEOUT_S)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            self.health["postgres"].mark(False, f"{type(exc).__name__}: {exc}")
-            self.registry.terminate()  # a fresh pool once it is back
-            return
-        self.outbox.drop(len(pending))
-        self.health["postgres"].mark(True)
+        """Apply the outbox to PostgreSQL in bounded transactions, oldest first."""
+        while len(self.outbox):
+            if not await self._connect_registry():
+                return
+            chunk = self.outbox.pending()[:OUTBOX_CHUNK]
+            try:
+                await asyncio.wait_for(self.registry.apply(chunk), REGISTRY_TIMEOUT_S)
+            except asyncpg.DataError as exc:
+                # This data can never be stored (not a passing fault): set the bad operation aside.
+                await self._apply_one_by_one(chunk, exc)
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                self.health["postgres"].mark(False, f"{type(exc).__name__}: {exc}")
+                self.registry.terminate()  # a fresh pool once it is back
+                return
+            else:
+                self.outbox.drop(len(chunk))
+            self.health["postgres"].mark(True)
+
+    async def _apply_one_by_one(self, chunk: list[dict[str, Any]], error: Exception) -> None:
+        for op in chunk:
+            try:
+                await asyncio.wait_for(self.registry.apply([op]), REGISTRY_TIMEOUT_S)
+            except asyncpg.DataError as exc:
+                log.warning(
+                    "registry refused a %s operation (%s); kept in %s",
+                    op["op"],
+                    exc,
+                    self.outbox.rejected_path,
+                )
+                self.outbox.set_aside(op, str(exc))
+            self.outbox.drop(1)
+        log.warning("registry operations applied one by one after: %s", error)
 
     async def _flush_registry(self) -> None:
         while True:
@@ -572,6 +763,7 @@ class Updater:
         version (it restarted, or a load failed), load the newest."""
         assert self.triton is not None
         while True:
+            await self._read_serving()
             ready = await self.triton.ready()
             self.health["triton"].mark(ready, None if ready else f"not ready at {self.triton.url}")
             if ready:
@@ -579,15 +771,34 @@ class Updater:
                 self.served_version = served
                 versions = self.publisher.versions()
                 exporting = self._export_task is not None and not self._export_task.done()
-                if versions and served != versions[-1] and not exporting:
-                    await self._reload(versions[-1])
+                held = self.serving.version if self.serving.mode != "latest" else None
+                wanted = held if held is not None else (versions[-1] if versions else None)
+                if wanted is not None and served != wanted and not exporting:
+                    await self._reload(held)
             await asyncio.sleep(TRITON_WATCH_S)
 
-    async def _reload(self, version: int) -> None:
+    async def _read_serving(self) -> None:
+        """Pick up a pin, unpin or manual rollback made with the CLI (kept in the registry)."""
+        if self.registry._pool is None or len(self.outbox):
+            return  # our own serving changes are not applied yet; keep what we know
+        try:
+            row = await asyncio.wait_for(self.registry.serving(), REGISTRY_TIMEOUT_S)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            return
+        wanted = Serving(row["mode"], row["version"], row["reason"])
+        if wanted != self.serving:
+            log.info("serving changed from %s to %s", self.serving, wanted)
+            self.serving = wanted
+
+    async def _reload(self, version: int | None) -> None:
+        """Load ``version`` (None: the newest) into Triton."""
         assert self.triton is not None
         try:
             async with self._triton_lock:
-                await self.triton.load()
+                if version is None:
+                    await self.triton.load()
+                else:
+                    await self.triton.load(version=version, config_text=self.publisher.config_text())
                 served, _ = await self._probe()
         except DependencyError as exc:
             self.health["triton"].mark(False, str(exc))
@@ -619,12 +830,14 @@ class Updater:
             "queue_batches": self._queue.qsize(),
             "dead_letters_by_reason": dict(self.dead_by_reason),
             "dependencies": {name: h.to_dict() for name, h in self.health.items()},
+            "serving": asdict(self.serving),
+            "last_rollback": self.last_rollback,
+            "holdout_samples": len(self._holdout),
             "registry_outbox": {"pending": len(self.outbox), "bytes": self.outbox.size_bytes},
             "consumer_paused": bool(self.source and self.source.paused),
             "vocab_sizes": self.vocabs.sizes(),
             "offsets": self.positions,
             "ledger": self.ledger.state(),
-            "ledger_consistent": self.ledger.consistent(),
             "last_checkpoint": self.last_checkpoint,
             "last_export": self.last_export,
             "device": str(self.learner.device),
@@ -643,8 +856,8 @@ class Updater:
 
     async def run(self) -> None:
         """Serve until :meth:`request_stop` (or a task fails), then stop cleanly."""
-        await self.start()
         try:
+            await self.start()
             await self.wait()
         finally:
             await self.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from exporter.gate import DEFAULT_HOLDOUT_EVERY, GateSettings
 from updater import ConfigError
 from updater.batcher import DEFAULT_BATCH_SIZE, DEFAULT_MAX_WAIT_S
 from updater.joiner import DEFAULT_WINDOW_MS
@@ -18,6 +19,7 @@ DEFAULT_CHECKPOINT_INTERVAL_S = 10.0
 DEFAULT_KEEP_VERSIONS = 5
 DEFAULT_FETCH_MAX_RECORDS = 2_000
 DEFAULT_MIN_SAMPLES_PER_VERSION = 1
+DEFAULT_HOLDOUT_WINDOW = 5_000
 
 
 @dataclass
@@ -42,6 +44,11 @@ class UpdaterSettings:
     torch_threads: int = 1
     seed: int = 0
     model: RankerConfig = field(default_factory=RankerConfig)
+    # The gate: every holdout_every-th request is held out from training (0: none) and each
+    # candidate is compared with the live version on the latest holdout_window of them.
+    holdout_every: int = DEFAULT_HOLDOUT_EVERY
+    holdout_window: int = DEFAULT_HOLDOUT_WINDOW
+    gate: GateSettings = field(default_factory=GateSettings)
 
     def __post_init__(self) -> None:
         self.repository = Path(self.repository)
@@ -54,6 +61,7 @@ class UpdaterSettings:
             "fetch_max_records",
             "torch_threads",
             "min_samples_per_version",
+            "holdout_window",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
@@ -62,6 +70,10 @@ class UpdaterSettings:
             value = getattr(self, name)
             if not isinstance(value, int | float) or value <= 0:
                 raise ConfigError(f"expected {name} to be a positive number of seconds, got {value!r}")
+        if not isinstance(self.holdout_every, int) or self.holdout_every < 0 or self.holdout_every == 1:
+            raise ConfigError(
+                f"expected holdout_every to be 0 (off) or an integer >= 2, got {self.holdout_every!r}"
+            )
         if ":" not in self.bootstrap:
             raise ConfigError(f"expected bootstrap as HOST:PORT, got {self.bootstrap!r}")
         if not self.pg_dsn.startswith(("postgresql://", "postgres://")):

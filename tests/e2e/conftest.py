@@ -55,6 +55,7 @@ def settings_for(tmp_path: Path) -> Callable[..., UpdaterSettings]:
             checkpoint_interval_s=1.0,
             window_ms=2_000,
             model=SMALL_MODEL,
+            holdout_every=0,  # exact sample counts: nothing held out unless a test asks
         )
         values.update(overrides)
         return UpdaterSettings(**values)

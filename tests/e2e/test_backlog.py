@@ -49,6 +49,8 @@ async def test_backlog_is_worked_off_with_bounded_memory(stack: EmbeddedStack, t
         a.triton_grpc,
         "--state-dir",
         str(state),
+        "--holdout-every",
+        "0",
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: ASYNC220
     peak = 0

@@ -117,6 +117,8 @@ def test_any_json_object_ends_in_event_or_rejection(changes: dict[str, object], 
 
 
 def test_query_tokens_match_the_graph_split() -> None:
-    assert normalise_query(" Red\tShoes  XL ") == "red shoes xl"
+    # Lower case, runs of spaces collapsed; a tab stays inside its token, as in the graph.
+    assert normalise_query(" Red  Shoes   XL ") == "red shoes xl"
+    assert normalise_query("Red\tShoes XL") == "red\tshoes xl"
     assert query_tokens("red shoes xl") == ["red", "shoes", "xl"]
     assert query_tokens("") == []
