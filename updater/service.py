@@ -685,6 +685,7 @@ class Updater:
             "reason": reason,
             "at": time.time(),
             "seconds_to_serve": round(time.perf_counter() - detected, 3),
+            "served": served,
         }
         self._record({"op": "set_status", "version": live.version, "status": "rolled_back", "reason": reason})
         self._record(

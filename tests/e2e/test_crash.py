@@ -112,6 +112,10 @@ async def test_sigkill_restarts_learn_every_sample_exactly_once(stack: EmbeddedS
         log.close()
 
     status = read_status(status_file)
+    print(
+        f"{kills} SIGKILLs + SIGTERM: {total_records} records, {expected} samples in the stream, "
+        f"{status['samples_trained']} learned, {status['checkpoints']} checkpoints"
+    )
     assert kills == KILLS
     assert status["samples_trained"] == expected  # every sample learned, none twice
     assert status["events_consumed"] == total_records

@@ -80,11 +80,14 @@ async def test_a_poisoned_period_is_rolled_back_and_pins_hold(
             clean.cancel()
             await asyncio.gather(clean, return_exceptions=True)
         rollback = updater.last_rollback
+        print(f"rollback: {rollback}")
         assert rollback["to"] < rollback["from"]
         assert rollback["seconds_to_serve"] < 10
+        assert rollback["served"] == rollback["to"]  # Triton's first answer after the rollback
+        # Since then serving stayed there, or a newer candidate passed the gate against it.
         async with TritonModel(a.triton_grpc) as triton:
-            assert await triton.served_version() == rollback["to"]
-        assert updater.serving.mode == "rolled_back"
+            served = await triton.served_version()
+        assert served == rollback["to"] or (served or 0) > rollback["from"]
         assert good is not None
 
         # An operator pins a version: exports go on, serving stays.
