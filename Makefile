@@ -7,20 +7,23 @@ ARGS   ?=
 .PHONY: demo test lint unit e2e clean
 
 $(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	@echo "creating $(VENV)" >&2
+	@$(PYTHON) -m venv $(VENV)
+	@$(BIN)/pip install --quiet --upgrade pip >&2
 
 # torch is pinned to 2.13.0 in pyproject.toml: on these machines pip takes the CPU build.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e .
-	touch $@
+	@echo "installing freshrank into $(VENV)" >&2
+	@$(BIN)/pip install --quiet -e . >&2
+	@touch $@
 
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
+# @: with --json, stdout carries only freshrank's JSON.
 demo: $(VENV)/.installed
-	$(BIN)/freshrank up $(ARGS)
+	@$(BIN)/freshrank up $(ARGS)
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
