@@ -58,7 +58,6 @@ class Publisher:
         config = self.model_dir / "config.pbtxt"
         if not config.exists():
             config.write_text(default_config())
-        self._remove_orphans()
 
     def config_text(self) -> str:
         return (self.model_dir / "config.pbtxt").read_text()
@@ -104,7 +103,8 @@ class Publisher:
             shutil.rmtree(self.model_dir / str(v), ignore_errors=True)
         return doomed
 
-    def _remove_orphans(self) -> None:
-        for p in self.model_dir.iterdir():
+    def remove_orphans(self) -> None:
+        """Delete half-written versions an interrupted writer left (only the writer may call this)."""
+        for p in list(self.model_dir.iterdir()):
             if p.name.startswith(TMP_PREFIX):
                 shutil.rmtree(p, ignore_errors=True)

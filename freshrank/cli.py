@@ -101,6 +101,14 @@ def cmd_up(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- updater
 
 
+def _dump_tasks() -> None:
+    """SIGUSR1: write every asyncio task's stack to stderr (what is the updater waiting for?)."""
+    for task in asyncio.all_tasks():
+        print(f"--- task {task.get_name()}", file=sys.stderr)
+        task.print_stack(file=sys.stderr)
+    sys.stderr.flush()
+
+
 def cmd_updater(args: argparse.Namespace) -> int:
     from updater.service import Updater
     from updater.settings import UpdaterSettings
@@ -129,6 +137,7 @@ def cmd_updater(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, updater.request_stop)
+        loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)
         await updater.run()
 
     asyncio.run(main())

@@ -145,7 +145,8 @@ async def run_up(
                         if progress is not None:
                             progress(_summary(updater, produced, updater.served_version, started))
                         with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(stop.wait(), 1.0)
+                            async with asyncio.timeout(1.0):
+                                await stop.wait()
                 finally:
                     stop.set()
                     if watch.done():

@@ -44,8 +44,12 @@ class Outbox:
         self.path = Path(directory) / OUTBOX_FILE
         self.rejected_path = Path(directory) / REJECTED_FILE
         self.max_bytes = max_bytes
+        self._entries: list[dict[str, Any]] = []
+
+    def open(self) -> None:
+        """Read what an earlier run left (a crash mid-append can leave a partial last line,
+        which was never acknowledged: it is dropped)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # A crash mid-append can leave a partial last line; it was never acknowledged.
         self._entries = self._read()
         self._rewrite(self._entries)
 

@@ -37,6 +37,12 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 );
 CREATE INDEX IF NOT EXISTS dead_letters_reason ON dead_letters (reason);
 ALTER TABLE dead_letters ADD COLUMN IF NOT EXISTS replayed_at timestamptz;
+CREATE TABLE IF NOT EXISTS writer_lease (
+    model       text        PRIMARY KEY,
+    holder      text        NOT NULL,
+    token       bigint      NOT NULL,
+    acquired_at timestamptz NOT NULL DEFAULT now()
+);
 CREATE TABLE IF NOT EXISTS serving (
     model       text        PRIMARY KEY,
     mode        text        NOT NULL,

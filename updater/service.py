@@ -47,6 +47,7 @@ from updater.events import Event, Rejection
 from updater.health import Health
 from updater.joiner import Joiner, Sample
 from updater.learner import Learner
+from updater.lease import LeaseLost, WriterLease
 from updater.ledger import Ledger
 from updater.model import Ranker
 from updater.outbox import Outbox
@@ -173,6 +174,8 @@ class Updater:
         self._published_here = 0
         self._registry_baseline: int | None = None
         self.outbox = Outbox(s.state_dir)
+        self.lease = WriterLease(s.pg_dsn, self.registry.model)
+        self._fenced = False
         self.health = {name: Health(name) for name in ("kafka", "postgres", "triton")}
         self._last_publish = 0.0
         self._last_checkpoint = time.monotonic()
@@ -192,8 +195,13 @@ class Updater:
         self._started = True
         torch.set_num_threads(self.settings.torch_threads)
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
-        self._restore()
         await self._connect_registry()
+        # One writer per model: a second updater waits here as a standby until the first is gone.
+        if not await self.lease.wait(self._stopping):
+            return
+        self.outbox.open()
+        self.publisher.remove_orphans()
+        self._restore()
         self.source = EventSource(
             self.settings.bootstrap, self.settings.topic, self.settings.group, positions=self.ledger.positions
         )
@@ -244,13 +252,13 @@ class Updater:
                 log.error("the final checkpoint took over %.0f s; stopping without it", STOP_TIMEOUT_S)
                 consume.cancel()
                 await asyncio.wait([consume])
-        if self._export_task is not None and not self._export_task.done():
-            try:
-                await asyncio.wait_for(asyncio.shield(self._export_task), EXPORT_STOP_TIMEOUT_S)
-            except TimeoutError:
+        if self._export_task is not None:
+            done, _ = await asyncio.wait([self._export_task], timeout=EXPORT_STOP_TIMEOUT_S)
+            if not done:
                 self._export_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._export_task
+                await asyncio.wait([self._export_task])
+            elif not self._export_task.cancelled() and self._export_task.exception() is not None:
+                log.error("the last export failed: %s", self._export_task.exception())
         try:
             for task in self._tasks[1:]:
                 task.cancel()
@@ -260,10 +268,12 @@ class Updater:
                     log.error("task %s failed: %s", task.get_name(), result, exc_info=result)
             self._write_status()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._flush_once(), REGISTRY_TIMEOUT_S)
+                async with asyncio.timeout(REGISTRY_TIMEOUT_S):
+                    await self._flush_once()
         finally:
             if self.source is not None:
                 await self.source.stop()
+            await self.lease.release()
             await self.registry.stop()
             if self.triton is not None:
                 await self.triton.close()
@@ -290,8 +300,10 @@ class Updater:
                 await self._enqueue(self.batcher.flush())
             await self._maybe_snapshot(now)
         # Only on a clean exit: what was consumed is learned and checkpointed before offsets move.
-        # After an error or a cancellation the last checkpoint stands and a restart replays the rest.
-        await asyncio.shield(self._drain_and_checkpoint())
+        # After an error or a cancellation the last checkpoint stands and a restart replays the rest;
+        # after losing the writer lease the state directory belongs to the new writer.
+        if not self._fenced:
+            await asyncio.shield(self._drain_and_checkpoint())
 
     def _failed(self) -> bool:
         train = self._tasks[1] if len(self._tasks) > 1 else None
@@ -383,7 +395,8 @@ class Updater:
         s = self.settings
         checkpoint_due = now - self._last_checkpoint >= s.checkpoint_interval_s
         publish_due = (
-            now - self._last_publish >= s.publish_interval_s
+            not self._fenced
+            and now - self._last_publish >= s.publish_interval_s
             and (self._export_task is None or self._export_task.done())
             # While Triton is down, versions would pile up unserved; the watcher reloads on return.
             and not (self.triton is not None and self.health["triton"].ok is False)
@@ -427,6 +440,7 @@ class Updater:
     async def _checkpoint(self) -> None:
         """Dead letters, then the checkpoint, then the Kafka commit: offsets never run ahead."""
         self._last_checkpoint = time.monotonic()
+        await self._confirm_writer()
         if self._dead:
             # Durable in the outbox before the offsets that produced them are committed.
             self._record(dead_letters_op(self._dead))
@@ -518,18 +532,28 @@ class Updater:
         """An export that fails is logged and counted; training goes on and the next one retries."""
         try:
             await self._export(snap)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, LeaseLost):
             raise
         except Exception:
             self.counters.export_failures += 1
             log.exception("export failed; will retry with the next snapshot")
             self._fresh_pending.extendleft(reversed(snap.fresh_action_ts_ms))
 
+    async def _confirm_writer(self) -> None:
+        try:
+            await self.lease.confirm()
+        except LeaseLost:
+            self._fenced = True
+            self._stopping.set()
+            raise
+
     async def _export(self, snap: Snapshot) -> None:
+        await self._confirm_writer()
         version = self.publisher.next_version(floor=self._registry_max)
         metrics: dict[str, Any] = {
             k: _finite(v) if isinstance(v, float) else v for k, v in snap.metrics.items()
         }
+        metrics["writer_token"] = self.lease.token
         if await self._maybe_roll_back(snap):
             return
         gated: dict[str, Any] = {}
@@ -705,7 +729,8 @@ class Updater:
         if self.registry._pool is not None:
             return True
         try:
-            await asyncio.wait_for(self.registry.start(), REGISTRY_TIMEOUT_S)
+            async with asyncio.timeout(REGISTRY_TIMEOUT_S):
+                await self.registry.start()
             if self._registry_baseline is None:
                 # Read once, before anything this process queued has been applied.
                 self._registry_max = max(self._registry_max, await self.registry.max_version())
@@ -725,7 +750,8 @@ class Updater:
                 return
             chunk = self.outbox.pending()[:OUTBOX_CHUNK]
             try:
-                await asyncio.wait_for(self.registry.apply(chunk), REGISTRY_TIMEOUT_S)
+                async with asyncio.timeout(REGISTRY_TIMEOUT_S):
+                    await self.registry.apply(chunk)
             except asyncpg.DataError as exc:
                 # This data can never be stored (not a passing fault): set the bad operation aside.
                 await self._apply_one_by_one(chunk, exc)
@@ -740,7 +766,8 @@ class Updater:
     async def _apply_one_by_one(self, chunk: list[dict[str, Any]], error: Exception) -> None:
         for op in chunk:
             try:
-                await asyncio.wait_for(self.registry.apply([op]), REGISTRY_TIMEOUT_S)
+                async with asyncio.timeout(REGISTRY_TIMEOUT_S):
+                    await self.registry.apply([op])
             except asyncpg.DataError as exc:
                 log.warning(
                     "registry refused a %s operation (%s); kept in %s",
@@ -754,8 +781,11 @@ class Updater:
 
     async def _flush_registry(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: on Python 3.11 a cancellation that meets wait_for's
+            # timeout is swallowed, and this loop would never end.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._flush_wanted.wait(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await self._flush_wanted.wait()
             self._flush_wanted.clear()
             await self._flush_once()
 
@@ -783,7 +813,8 @@ class Updater:
         if self.registry._pool is None or len(self.outbox):
             return  # our own serving changes are not applied yet; keep what we know
         try:
-            row = await asyncio.wait_for(self.registry.serving(), REGISTRY_TIMEOUT_S)
+            async with asyncio.timeout(REGISTRY_TIMEOUT_S):
+                row = await self.registry.serving()
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
             return
         wanted = Serving(row["mode"], row["version"], row["reason"])
@@ -842,9 +873,12 @@ class Updater:
             "last_checkpoint": self.last_checkpoint,
             "last_export": self.last_export,
             "device": str(self.learner.device),
+            "writer_token": self.lease.token,
         }
 
     def _write_status(self) -> None:
+        if self.lease.token is None or self._fenced:
+            return  # a standby (or a fenced writer) must not overwrite the writer's status file
         path = self.settings.state_dir / STATUS_FILE
         tmp = path.with_suffix(".tmp")
         tmp.write_bytes(orjson.dumps(self.status(), option=orjson.OPT_INDENT_2))
@@ -862,3 +896,5 @@ class Updater:
             await self.wait()
         finally:
             await self.stop()
+        if self._fenced:
+            raise LeaseLost("another updater took over as the writer; this one stopped without a checkpoint")

@@ -151,7 +151,8 @@ class EventSource:
         if not todo:
             return True
         try:
-            await asyncio.wait_for(self.consumer.commit(todo), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self.consumer.commit(todo)
         except (KafkaError, TimeoutError) as exc:
             self.last_commit_error = f"{type(exc).__name__}: {exc}"
             log.warning("offset commit failed (%s); the checkpoint holds them, will commit again", exc)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -61,6 +62,17 @@ def settings_for(tmp_path: Path) -> Callable[..., UpdaterSettings]:
         return UpdaterSettings(**values)
 
     return make
+
+
+def updater_command(stack: EmbeddedStack, state_dir: Path, *extra: str) -> list[str]:
+    """``freshrank updater`` against ``stack``, as a separate process (nothing held out)."""
+    a = stack.addresses
+    return [
+        sys.executable, "-m", "freshrank.cli", "updater",
+        "--bootstrap", a.bootstrap, "--pg-dsn", a.pg_dsn, "--model-repository", a.repository,
+        "--triton-grpc", a.triton_grpc, "--state-dir", str(state_dir), "--holdout-every", "0",
+        *extra,
+    ]  # fmt: skip
 
 
 async def send(bootstrap: str, records: list[tuple[bytes | None, bytes | None]]) -> None:

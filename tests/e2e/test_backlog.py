@@ -7,14 +7,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import psutil
 import pytest
 
 from freshrank.stack import EmbeddedStack
-from tests.e2e.conftest import event, now_ms, send, traffic
+from tests.e2e.conftest import event, now_ms, send, traffic, updater_command
 
 pytestmark = pytest.mark.e2e
 
@@ -34,24 +33,7 @@ async def test_backlog_is_worked_off_with_bounded_memory(stack: EmbeddedStack, t
     total_records += 1
 
     state = tmp_path / "updater"
-    cmd = [
-        sys.executable,
-        "-m",
-        "freshrank.cli",
-        "updater",
-        "--bootstrap",
-        a.bootstrap,
-        "--pg-dsn",
-        a.pg_dsn,
-        "--model-repository",
-        a.repository,
-        "--triton-grpc",
-        a.triton_grpc,
-        "--state-dir",
-        str(state),
-        "--holdout-every",
-        "0",
-    ]
+    cmd = updater_command(stack, state)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: ASYNC220
     peak = 0
     status: dict[str, object] = {}

@@ -8,13 +8,12 @@ import os
 import random
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from freshrank.stack import EmbeddedStack
-from tests.e2e.conftest import event, now_ms, send, traffic
+from tests.e2e.conftest import event, now_ms, send, traffic, updater_command
 
 pytestmark = pytest.mark.e2e
 
@@ -32,23 +31,9 @@ async def test_sigkill_restarts_learn_every_sample_exactly_once(stack: EmbeddedS
     a = stack.addresses
     state = tmp_path / "updater"
     status_file = state / "status.json"
-    cmd = [
-        sys.executable,
-        "-m",
-        "freshrank.cli",
-        "updater",
-        "--bootstrap",
-        a.bootstrap,
-        "--pg-dsn",
-        a.pg_dsn,
-        "--model-repository",
-        a.repository,
-        "--triton-grpc",
-        a.triton_grpc,
-        "--state-dir",
-        str(state),
-        "--holdout-every",
-        "0",
+    cmd = updater_command(
+        stack,
+        state,
         "--batch-size",
         "32",
         "--window",
@@ -57,7 +42,7 @@ async def test_sigkill_restarts_learn_every_sample_exactly_once(stack: EmbeddedS
         "0.5",
         "--checkpoint-interval",
         "0.4",
-    ]
+    )
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     log = open(tmp_path / "updater.log", "ab")  # noqa: ASYNC230, SIM115 - closed below
 

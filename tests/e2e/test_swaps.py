@@ -1,0 +1,143 @@
+"""Zero-downtime swaps: 100 new versions loaded under steady HTTP and gRPC traffic."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+import tritonclient.http.aio as httpaio
+from tritonclient.utils import InferenceServerException
+
+from exporter.onnx_export import build_onnx, write_onnx
+from exporter.publish import Publisher
+from exporter.triton import TritonModel
+from freshrank.stack import EmbeddedStack
+from tests.e2e.conftest import SMALL_MODEL
+from updater.batcher import Vocabularies, encode
+from updater.joiner import Sample
+from updater.learner import Learner
+
+pytestmark = pytest.mark.e2e
+
+SWAPS = 100
+WORKERS = 3  # per protocol
+CANDIDATES = 100
+
+
+def columns() -> dict[str, np.ndarray]:
+    return {
+        "user_id": np.array([b"u1"] * CANDIDATES, dtype=object),
+        "query": np.array([b"red shoes"] * CANDIDATES, dtype=object),
+        "item_id": np.array([f"i{i}".encode() for i in range(CANDIDATES)], dtype=object),
+        "category": np.array([b"shoes"] * CANDIDATES, dtype=object),
+        "brand": np.array([b"acme"] * CANDIDATES, dtype=object),
+        "price": np.full(CANDIDATES, 20.0, dtype=np.float32),
+    }
+
+
+def tensors(module: object) -> list[object]:
+    out = []
+    for name, values in columns().items():
+        t = module.InferInput(name, [CANDIDATES], "FP32" if name == "price" else "BYTES")  # type: ignore[attr-defined]
+        t.set_data_from_numpy(values)
+        out.append(t)
+    return out
+
+
+def triton_rss(pid: int) -> int:
+    proc = psutil.Process(pid)
+    return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)])
+
+
+class Load:
+    def __init__(self) -> None:
+        self.ok = 0
+        self.failed: list[str] = []
+        self.backwards = 0
+        self.stop = asyncio.Event()
+
+    def saw(self, last: int, version: int) -> int:
+        self.ok += 1
+        if version < last:
+            self.backwards += 1
+        return max(last, version)
+
+    async def http_worker(self, url: str) -> None:
+        client = httpaio.InferenceServerClient(url)
+        last = 0
+        try:
+            while not self.stop.is_set():
+                try:
+                    result = await client.infer("ranker", tensors(httpclient))
+                    last = self.saw(last, int(result.get_response()["model_version"]))
+                except InferenceServerException as exc:
+                    self.failed.append(f"http: {exc}")
+        finally:
+            await client.close()
+
+    def grpc_worker(self, url: str) -> None:
+        client = grpcclient.InferenceServerClient(url)
+        last = 0
+        try:
+            while not self.stop.is_set():
+                try:
+                    result = client.infer("ranker", tensors(grpcclient), client_timeout=10)
+                    last = self.saw(last, int(result.get_response().model_version))
+                except InferenceServerException as exc:
+                    self.failed.append(f"grpc: {exc}")
+        finally:
+            client.close()
+
+
+async def test_hundred_swaps_under_load_drop_no_request(stack: EmbeddedStack, tmp_path: Path) -> None:
+    a = stack.addresses
+    learner, vocabs = Learner(SMALL_MODEL, device="cpu"), Vocabularies(SMALL_MODEL)
+    samples = [
+        Sample(f"u{i % 7}", "red shoes", f"i{i}", "shoes", "acme", 20.0, i % 2, 0, 0) for i in range(200)
+    ]
+    publisher = Publisher(Path(a.repository), keep=3)
+
+    def publish_next() -> int:
+        learner.learn(encode(samples, vocabs, SMALL_MODEL.max_tokens))
+        model = learner.frozen_copy()
+        return publisher.publish(
+            publisher.next_version(), lambda d: write_onnx(build_onnx(model, vocabs), d)
+        ).version
+
+    async with TritonModel(a.triton_grpc) as triton:
+        await asyncio.to_thread(publish_next)
+        await triton.load()
+        triton_pid = stack.triton.process.proc.pid  # type: ignore[union-attr]
+        rss_before = triton_rss(triton_pid)
+        load = Load()
+        workers = [asyncio.create_task(load.http_worker(a.triton_http)) for _ in range(WORKERS)]
+        workers += [
+            asyncio.create_task(asyncio.to_thread(load.grpc_worker, a.triton_grpc)) for _ in range(WORKERS)
+        ]
+        started = time.monotonic()
+        try:
+            for _ in range(SWAPS):
+                version = await asyncio.to_thread(publish_next)
+                await triton.load()
+                assert await triton.served_version() == version
+                publisher.prune(protect={version})
+        finally:
+            load.stop.set()
+            await asyncio.gather(*workers)
+        elapsed = time.monotonic() - started
+        rss_after = triton_rss(triton_pid)
+
+    print(
+        f"{SWAPS} swaps in {elapsed:.0f} s, {load.ok} requests ({load.ok / elapsed:.0f}/s), "
+        f"{len(load.failed)} failed, Triton RSS {rss_before / 2**20:.0f} -> {rss_after / 2**20:.0f} MiB"
+    )
+    assert load.failed == []
+    assert load.backwards == 0
+    assert load.ok > SWAPS * 10
+    assert rss_after < rss_before + 300 * 2**20  # bounded: no growth per swap worth speaking of

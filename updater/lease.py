@@ -1,0 +1,122 @@
+"""One writer per model: a PostgreSQL advisory lock plus a fencing token.
+
+The updater that holds the lock (on a connection of its own) is the only one that publishes;
+a second updater started for the same model waits as a standby and takes over when the
+first one's session ends (it died, or was stopped). Every new holder gets a larger token,
+and each version records the token it was published under.
+
+While PostgreSQL is unreachable nobody can take the lock, so the holder keeps publishing;
+when the database is back it re-takes the lock, and if another updater held it in between
+the old holder has been fenced off and must stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+
+import asyncpg
+
+from updater import FreshrankError
+
+log = logging.getLogger(__name__)
+
+LEASE_TIMEOUT_S = 5.0
+
+
+class LeaseLost(FreshrankError):
+    """Another updater became the writer for this model; this one must stop publishing."""
+
+
+def _lock_key(model: str) -> str:
+    return f"freshrank-writer:{model}"
+
+
+class WriterLease:
+    def __init__(self, dsn: str, model: str) -> None:
+        self.dsn = dsn
+        self.model = model
+        self.holder = f"{socket.gethostname()}:{os.getpid()}"
+        self.token: int | None = None
+        self._conn: asyncpg.Connection | None = None
+
+    async def try_acquire(self) -> bool:
+        """Take the lease if nobody holds it; False when another updater does (or PostgreSQL is away)."""
+        try:
+            conn = await asyncpg.connect(self.dsn, timeout=LEASE_TIMEOUT_S)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            return False
+        try:
+            got = await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", _lock_key(self.model))
+            if not got:
+                await conn.close()
+                return False
+            previous = self.token
+            self.token = int(
+                await conn.fetchval(
+                    "INSERT INTO writer_lease (model, holder, token) VALUES ($1, $2, 1)"
+                    " ON CONFLICT (model) DO UPDATE SET token = writer_lease.token + 1,"
+                    " holder = EXCLUDED.holder, acquired_at = now() RETURNING token",
+                    self.model,
+                    self.holder,
+                )
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            await conn.close()
+            return False
+        self._conn = conn
+        if previous is not None and self.token != previous + 1:
+            # Someone else held it while we were away: what we have is stale.
+            await self.release()
+            raise LeaseLost(
+                f"another updater held the writer lease for {self.model!r} (token {self.token - 1})"
+            )
+        log.info("writer lease for %r taken with token %d", self.model, self.token)
+        return True
+
+    async def wait(self, stopping: asyncio.Event, poll_s: float = 2.0) -> bool:
+        """Standby until the lease is ours (True) or ``stopping`` is set (False)."""
+        first = True
+        while not stopping.is_set():
+            if await self.try_acquire():
+                return True
+            if first:
+                log.warning("another updater is the writer for %r; waiting as standby", self.model)
+                first = False
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(poll_s):
+                    await stopping.wait()
+        return False
+
+    async def confirm(self) -> None:
+        """Raise :class:`LeaseLost` unless this updater may still publish."""
+        conn = self._conn
+        if conn is not None and not conn.is_closed():
+            try:
+                async with asyncio.timeout(LEASE_TIMEOUT_S):
+                    token = await conn.fetchval("SELECT token FROM writer_lease WHERE model = $1", self.model)
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                conn.terminate()
+                self._conn = None
+            else:
+                if token != self.token:
+                    raise LeaseLost(
+                        f"writer lease for {self.model!r} now has token {token}, ours is {self.token}"
+                    )
+                return
+        # Our session is gone. If PostgreSQL is away nobody else can take the lock: carry on.
+        try:
+            probe = await asyncpg.connect(self.dsn, timeout=LEASE_TIMEOUT_S)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            return
+        await probe.close()
+        if not await self.try_acquire():
+            raise LeaseLost(f"another updater holds the writer lease for {self.model!r}")
+
+    async def release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            await conn.close()  # ends the session, which releases the advisory lock
