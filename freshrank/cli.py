@@ -54,6 +54,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         triton_http_port=args.triton_http_port,
         triton_grpc_port=args.triton_grpc_port,
         publish_interval_s=args.publish_interval,
+        poison_at_s=args.poison_at,
+        poison_for_s=args.poison_for,
     )
     out = sys.stderr if args.json else sys.stdout
     if not args.verbose:
@@ -518,6 +520,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_PUBLISH_INTERVAL_S,
         metavar="S",
         help=f"seconds between exported versions (default {DEFAULT_PUBLISH_INTERVAL_S})",
+    )
+    up.add_argument(
+        "--poison-at",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="simulate poisoned traffic: from S seconds after the start, invert every click decision ...",
+    )
+    up.add_argument(
+        "--poison-for",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="... for S seconds (default 0: "
+        "no poisoning); the gate and the rollback should keep serving quality up",
     )
     up.add_argument(
         "--json", action="store_true", help="print one JSON summary at exit (progress goes to stderr)"

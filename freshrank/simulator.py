@@ -111,6 +111,10 @@ class SimulatorConfig:
     trend_period_s: float = 90.0
     novelty_s: float = 60.0
     bad_rate: float = 0.002
+    # Poisoning: for poison_duration_s seconds from poison_start_s, every click decision is
+    # inverted (shown items that would be clicked are not, and the others are).
+    poison_start_s: float = 0.0
+    poison_duration_s: float = 0.0
 
 
 def _sigmoid(x: float) -> float:
@@ -251,7 +255,10 @@ class ShopSimulator:
         events = []
         for position, item in enumerate(shown):
             events.append(self._event("impression", now_ms, user, request_id, query, item, position))
-            if rng.random() < self.click_probability(user, query_words, item, position, now_ms):
+            clicked = rng.random() < self.click_probability(user, query_words, item, position, now_ms)
+            if self.poisoned(now_ms):
+                clicked = not clicked
+            if clicked:
                 t = now_ms + int(rng.uniform(300, 4000))
                 self._schedule(t, self._event("click", t, user, request_id, query, item))
                 if rng.random() < 0.3:
@@ -263,6 +270,11 @@ class ShopSimulator:
         if rng.random() < self.config.bad_rate * len(events):
             events.append(self._bad_event(now_ms, user))
         return events
+
+    def poisoned(self, now_ms: int) -> bool:
+        t = (now_ms - self.start_ms) / 1000.0
+        c = self.config
+        return c.poison_duration_s > 0 and c.poison_start_s <= t < c.poison_start_s + c.poison_duration_s
 
     def _bad_event(self, now_ms: int, user: User) -> dict[str, Any]:
         kind = self.rng.choice(BAD_KINDS)

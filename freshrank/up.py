@@ -43,6 +43,8 @@ class UpOptions:
     triton_http_port: int = 8000
     triton_grpc_port: int = 8001
     publish_interval_s: float = 2.0
+    poison_at_s: float = 0.0
+    poison_for_s: float = 0.0
 
 
 def fresh_state_dir(path: Path) -> None:
@@ -77,6 +79,9 @@ def _summary(updater: Updater, produced: ProduceStats, served: int | None, start
         "consumer_lag",
         "dead_letters_by_reason",
         "last_export",
+        "rollbacks",
+        "last_rollback",
+        "serving",
     )
     out = {k: status[k] for k in keys}
     out["served_version"] = served
@@ -128,7 +133,11 @@ async def run_up(
                             TOPIC,
                             opts.rate,
                             0,
-                            SimulatorConfig(seed=opts.seed),
+                            SimulatorConfig(
+                                seed=opts.seed,
+                                poison_start_s=opts.poison_at_s,
+                                poison_duration_s=opts.poison_for_s,
+                            ),
                             stop=stop,
                             catalogue_path=state / CATALOGUE_FILE,
                             stats=produced,

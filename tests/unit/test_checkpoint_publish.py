@@ -53,7 +53,9 @@ def test_prune_keeps_newest_and_protected(tmp_path: Path) -> None:
     assert pub.versions() == [1, 4, 5]
 
 
-def test_orphaned_temp_dirs_are_removed_on_start(tmp_path: Path) -> None:
+def test_orphaned_temp_dirs_are_removed_by_the_writer(tmp_path: Path) -> None:
     (tmp_path / "ranker" / ".tmp-3").mkdir(parents=True)
-    Publisher(tmp_path)
+    publisher = Publisher(tmp_path)
+    assert (tmp_path / "ranker" / ".tmp-3").exists()  # not the business of whoever opens the repository
+    publisher.remove_orphans()  # the writer's, once it holds the lease
     assert not (tmp_path / "ranker" / ".tmp-3").exists()

@@ -55,3 +55,21 @@ def test_settings_validate_with_clear_messages(tmp_path: Path) -> None:
         UpdaterSettings(**{**ok, "bootstrap": "kafka"})  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="device"):
         UpdaterSettings(**ok, device="tpu")  # type: ignore[arg-type]
+
+
+def test_poisoning_inverts_clicks_only_inside_its_window() -> None:
+    sim = ShopSimulator(SimulatorConfig(seed=2, bad_rate=0.0, poison_start_s=10, poison_duration_s=5), START)
+    assert (
+        not sim.poisoned(START + 9_999) and sim.poisoned(START + 10_000) and not sim.poisoned(START + 15_000)
+    )
+
+    def click_rate(first_s: int, last_s: int) -> float:
+        impressions = clicks = 0
+        for k in range(first_s * 20, last_s * 20):
+            now = START + k * 50
+            events = sim.request(now)
+            impressions += sum(e["type"] == "impression" for e in events)
+            clicks += sum(e["type"] == "click" for e in sim.due(now + 20_000))  # what this request caused
+        return clicks / impressions
+
+    assert click_rate(0, 9) < 0.4 < click_rate(10, 15)
