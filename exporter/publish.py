@@ -17,6 +17,7 @@ from pathlib import Path
 MODEL_NAME = "ranker"
 DEFAULT_KEEP_VERSIONS = 5
 TMP_PREFIX = ".tmp-"
+ROLLED_BACK_PREFIX = ".rolled-back-"
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,8 @@ class Publisher:
         return sorted(int(p.name) for p in self.model_dir.iterdir() if p.is_dir() and p.name.isdigit())
 
     def next_version(self, floor: int = 0) -> int:
-        return max([floor, *self.versions()]) + 1
+        rolled_back = [int(p.name.rsplit("-", 1)[1]) for p in self.model_dir.glob(f"{ROLLED_BACK_PREFIX}*")]
+        return max([floor, *self.versions(), *rolled_back]) + 1
 
     def publish(self, version: int, write: Callable[[Path], list[Path]]) -> Published:
         """Run ``write(tmp_dir)`` and move its result into place as ``version``."""
@@ -94,6 +96,14 @@ class Publisher:
             raise
         return Published(version, final, size, digest.hexdigest())
 
+    def quarantine(self, versions: list[int]) -> None:
+        """Move rolled-back versions out of Triton's sight (non-numeric names are ignored), so that
+        "the newest version" is never one of them again."""
+        for v in versions:
+            path = self.model_dir / str(v)
+            if path.is_dir():
+                os.rename(path, self.model_dir / f"{ROLLED_BACK_PREFIX}{v}")
+
     def prune(self, protect: set[int] | None = None) -> list[int]:
         """Delete all but the newest ``keep`` versions (and any in ``protect``)."""
         protect = protect or set()
@@ -101,6 +111,11 @@ class Publisher:
         doomed = [v for v in versions[: -self.keep] if v not in protect]
         for v in doomed:
             shutil.rmtree(self.model_dir / str(v), ignore_errors=True)
+        rolled_back = sorted(
+            self.model_dir.glob(f"{ROLLED_BACK_PREFIX}*"), key=lambda p: int(p.name.rsplit("-", 1)[1])
+        )
+        for path in rolled_back[: -self.keep]:
+            shutil.rmtree(path, ignore_errors=True)
         return doomed
 
     def remove_orphans(self) -> None:

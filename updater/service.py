@@ -537,7 +537,7 @@ class Updater:
         except Exception:
             self.counters.export_failures += 1
             log.exception("export failed; will retry with the next snapshot")
-            self._fresh_pending.extendleft(reversed(snap.fresh_action_ts_ms))
+            self._requeue_fresh(snap)
 
     async def _confirm_writer(self) -> None:
         try:
@@ -566,6 +566,7 @@ class Updater:
             self._registry_max = max(self._registry_max, version)
             self.counters.versions_rejected += 1
             log.warning("version %d rejected: %s", version, exc)
+            self._requeue_fresh(snap)
             self._record(
                 {
                     "op": "add_version",
@@ -604,6 +605,7 @@ class Updater:
         if self.serving.mode == "pinned":
             # Training and publishing go on; serving stays where the operator put it.
             self.publisher.prune(protect=self._protected(version))
+            self._requeue_fresh(snap)
             return
         try:
             async with self._triton_lock:
@@ -614,6 +616,7 @@ class Updater:
             self.health["triton"].mark(False, str(exc))
             log.warning("version %d published but not loaded: %s", version, exc)
             self.publisher.prune(protect=self._protected(version))
+            self._requeue_fresh(snap)
             return
         if served != version:
             log.warning("Triton serves version %s after loading %d", served, version)
@@ -648,6 +651,10 @@ class Updater:
             load_s,
             snap.samples_trained,
         )
+
+    def _requeue_fresh(self, snap: Snapshot) -> None:
+        """Its samples are served by a later version: measure their freshness then."""
+        self._fresh_pending.extendleft(reversed(snap.fresh_action_ts_ms))
 
     async def _probe(self) -> tuple[int, float]:
         """First response after a load: which version answered, and when."""
@@ -697,6 +704,9 @@ class Updater:
             self.health["triton"].mark(False, str(exc))
             return True
         self.counters.rollbacks += 1
+        # Triton has moved off them: the newest directory is the target again, so no later
+        # "load the newest" (an unpin, a Triton restart) can bring a rolled-back version back.
+        self.publisher.quarantine([v for v in self.publisher.versions() if v > previous.version])
         self.serving = Serving("rolled_back", previous.version, reason)
         # The bad version and everything served after the target leave the history.
         self._live = previous

@@ -88,6 +88,8 @@ async def test_a_poisoned_period_is_rolled_back_and_pins_hold(
         async with TritonModel(a.triton_grpc) as triton:
             served = await triton.served_version()
         assert served == rollback["to"] or (served or 0) > rollback["from"]
+        # The rolled-back versions left Triton's sight: "the newest" can never be one of them.
+        assert all(v <= rollback["to"] or v > rollback["from"] for v in updater.publisher.versions())
         assert good is not None
 
         # An operator pins a version: exports go on, serving stays.
@@ -111,6 +113,27 @@ async def test_a_poisoned_period_is_rolled_back_and_pins_hold(
             assert await triton.served_version() == pinned
         await asyncio.to_thread(subprocess.run, [*cli, "unpin", *common], capture_output=True, check=True)
         await wait_for(lambda: updater.serving.mode == "latest", 10, "the updater to see the unpin")
+
+        # `versions` shows what happened; `rollback --to` holds an earlier version by hand.
+        listed = await asyncio.to_thread(
+            subprocess.run,
+            [*cli, "versions", "--json", "--limit", "1000", "--pg-dsn", a.pg_dsn],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        report = json.loads(listed.stdout)
+        assert report["serving"]["mode"] == "latest"
+        assert {v["version"]: v["status"] for v in report["versions"]}[rollback["from"]] == "rolled_back"
+        back = await asyncio.to_thread(
+            subprocess.run,
+            [*cli, "rollback", "--to", str(pinned), *common],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert json.loads(back.stdout)["served_version"] == pinned
+        await wait_for(lambda: updater.serving.mode == "pinned", 10, "the updater to see the rollback")
 
     async with Registry(a.pg_dsn) as registry:
         versions = await registry.versions(limit=1000)

@@ -59,3 +59,13 @@ def test_orphaned_temp_dirs_are_removed_by_the_writer(tmp_path: Path) -> None:
     assert (tmp_path / "ranker" / ".tmp-3").exists()  # not the business of whoever opens the repository
     publisher.remove_orphans()  # the writer's, once it holds the lease
     assert not (tmp_path / "ranker" / ".tmp-3").exists()
+
+
+def test_quarantined_versions_are_out_of_sight(tmp_path: Path) -> None:
+    pub = Publisher(tmp_path, keep=2)
+    for v in range(1, 5):
+        pub.publish(v, write_files)
+    pub.quarantine([3, 4])
+    assert pub.versions() == [1, 2]
+    assert pub.next_version() == 5  # a number once used is never used again
+    assert (tmp_path / "ranker" / ".rolled-back-4").is_dir()
