@@ -46,7 +46,7 @@ class WriterLease:
     async def try_acquire(self) -> bool:
         """Take the lease if nobody holds it; False when another updater does (or PostgreSQL is away)."""
         try:
-            conn = await asyncpg.connect(self.dsn, timeout=LEASE_TIMEOUT_S)
+            conn = await asyncpg.connect(self.dsn, timeout=LEASE_TIMEOUT_S, command_timeout=LEASE_TIMEOUT_S)
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
             return False
         try:
@@ -64,8 +64,9 @@ class WriterLease:
                     self.holder,
                 )
             )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            await conn.close()
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("could not take the writer lease for %r: %s", self.model, exc)
+            conn.terminate()
             return False
         self._conn = conn
         if previous is not None and self.token != previous + 1:
@@ -80,6 +81,7 @@ class WriterLease:
     async def wait(self, stopping: asyncio.Event, poll_s: float = 2.0) -> bool:
         """Standby until the lease is ours (True) or ``stopping`` is set (False)."""
         first = True
+        log.info("taking the writer lease for %r", self.model)
         while not stopping.is_set():
             if await self.try_acquire():
                 return True
@@ -109,7 +111,7 @@ class WriterLease:
                 return
         # Our session is gone. If PostgreSQL is away nobody else can take the lock: carry on.
         try:
-            probe = await asyncpg.connect(self.dsn, timeout=LEASE_TIMEOUT_S)
+            probe = await asyncpg.connect(self.dsn, timeout=LEASE_TIMEOUT_S, command_timeout=LEASE_TIMEOUT_S)
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
             return
         await probe.close()

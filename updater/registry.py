@@ -33,10 +33,10 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     detail      text        NOT NULL DEFAULT '',
     key         bytea,
     raw         bytea,
+    replayed_at timestamptz,
     UNIQUE (topic, partition, "offset")
 );
 CREATE INDEX IF NOT EXISTS dead_letters_reason ON dead_letters (reason);
-ALTER TABLE dead_letters ADD COLUMN IF NOT EXISTS replayed_at timestamptz;
 CREATE TABLE IF NOT EXISTS writer_lease (
     model       text        PRIMARY KEY,
     holder      text        NOT NULL,
@@ -186,11 +186,6 @@ class Registry:
                     )
                 else:
                     raise ValueError(f"expected a registry operation, got {kind!r}")
-
-    async def add_dead_letters(self, letters: list[DeadLetter]) -> None:
-        """Store dead letters; a replayed record (same topic/partition/offset) is stored once."""
-        if letters:
-            await self.apply([dead_letters_op(letters)])
 
     async def dead_letter_counts(self) -> dict[str, int]:
         rows = await self.pool.fetch(

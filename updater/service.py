@@ -195,6 +195,7 @@ class Updater:
         self._started = True
         torch.set_num_threads(self.settings.torch_threads)
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        log.info("updater starting (pid %d)", os.getpid())
         await self._connect_registry()
         # One writer per model: a second updater waits here as a standby until the first is gone.
         if not await self.lease.wait(self._stopping):
