@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import sys
 import time
@@ -62,6 +63,14 @@ def settings_for(tmp_path: Path) -> Callable[..., UpdaterSettings]:
         return UpdaterSettings(**values)
 
     return make
+
+
+def read_status(path: Path) -> dict[str, object]:
+    """An updater's status file, or {} while there is none (or it is being replaced)."""
+    try:
+        return dict(json.loads(path.read_text()))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
 
 
 def updater_command(stack: EmbeddedStack, state_dir: Path, *extra: str) -> list[str]:

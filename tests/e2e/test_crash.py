@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
 import signal
@@ -13,18 +12,11 @@ from pathlib import Path
 import pytest
 
 from freshrank.stack import EmbeddedStack
-from tests.e2e.conftest import event, now_ms, send, traffic, updater_command
+from tests.e2e.conftest import event, now_ms, read_status, send, traffic, updater_command
 
 pytestmark = pytest.mark.e2e
 
 KILLS = 5
-
-
-def read_status(path: Path) -> dict[str, object]:
-    try:
-        return dict(json.loads(path.read_text()))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
 
 
 async def test_sigkill_restarts_learn_every_sample_exactly_once(stack: EmbeddedStack, tmp_path: Path) -> None:

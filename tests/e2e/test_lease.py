@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -12,18 +11,11 @@ from pathlib import Path
 import pytest
 
 from freshrank.stack import EmbeddedStack
-from tests.e2e.conftest import event, now_ms, send, traffic, updater_command
+from tests.e2e.conftest import event, now_ms, read_status, send, traffic, updater_command
 from tests.e2e.test_loop import wait_for
 from updater.registry import Registry
 
 pytestmark = pytest.mark.e2e
-
-
-def status(path: Path) -> dict[str, object]:
-    try:
-        return dict(json.loads(path.read_text()))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
 
 
 async def test_second_updater_is_a_standby_and_takes_over(stack: EmbeddedStack, tmp_path: Path) -> None:
@@ -50,12 +42,14 @@ async def test_second_updater_is_a_standby_and_takes_over(stack: EmbeddedStack, 
     primary = subprocess.Popen(cmd, stdout=logs["a"], stderr=logs["a"])  # noqa: ASYNC220
     standby = None
     try:
-        await wait_for(lambda: (status(status_file).get("live_version") or 0) >= 1, 60, "the first writer")
-        assert status(status_file)["writer_token"] == 1
+        await wait_for(
+            lambda: (read_status(status_file).get("live_version") or 0) >= 1, 60, "the first writer"
+        )
+        assert read_status(status_file)["writer_token"] == 1
         standby = subprocess.Popen(cmd, stdout=logs["b"], stderr=logs["b"])  # noqa: ASYNC220
         await wait_for(lambda: b"waiting as standby" in (tmp_path / "b.log").read_bytes(), 60, "the standby")
         await asyncio.sleep(3)
-        assert standby.poll() is None and status(status_file)["pid"] == primary.pid
+        assert standby.poll() is None and read_status(status_file)["pid"] == primary.pid
 
         primary.kill()  # its PostgreSQL session ends, and with it the lock
         primary.wait()
@@ -65,13 +59,13 @@ async def test_second_updater_is_a_standby_and_takes_over(stack: EmbeddedStack, 
         total = first_samples + second_samples
         await wait_for(
             lambda: (
-                status(status_file).get("pid") == standby.pid
-                and status(status_file).get("samples_trained") == total
+                read_status(status_file).get("pid") == standby.pid
+                and read_status(status_file).get("samples_trained") == total
             ),
             90,
             "the standby to take over and learn the rest",
         )
-        taken = status(status_file)
+        taken = read_status(status_file)
         assert taken["writer_token"] == 2
         assert taken["events_consumed"] == len(first) + len(second)  # resumed from the first's checkpoint
         standby.send_signal(signal.SIGTERM)
