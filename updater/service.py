@@ -268,9 +268,13 @@ class Updater:
                 if isinstance(result, Exception):
                     log.error("task %s failed: %s", task.get_name(), result, exc_info=result)
             self._write_status()
-            with contextlib.suppress(TimeoutError):
+            try:
                 async with asyncio.timeout(REGISTRY_TIMEOUT_S):
                     await self._flush_once()
+            except TimeoutError:
+                log.warning(
+                    "%d registry writes stay in %s for the next start", len(self.outbox), self.outbox.path
+                )
         finally:
             if self.source is not None:
                 await self.source.stop()
@@ -332,11 +336,11 @@ class Updater:
         samples.extend(self.joiner.expire())
         every = self.settings.holdout_every
         if every:
-            held = [x for x in samples if is_holdout(x.request_id, every)]
-            if held:
-                self._holdout.extend(held)
-                self.counters.held_out += len(held)
-                samples = [x for x in samples if not is_holdout(x.request_id, every)]
+            trained: list[Sample] = []
+            for x in samples:  # one hash per sample: this is the consumer loop
+                (self._holdout if is_holdout(x.request_id, every) else trained).append(x)
+            self.counters.held_out += len(samples) - len(trained)
+            samples = trained
         self._recent.extend(samples[-PARITY_SAMPLES:])
         return samples
 
@@ -826,7 +830,8 @@ class Updater:
         try:
             async with asyncio.timeout(REGISTRY_TIMEOUT_S):
                 row = await self.registry.serving()
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            self.health["postgres"].mark(False, f"{type(exc).__name__}: {exc}")
             return
         wanted = Serving(row["mode"], row["version"], row["reason"])
         if wanted != self.serving:
