@@ -42,16 +42,24 @@ class WriterLease:
         self.holder = f"{socket.gethostname()}:{os.getpid()}"
         self.token: int | None = None
         self._conn: asyncpg.Connection | None = None
+        self._held_token: int | None = None
 
     async def try_acquire(self) -> bool:
         """Take the lease if nobody holds it; False when another updater does (or PostgreSQL is away)."""
+        return await self._take() is True
+
+    async def _take(self) -> bool | None:
+        """True: the lease is ours. False: another session holds the lock. None: PostgreSQL is away."""
         try:
             conn = await asyncpg.connect(self.dsn, timeout=LEASE_TIMEOUT_S, command_timeout=LEASE_TIMEOUT_S)
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            return False
+            return None
         try:
             got = await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", _lock_key(self.model))
             if not got:
+                self._held_token = await conn.fetchval(
+                    "SELECT token FROM writer_lease WHERE model = $1", self.model
+                )
                 await conn.close()
                 return False
             previous = self.token
@@ -67,7 +75,7 @@ class WriterLease:
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("could not take the writer lease for %r: %s", self.model, exc)
             conn.terminate()
-            return False
+            return None
         self._conn = conn
         if previous is not None and self.token != previous + 1:
             # Someone else held it while we were away: what we have is stale.
@@ -109,14 +117,15 @@ class WriterLease:
                         f"writer lease for {self.model!r} now has token {token}, ours is {self.token}"
                     )
                 return
-        # Our session is gone. If PostgreSQL is away nobody else can take the lock: carry on.
-        try:
-            probe = await asyncpg.connect(self.dsn, timeout=LEASE_TIMEOUT_S, command_timeout=LEASE_TIMEOUT_S)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            return
-        await probe.close()
-        if not await self.try_acquire():
-            raise LeaseLost(f"another updater holds the writer lease for {self.model!r}")
+        # Our session is gone. While PostgreSQL is away (or restarting) nobody else can take the
+        # lock: carry on and try again at the next publish.
+        taken = await self._take()
+        if taken is False and self._held_token != self.token:
+            raise LeaseLost(
+                f"another updater holds the writer lease for {self.model!r} (token {self._held_token})"
+            )
+        # taken is False with our own token: the lock is still held by our old session, which the
+        # server has not reaped yet; nobody else has been granted it since.
 
     async def release(self) -> None:
         conn, self._conn = self._conn, None
