@@ -1,10 +1,11 @@
-# freshrank: `make demo` runs the whole loop locally, `make test` runs lint, types and every test.
+# freshrank: `make demo` runs the whole loop locally, `make test` runs lint, types and every test,
+# `make bench` runs every benchmark (about 25 minutes) into bench-results/.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 ARGS   ?=
 
-.PHONY: demo test lint unit e2e clean
+.PHONY: demo test bench lint unit e2e clean
 
 $(BIN)/python:
 	@echo "creating $(VENV)" >&2
@@ -19,6 +20,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+$(VENV)/.installed-bench: pyproject.toml $(VENV)/.installed
+	$(BIN)/pip install --quiet -e '.[bench]'
 	touch $@
 
 # @: with --json, stdout carries only freshrank's JSON.
@@ -39,5 +44,8 @@ e2e: $(VENV)/.installed-test
 test: lint
 	$(BIN)/python -m pytest -q -rs
 
+bench: $(VENV)/.installed-bench
+	@$(BIN)/freshrank bench all --out bench-results $(ARGS)
+
 clean:
-	rm -rf $(VENV) .freshrank .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .freshrank bench-results .pytest_cache .mypy_cache .ruff_cache

@@ -481,6 +481,20 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- parser
 
 
+# --------------------------------------------------------------------------- bench
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from benchmarks.runner import run
+
+    result = run(args.name, args.out, quiet=False)
+    if args.json:
+        print(_dump(result))
+    else:
+        print(f"results in {args.out}/ ({args.name}.json and PNGs)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="freshrank",
@@ -656,7 +670,26 @@ def build_parser() -> argparse.ArgumentParser:
     unpin = sub.add_parser("unpin", help="serve the newest version again")
     serving_options(unpin)
     unpin.set_defaults(func=cmd_unpin)
+
+    bench = sub.add_parser(
+        "bench",
+        help="run a benchmark (needs the bench extra: pip install -e '.[bench]')",
+        description="Benchmarks: " + ", ".join(_bench_names()) + ", or all (in that order). Progress goes to "
+        "stderr; the result is written to OUT/NAME.json (and PNGs where a picture helps).",
+    )
+    bench.add_argument("name", choices=[*_bench_names(), "all"])
+    bench.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    bench.add_argument(
+        "--out", type=Path, default=Path("bench-results"), metavar="DIR", help="default: ./bench-results"
+    )
+    bench.set_defaults(func=cmd_bench)
     return parser
+
+
+def _bench_names() -> tuple[str, ...]:
+    from benchmarks import NAMES
+
+    return NAMES
 
 
 def main(argv: list[str] | None = None) -> int:

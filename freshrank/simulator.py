@@ -17,7 +17,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -305,6 +305,28 @@ class ShopSimulator:
 
     def catalogue_rows(self) -> list[dict[str, Any]]:
         return [{k: v for k, v in asdict(it).items() if k != "quality"} for it in self.catalogue]
+
+
+def generate(
+    config: SimulatorConfig, rate: float, duration_s: float, start_ms: int, step_ms: int = 20
+) -> Iterator[dict[str, Any]]:
+    """The events ``produce`` would send, on a simulated clock: the same stream in no time.
+
+    Benchmarks replay it to every model in the same order; it is deterministic for a seed.
+    """
+    if rate <= 0 or duration_s <= 0:
+        raise ValueError(f"expected a positive rate and duration, got {rate!r} and {duration_s!r}")
+    sim = ShopSimulator(config, start_ms)
+    emitted = 0
+    end_ms = start_ms + int(duration_s * 1000)
+    for now_ms in range(start_ms, end_ms, step_ms):
+        events = sim.due(now_ms)
+        target = int(rate * (now_ms - start_ms) / 1000)
+        while emitted + len(events) < target:
+            events.extend(sim.request(now_ms))
+        emitted += len(events)
+        yield from events
+    yield from sim.due(end_ms + 60_000)  # the actions of the last requests
 
 
 def encode_event(event: dict[str, Any]) -> tuple[bytes | None, bytes]:

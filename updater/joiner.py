@@ -108,6 +108,10 @@ class Joiner:
                 out.append(_sample(impression, 0, 0))
         return out
 
+    def drain(self) -> list[Sample]:
+        """Close every open window now, as negatives: the end of a finite stream."""
+        return self._pop_oldest(len(self._pending))
+
     def _pop_oldest(self, count: int) -> list[Sample]:
         out: list[Sample] = []
         while len(out) < count and self._deadlines:

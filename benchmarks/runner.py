@@ -1,0 +1,34 @@
+"""Run benchmarks by name and keep their results."""
+
+from __future__ import annotations
+
+import importlib
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks import NAMES
+from benchmarks.common import Progress, machine, write_result
+
+
+def run(name: str, out: Path, quiet: bool = False) -> dict[str, Any]:
+    """Run one benchmark (or ``all`` in order); write ``<name>.json`` into ``out`` and return it."""
+    if name == "all":
+        started = time.monotonic()
+        results: dict[str, Any] = {"machine": machine(), "benchmarks": {}}
+        for each in NAMES:
+            results["benchmarks"][each] = run(each, out, quiet)
+        results["elapsed_s"] = round(time.monotonic() - started, 1)
+        write_result(out, "all", results)
+        return results
+    if name not in NAMES:
+        raise ValueError(f"expected a benchmark name out of {', '.join((*NAMES, 'all'))}, got {name!r}")
+    module = importlib.import_module(f"benchmarks.{name}")
+    progress = Progress(name, quiet)
+    started = time.monotonic()
+    result: dict[str, Any] = {"benchmark": name, "machine": machine()}
+    result.update(module.run(out, progress))
+    result["elapsed_s"] = round(time.monotonic() - started, 1)
+    write_result(out, name, result)
+    progress(f"done in {result['elapsed_s']} s -> {out / (name + '.json')}")
+    return result
