@@ -39,18 +39,37 @@ def _weights(model: Ranker) -> dict[str, np.ndarray]:
     return out
 
 
-def _encoder(name: str, inp: str, out: str, keys: list[str]) -> onnx.NodeProto:
-    # "" (and padding) is row 0, every unknown id row 1 (OOV).
-    return helper.make_node(
-        "LabelEncoder",
-        [inp],
-        [out],
-        name=name,
-        domain="ai.onnx.ml",
-        keys_strings=["", *keys],
-        values_int64s=[PAD, *range(RESERVED, RESERVED + len(keys))],
-        default_int64=OOV,
-    )
+def _encoder(name: str, inp: str, out: str) -> onnx.NodeProto:
+    # "" (and padding) is row 0, every unknown id row 1 (OOV). The keys themselves are filled in
+    # by _fill_encoders once the model proto exists: see there for why.
+    return helper.make_node("LabelEncoder", [inp], [out], name=name, domain="ai.onnx.ml", default_int64=OOV)
+
+
+def _fill_encoders(graph: onnx.GraphProto, keys_by_node: dict[str, list[str]]) -> None:
+    """Write each encoder's ``keys_strings``/``values_int64s`` straight into the final graph.
+
+    ``helper.make_attribute`` checks and converts every key in Python (~2.6 s per million keys),
+    and ``make_graph``/``make_model`` copy every node again; here the keys are encoded once and
+    land in the message that is saved.
+    """
+    for node in graph.node:
+        keys = keys_by_node.get(node.name)
+        if keys is None:
+            continue
+        strings = node.attribute.add(name="keys_strings", type=onnx.AttributeProto.STRINGS)
+        strings.strings.append(b"")
+        strings.strings.extend([k.encode() for k in keys])
+        values = node.attribute.add(name="values_int64s", type=onnx.AttributeProto.INTS)
+        values.ints.append(PAD)
+        values.ints.extend(range(RESERVED, RESERVED + len(keys)))
+
+
+def _add_initializer(graph: onnx.GraphProto, name: str, array: np.ndarray) -> None:
+    """One weight tensor, added in place (``make_graph``/``make_model`` would copy it twice)."""
+    array = np.ascontiguousarray(array)
+    tensor = graph.initializer.add(name=name, data_type=helper.np_dtype_to_tensor_dtype(array.dtype))
+    tensor.dims.extend(array.shape)
+    tensor.raw_data = array.tobytes()
 
 
 def build_onnx(model: Ranker, vocabs: Vocabularies) -> onnx.ModelProto:
@@ -58,8 +77,7 @@ def build_onnx(model: Ranker, vocabs: Vocabularies) -> onnx.ModelProto:
     cfg = model.config
     w = _weights(model)
     nodes: list[onnx.NodeProto] = []
-    inits = [numpy_helper.from_array(arr, name) for name, arr in w.items()]
-    inits += [
+    inits = [
         numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
         numpy_helper.from_array(np.array([0], dtype=np.int64), "zero_i"),
         numpy_helper.from_array(np.array([cfg.max_tokens], dtype=np.int64), "max_tokens"),
@@ -68,8 +86,10 @@ def build_onnx(model: Ranker, vocabs: Vocabularies) -> onnx.ModelProto:
         numpy_helper.from_array(np.array(PAD, dtype=np.int64), "pad_row"),
     ]
     emb: dict[str, str] = {}
+    keys_by_node: dict[str, list[str]] = {"vocab_token": vocabs["token"].keys()}
     for feature, inp in STRING_INPUTS.items():
-        nodes.append(_encoder(f"vocab_{feature}", inp, f"row_{feature}", vocabs[feature].keys()))
+        keys_by_node[f"vocab_{feature}"] = vocabs[feature].keys()
+        nodes.append(_encoder(f"vocab_{feature}", inp, f"row_{feature}"))
         nodes.append(
             helper.make_node("Gather", [f"emb_{feature}", f"row_{feature}"], [f"e_{feature}"], axis=0)
         )
@@ -81,7 +101,7 @@ def build_onnx(model: Ranker, vocabs: Vocabularies) -> onnx.ModelProto:
             "StringNormalizer", [QUERY_INPUT], ["q_lower"], case_change_action="LOWER", locale="C.UTF-8"
         ),
         helper.make_node("StringSplit", ["q_lower"], ["q_tokens", "q_ntok"]),
-        _encoder("vocab_token", "q_tokens", "q_rows_all", vocabs["token"].keys()),
+        _encoder("vocab_token", "q_tokens", "q_rows_all"),
         helper.make_node("Slice", ["q_rows_all", "zero_i", "max_tokens", "axis1"], ["q_rows"]),
         helper.make_node("Gather", ["emb_token", "q_rows"], ["q_emb"], axis=0),
         helper.make_node("ReduceSum", ["q_emb", "axis1"], ["q_sum"], keepdims=0),
@@ -128,7 +148,7 @@ def build_onnx(model: Ranker, vocabs: Vocabularies) -> onnx.ModelProto:
         helper.make_node("Sigmoid", ["logit"], [OUTPUT]),
     ]
     # Topological order matters to the checker: "q_is_pad" is produced after its consumer above.
-    nodes = _toposort(nodes, {i.name for i in inits} | set(INPUT_NAMES))
+    nodes = _toposort(nodes, {i.name for i in inits} | set(w) | set(INPUT_NAMES))
     inputs = [helper.make_tensor_value_info(n, TensorProto.STRING, ["N"]) for n in INPUT_NAMES[:-1]]
     inputs.append(helper.make_tensor_value_info(PRICE_INPUT, TensorProto.FLOAT, ["N"]))
     graph = helper.make_graph(
@@ -144,6 +164,10 @@ def build_onnx(model: Ranker, vocabs: Vocabularies) -> onnx.ModelProto:
         producer_name="freshrank",
     )
     proto.ir_version = 9
+    # The big parts (weights, vocabularies) go in last, in place, so they are copied once.
+    for name, arr in w.items():
+        _add_initializer(proto.graph, name, arr)
+    _fill_encoders(proto.graph, keys_by_node)
     return proto
 
 

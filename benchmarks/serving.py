@@ -1,0 +1,509 @@
+"""Triton serving: gRPC and HTTP throughput and latency for 100-candidate requests.
+
+One realistic version (the default :class:`RankerConfig`, vocabularies filled with synthetic
+ids) is published and loaded into the embedded Triton. Closed-loop clients at concurrency
+1..16 measure requests/s and p50/p99 per protocol; onnxruntime called in-process on the same
+``model.onnx`` with the same inputs is the limit. Then an open-loop generator at half the
+measured gRPC peak gives the latency a client sees when the server is not saturated.
+
+Clients are tritonclient's blocking clients, one per thread: the network wait releases the
+GIL, and it is the client the project itself uses against Triton (``exporter/triton.py``
+moved off ``grpc.aio`` after a crash under cancellation on Python 3.11). The load generator
+runs on the same 2 cores as Triton; its own CPU share is measured and reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import torch
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from benchmarks.common import Progress, percentiles, save_figure
+from exporter.check import open_session
+from exporter.onnx_export import build_onnx, write_onnx
+from exporter.publish import MODEL_NAME, Publisher
+from exporter.triton import TritonModel
+from freshrank.stack import EmbeddedStack, free_port
+from updater.batcher import Vocabularies
+from updater.model import Ranker, RankerConfig
+
+CANDIDATES = 100
+CONCURRENCY = (1, 2, 4, 8, 16)
+LEVEL_S = 3.0
+WARMUP_S = 0.5
+OPEN_LOOP_S = 10.0
+OPEN_LOOP_WORKERS = 16
+REQUEST_POOL = 64
+TARGET_GRPC_RATIO = 0.6
+TARGET_P99_MS = 15.0
+# Vocabulary fill: a shop with 150k items and 100k users in the default 200k-row tables.
+ITEMS, USERS, CATEGORIES, BRANDS, TOKENS = 150_000, 100_000, 1_000, 5_000, 20_000
+
+
+# ----------------------------------------------------------------------------- pure helpers
+
+
+def summarise(latencies_s: list[float], errors: int, wall_s: float) -> dict[str, Any]:
+    """Requests/s and latency percentiles (ms) of one measured window."""
+    ms = percentiles([x * 1000 for x in latencies_s], (50, 99))
+    return {
+        "requests": len(latencies_s),
+        "errors": errors,
+        "rps": round(len(latencies_s) / wall_s, 1) if wall_s > 0 else 0.0,
+        "p50_ms": ms["p50"],
+        "p99_ms": ms["p99"],
+    }
+
+
+def config_variant(config_text: str, instances: int = 1, queue_delay_us: int | None = None) -> str:
+    """``config.pbtxt`` with another instance count and, optionally, a dynamic batcher."""
+    text, n = re.subn(
+        r"instance_group\s*\[[^\]]*\]", f"instance_group [ {{ count: {instances} }} ]", config_text
+    )
+    if n != 1:
+        raise ValueError(f"expected one instance_group in the model config, got {n}")
+    if queue_delay_us is not None:
+        text += f"\ndynamic_batching {{ max_queue_delay_microseconds: {queue_delay_us} }}\n"
+    return text
+
+
+def open_loop_schedule(rate: float, duration_s: float) -> np.ndarray:
+    """Send times (s from start) of a constant-rate open-loop generator."""
+    if rate <= 0 or duration_s <= 0:
+        raise ValueError(f"expected a positive rate and duration, got {rate!r} and {duration_s!r}")
+    return np.arange(int(rate * duration_s), dtype=np.float64) / rate
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+def publish_model(repository: Path) -> tuple[Publisher, int, Path]:
+    config = RankerConfig()
+    torch.manual_seed(0)
+    model = Ranker(config).eval()
+    vocabs = Vocabularies(config)
+    for feature, n, prefix in (
+        ("item", ITEMS, "sku-"),
+        ("user", USERS, "user-"),
+        ("category", CATEGORIES, "cat-"),
+        ("brand", BRANDS, "brand-"),
+        ("token", TOKENS, "tok"),
+    ):
+        add = vocabs[feature].add
+        for i in range(n):
+            add(f"{prefix}{i}")
+    publisher = Publisher(repository, keep=2)
+    published = publisher.publish(
+        publisher.next_version(), lambda d: write_onnx(build_onnx(model, vocabs), d)
+    )
+    return publisher, published.version, published.path / "model.onnx"
+
+
+def request_columns(rng: random.Random) -> dict[str, np.ndarray]:
+    """One request: a user, a query and 100 candidates (some ids unknown, as in real traffic)."""
+    items = [f"sku-{rng.randrange(int(ITEMS * 1.1))}" for _ in range(CANDIDATES)]
+    return {
+        "user_id": np.array([f"user-{rng.randrange(USERS)}".encode()] * CANDIDATES, dtype=object),
+        "query": np.array(
+            [f"tok{rng.randrange(TOKENS)} tok{rng.randrange(TOKENS)}".encode()] * CANDIDATES, dtype=object
+        ),
+        "item_id": np.array([i.encode() for i in items], dtype=object),
+        "category": np.array([f"cat-{rng.randrange(CATEGORIES)}".encode() for _ in items], dtype=object),
+        "brand": np.array([f"brand-{rng.randrange(BRANDS)}".encode() for _ in items], dtype=object),
+        "price": np.array([rng.random() * 200 for _ in items], dtype=np.float32),
+    }
+
+
+def tensors(module: Any, columns: dict[str, np.ndarray]) -> list[Any]:
+    out = []
+    for name, values in columns.items():
+        t = module.InferInput(name, [len(values)], "FP32" if name == "price" else "BYTES")
+        t.set_data_from_numpy(values)
+        out.append(t)
+    return out
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+class CpuMeter:
+    """CPU seconds of this process and of Triton's process tree across a window."""
+
+    def __init__(self, triton_pid: int) -> None:
+        self.me = psutil.Process()
+        self.triton = psutil.Process(triton_pid)
+
+    def _triton_cpu(self) -> float:
+        total = 0.0
+        for p in [self.triton, *self.triton.children(recursive=True)]:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.NoSuchProcess:
+                continue
+        return total
+
+    def start(self) -> None:
+        t = self.me.cpu_times()
+        self._me0, self._tr0, self._wall0 = t.user + t.system, self._triton_cpu(), time.perf_counter()
+
+    def stop(self) -> dict[str, float]:
+        t = self.me.cpu_times()
+        wall = time.perf_counter() - self._wall0
+        return {
+            "client_cores": round((t.user + t.system - self._me0) / wall, 2),
+            "triton_cores": round((self._triton_cpu() - self._tr0) / wall, 2),
+        }
+
+
+Infer = Callable[[dict[str, np.ndarray]], None]
+
+
+def grpc_infer_factory(url: str) -> Callable[[], tuple[Infer, Callable[[], None]]]:
+    def make() -> tuple[Infer, Callable[[], None]]:
+        client = grpcclient.InferenceServerClient(url)
+
+        def infer(columns: dict[str, np.ndarray]) -> None:
+            client.infer(MODEL_NAME, tensors(grpcclient, columns), client_timeout=10)
+
+        return infer, client.close
+
+    return make
+
+
+def http_infer_factory(url: str) -> Callable[[], tuple[Infer, Callable[[], None]]]:
+    def make() -> tuple[Infer, Callable[[], None]]:
+        client = httpclient.InferenceServerClient(url, network_timeout=10.0)
+
+        def infer(columns: dict[str, np.ndarray]) -> None:
+            client.infer(MODEL_NAME, tensors(httpclient, columns))
+
+        return infer, client.close
+
+    return make
+
+
+def closed_loop(
+    make: Callable[[], tuple[Infer, Callable[[], None]]],
+    pool: list[dict[str, np.ndarray]],
+    concurrency: int,
+    duration_s: float,
+    meter: CpuMeter,
+) -> dict[str, Any]:
+    """``concurrency`` threads, each sending its next request as soon as the last one returns."""
+    latencies: list[list[float]] = [[] for _ in range(concurrency)]
+    errors = [0] * concurrency
+    measuring = threading.Event()
+    stop = threading.Event()
+    clients = [make() for _ in range(concurrency)]
+
+    def worker(k: int) -> None:
+        infer = clients[k][0]
+        for i in itertools.count(k):
+            if stop.is_set():
+                return
+            t0 = time.perf_counter()
+            try:
+                infer(pool[i % len(pool)])
+            except InferenceServerException:
+                if measuring.is_set():
+                    errors[k] += 1
+                continue
+            if measuring.is_set():
+                latencies[k].append(time.perf_counter() - t0)
+
+    threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(concurrency)]
+    for t in threads:
+        t.start()
+    time.sleep(WARMUP_S)
+    meter.start()
+    measuring.set()
+    started = time.perf_counter()
+    time.sleep(duration_s)
+    measuring.clear()
+    wall = time.perf_counter() - started
+    cpu = meter.stop()
+    stop.set()
+    for t in threads:
+        t.join(15)
+    for _, close in clients:
+        close()
+    return {
+        "concurrency": concurrency,
+        **summarise([x for xs in latencies for x in xs], sum(errors), wall),
+        **cpu,
+    }
+
+
+def open_loop(
+    make: Callable[[], tuple[Infer, Callable[[], None]]],
+    pool: list[dict[str, np.ndarray]],
+    rate: float,
+    duration_s: float,
+    meter: CpuMeter,
+) -> dict[str, Any]:
+    """Requests at fixed send times; latency counts from the scheduled time (no coordinated omission)."""
+    schedule = open_loop_schedule(rate, duration_s)
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    counter = itertools.count()
+    clients = [make() for _ in range(OPEN_LOOP_WORKERS)]
+    started = time.perf_counter() + 0.2
+
+    def worker(k: int) -> None:
+        infer = clients[k][0]
+        while True:
+            with lock:
+                i = next(counter)
+            if i >= len(schedule):
+                return
+            due = started + schedule[i]
+            delay = due - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            try:
+                infer(pool[i % len(pool)])
+            except InferenceServerException:
+                with lock:
+                    errors[0] += 1
+                continue
+            done = time.perf_counter()
+            with lock:
+                latencies.append(done - due)
+
+    threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(OPEN_LOOP_WORKERS)]
+    meter.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(duration_s + 60)
+    wall = time.perf_counter() - started
+    cpu = meter.stop()
+    for _, close in clients:
+        close()
+    return {"target_rps": round(rate, 1), **summarise(latencies, errors[0], wall), **cpu}
+
+
+def in_process(
+    model_path: Path, pool: list[dict[str, np.ndarray]], threads: int, duration_s: float
+) -> dict[str, Any]:
+    """onnxruntime on the same file and inputs, one session shared by ``threads`` callers.
+
+    The inputs are ``str`` arrays, as the Triton backend hands them to onnxruntime after decoding.
+    """
+    session = open_session(model_path, threads=1)  # the backend's FRESHRANK_ORT_THREADS default
+    feeds = [
+        {
+            k: (np.array([x.decode() for x in v], dtype=object) if v.dtype == object else v)
+            for k, v in c.items()
+        }
+        for c in pool
+    ]
+    for f in feeds[:4]:
+        session.run(["score"], f)
+    latencies: list[list[float]] = [[] for _ in range(threads)]
+    deadline = time.perf_counter() + duration_s
+
+    def worker(k: int) -> None:
+        for i in itertools.count(k):
+            t0 = time.perf_counter()
+            if t0 >= deadline:
+                return
+            session.run(["score"], feeds[i % len(feeds)])
+            latencies[k].append(time.perf_counter() - t0)
+
+    started = time.perf_counter()
+    workers = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    wall = time.perf_counter() - started
+    return {"threads": threads, **summarise([x for xs in latencies for x in xs], 0, wall)}
+
+
+def execution_counts(url: str) -> tuple[int, int]:
+    """Triton's own counters for the model: (requests answered, ``execute`` calls made).
+
+    More requests than executions means the scheduler handed the backend several requests at once.
+    """
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        stats = client.get_inference_statistics(MODEL_NAME, as_json=True, client_timeout=10)
+    finally:
+        client.close()
+    rows = stats.get("model_stats", [])
+    return (
+        sum(int(r.get("inference_count", 0)) for r in rows),
+        sum(int(r.get("execution_count", 0)) for r in rows),
+    )
+
+
+def requests_per_execute(before: tuple[int, int], after: tuple[int, int]) -> float | None:
+    requests, executions = after[0] - before[0], after[1] - before[1]
+    return round(requests / executions, 3) if executions > 0 else None
+
+
+async def _load(triton: TritonModel, version: int, config_text: str) -> float:
+    return await triton.load(version, config_text, timeout_s=120)
+
+
+def run(out: Path, progress: Progress) -> dict[str, Any]:
+    rng = random.Random(5)
+    pool = [request_columns(rng) for _ in range(REQUEST_POOL)]
+    result: dict[str, Any] = {"candidates_per_request": CANDIDATES, "level_s": LEVEL_S}
+    with tempfile.TemporaryDirectory(prefix="freshrank-bench-serving-") as tmp:
+        stack = EmbeddedStack(
+            Path(tmp), kafka_port=free_port(), triton_http_port=free_port(), triton_grpc_port=free_port()
+        )
+        progress("starting the embedded stack (broker, PostgreSQL, Triton)")
+        stack.start()
+        try:
+            progress(
+                f"publishing a default-size model ({ITEMS:,} items, {USERS:,} users in the vocabularies)"
+            )
+            publisher, version, model_path = publish_model(stack.repository)
+            result["model_bytes"] = sum(f.stat().st_size for f in model_path.parent.iterdir())
+            base_config = publisher.config_text()
+            triton = TritonModel(stack.triton.grpc_url)
+            asyncio.run(_load(triton, version, base_config))
+            triton_pid = stack.triton.process.proc.pid  # type: ignore[union-attr]
+            meter = CpuMeter(triton_pid)
+            grpc_make = grpc_infer_factory(stack.triton.grpc_url)
+            http_make = http_infer_factory(stack.triton.http_url)
+
+            inproc = []
+            for threads in (1, 2):
+                row = in_process(model_path, pool, threads, LEVEL_S)
+                inproc.append(row)
+                progress(
+                    f"in-process onnxruntime, {threads} thread(s): {row['rps']:.0f} req/s, "
+                    f"p50 {row['p50_ms']} ms"
+                )
+            result["in_process"] = inproc
+            inproc_peak = max(r["rps"] for r in inproc)
+
+            curves: dict[str, list[dict[str, Any]]] = {}
+            per_execute: dict[str, float | None] = {}
+            for name, make in (("grpc", grpc_make), ("http", http_make)):
+                curves[name] = []
+                counts = execution_counts(stack.triton.grpc_url)
+                for c in CONCURRENCY:
+                    row = closed_loop(make, pool, c, LEVEL_S, meter)
+                    curves[name].append(row)
+                    progress(
+                        f"{name} c={c:>2}: {row['rps']:7.1f} req/s, p50 {row['p50_ms']} ms, "
+                        f"p99 {row['p99_ms']} ms, errors {row['errors']}, "
+                        f"client {row['client_cores']} / Triton {row['triton_cores']} cores"
+                    )
+                per_execute[name] = requests_per_execute(counts, execution_counts(stack.triton.grpc_url))
+
+            variants: dict[str, Any] = {}
+            for label, text in (
+                ("grpc_2_instances", config_variant(base_config, instances=2)),
+                ("grpc_dynamic_batching", config_variant(base_config, queue_delay_us=500)),
+            ):
+                try:
+                    load_s = asyncio.run(_load(triton, version, text))
+                except Exception as exc:  # noqa: BLE001 - a rejected config is a finding, not a failure
+                    variants[label] = {"loaded": False, "error": str(exc)[:500]}
+                    progress(f"{label}: Triton refused the config: {str(exc)[:200]}")
+                    continue
+                counts = execution_counts(stack.triton.grpc_url)
+                rows = [closed_loop(grpc_make, pool, c, LEVEL_S, meter) for c in (1, 4, 16)]
+                per_execute[label] = requests_per_execute(counts, execution_counts(stack.triton.grpc_url))
+                variants[label] = {"loaded": True, "load_s": round(load_s, 2), "curve": rows}
+                curves[label] = rows
+                progress(
+                    f"{label} ({per_execute[label]} requests per execute call): "
+                    + ", ".join(
+                        f"c={r['concurrency']} {r['rps']:.0f} req/s p99 {r['p99_ms']} ms" for r in rows
+                    )
+                )
+            asyncio.run(_load(triton, version, base_config))
+            result["variants"] = variants
+            result["requests_per_execute"] = per_execute
+
+            grpc_peak = max(r["rps"] for r in curves["grpc"])
+            http_peak = max(r["rps"] for r in curves["http"])
+            half = 0.5 * grpc_peak
+            progress(f"open loop at half the gRPC peak: {half:.0f} req/s for {OPEN_LOOP_S:.0f} s")
+            half_row = open_loop(grpc_make, pool, half, OPEN_LOOP_S, meter)
+            progress(
+                f"open loop: {half_row['rps']:.0f} req/s achieved, p50 {half_row['p50_ms']} ms, "
+                f"p99 {half_row['p99_ms']} ms, errors {half_row['errors']}"
+            )
+            asyncio.run(triton.close())
+        finally:
+            stack.stop()
+
+    result["curves"] = curves
+    result["open_loop_half_peak"] = half_row
+    result["peaks"] = {"in_process_rps": inproc_peak, "grpc_rps": grpc_peak, "http_rps": http_peak}
+    result["ratios"] = {
+        "grpc_peak_over_in_process": round(grpc_peak / inproc_peak, 3),
+        "http_peak_over_in_process": round(http_peak / inproc_peak, 3),
+    }
+    p99 = half_row["p99_ms"]
+    result["targets"] = {
+        "grpc_ratio": {
+            "target": TARGET_GRPC_RATIO,
+            "measured": result["ratios"]["grpc_peak_over_in_process"],
+            "met": result["ratios"]["grpc_peak_over_in_process"] >= TARGET_GRPC_RATIO,
+        },
+        "p99_at_half_peak_ms": {
+            "target": TARGET_P99_MS,
+            "measured": p99,
+            "met": p99 is not None and p99 <= TARGET_P99_MS and half_row["errors"] == 0,
+        },
+    }
+    result["limits"] = (
+        "the load generator and Triton share the machine's cores; client_cores/triton_cores per row "
+        "say how the CPU was split"
+    )
+    result["plot"] = plot(curves, inproc_peak, out)
+    return result
+
+
+def plot(curves: dict[str, list[dict[str, Any]]], inproc_peak: float, out: Path) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name, rows in curves.items():
+        xs = [r["concurrency"] for r in rows]
+        left.plot(xs, [r["rps"] for r in rows], "o-", label=name)
+        right.plot(xs, [r["p99_ms"] for r in rows], "o-", label=name)
+    left.axhline(inproc_peak, color="k", linestyle="--", label="in-process onnxruntime (peak)")
+    left.set_xscale("log", base=2)
+    left.set_xlabel("concurrent clients")
+    left.set_ylabel(f"requests/s ({CANDIDATES} candidates each)")
+    left.set_title("throughput")
+    left.legend(fontsize=8)
+    right.axhline(TARGET_P99_MS, color="r", linestyle=":", label=f"target {TARGET_P99_MS:.0f} ms")
+    right.set_xscale("log", base=2)
+    right.set_yscale("log")
+    right.set_xlabel("concurrent clients")
+    right.set_ylabel("p99 latency (ms)")
+    right.set_title("p99 latency")
+    right.legend(fontsize=8)
+    path = save_figure(fig, out, "serving")
+    plt.close(fig)
+    return path
