@@ -123,15 +123,99 @@ def parse_event(raw: bytes | None, now_ms: int) -> Event | Rejection:
     if len(raw) > MAX_RECORD_BYTES:
         return Rejection("too_large", f"{len(raw)} bytes > {MAX_RECORD_BYTES}")
     try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return Rejection("not_utf8")
-    try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return Rejection("not_utf8")
         return Rejection("not_json", str(exc)[:120])
     if not isinstance(obj, dict):
         return Rejection("not_object", type(obj).__name__)
+    event = _well_formed(obj, now_ms)
+    if event is not None:
+        return event
+    return _checked(obj, now_ms)
+
+
+_TYPES = frozenset(EVENT_TYPES)
+
+
+def _well_formed(obj: dict[str, Any], now_ms: int) -> Event | None:
+    """The common case in one pass: every field present, of its usual type and in range.
+
+    Anything else returns None and goes through :func:`_checked`, which names what is wrong;
+    an event accepted here is exactly the event :func:`_checked` would build. This is the
+    consumer's hottest function, hence the flat, exact-type checks.
+    """
+    get = obj.get
+    etype = get("type")
+    event_id = get("event_id")
+    user_id = get("user_id")
+    request_id = get("request_id")
+    item_id = get("item_id")
+    query = get("query", "")
+    ts = get("ts")
+    position = get("position", 0)
+    item = get("item") or {}
+    context = get("context") or {}
+    if not (
+        type(etype) is str
+        and etype in _TYPES
+        and type(event_id) is str
+        and type(user_id) is str
+        and type(request_id) is str
+        and type(item_id) is str
+        and type(query) is str
+        and type(ts) is int
+        and type(position) is int
+        and type(item) is dict
+        and type(context) is dict
+        and event_id
+        and user_id
+        and request_id
+        and item_id
+        and max(len(event_id), len(user_id), len(request_id), len(item_id)) <= MAX_ID_CHARS
+        and len(query) <= MAX_QUERY_CHARS
+        and MIN_TS_MS <= ts <= now_ms + MAX_FUTURE_MS
+        and 0 <= position <= 10_000
+        and (etype != "impression" or "position" in obj)
+    ):
+        return None
+    category = item.get("category", "")
+    brand = item.get("brand", "")
+    price = item.get("price", 0.0)
+    device = context.get("device", "")
+    country = context.get("country", "")
+    if not (
+        type(category) is str
+        and type(brand) is str
+        and type(device) is str
+        and type(country) is str
+        and max(len(category), len(brand), len(device), len(country)) <= MAX_ID_CHARS
+        and type(price) in (float, int)
+        and 0.0 <= price <= 1e9  # also false for NaN
+    ):
+        return None
+    return Event(
+        event_id=event_id,
+        type=etype,
+        ts_ms=ts,
+        user_id=user_id,
+        request_id=request_id,
+        query=normalise_query(query),
+        item_id=item_id,
+        position=position,
+        category=category,
+        brand=brand,
+        price=float(price),
+        device=device,
+        country=country,
+    )
+
+
+def _checked(obj: dict[str, Any], now_ms: int) -> Event | Rejection:
+    """Every check in turn, so a rejection says which field is wrong and how."""
 
     etype = obj.get("type")
     if etype is None:

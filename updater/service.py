@@ -72,6 +72,10 @@ STOP_TIMEOUT_S = 60.0
 DEAD_LETTER_BATCH = 1_000
 OUTBOX_CHUNK = 200
 TRITON_WATCH_S = 2.0
+# A full queue first just blocks the consumer (aiokafka prefetches at most one response per
+# partition); only a trainer stalled this long pauses the partitions, because a pause makes
+# aiokafka drop what it had buffered for them and fetch it again on resume.
+PAUSE_AFTER_S = 0.5
 
 
 @dataclass
@@ -357,14 +361,36 @@ class Updater:
         )
 
     async def _enqueue(self, samples: list[Sample]) -> None:
-        if samples:
-            batch = encode(samples, self.vocabs, self.settings.model.max_tokens)
-            if self._queue.full() and self.source is not None:
-                # The trainer is behind: stop fetching until it catches up.
+        if not samples:
+            return
+        batch = encode(samples, self.vocabs, self.settings.model.max_tokens)
+        if not self._queue.full():
+            self._queue.put_nowait(batch)
+            return
+        # The trainer is behind: wait for room; if it stays behind, stop fetching until it catches up.
+        put = asyncio.ensure_future(self._queue.put(batch))
+        paused = False
+        try:
+            while True:
+                train = self._tasks[1]
+                timeout = None if paused or self.source is None else PAUSE_AFTER_S
+                done, _ = await asyncio.wait(
+                    {put, train}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                if put in done:
+                    put.result()
+                    return
+                if train in done:
+                    raise TrainingFailed("the training task failed; the last checkpoint stands") from (
+                        train.exception()
+                    )
+                assert self.source is not None
                 self.counters.backpressure_pauses += 1
                 self.source.pause()
-            await self._while_training(self._queue.put(batch))
-            if self.source is not None:
+                paused = True
+        finally:
+            put.cancel()
+            if paused and self.source is not None:
                 self.source.resume()
 
     async def _while_training(self, waiting: Coroutine[Any, Any, None]) -> None:

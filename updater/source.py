@@ -83,7 +83,7 @@ class EventSource:
         topic: str = DEFAULT_TOPIC,
         group: str = DEFAULT_GROUP,
         positions: Callable[[], Mapping[str, int]] = dict,
-        max_partition_fetch_bytes: int = 1 << 20,
+        max_partition_fetch_bytes: int = 4 << 20,
     ) -> None:
         self.topic = topic
         self.positions = positions
@@ -93,7 +93,7 @@ class EventSource:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=max_partition_fetch_bytes,
-            fetch_max_bytes=8 << 20,
+            fetch_max_bytes=16 << 20,
             # A crashed member's partitions move on after 6 s instead of Kafka's default 45 s.
             session_timeout_ms=6_000,
             heartbeat_interval_ms=2_000,
@@ -126,7 +126,8 @@ class EventSource:
         return [record for records in batches.values() for record in records]
 
     def pause(self) -> None:
-        """Stop fetching (backpressure); records already fetched stay buffered."""
+        """Stop fetching (backpressure). aiokafka drops what it had buffered for the paused
+        partitions and fetches it again after :meth:`resume`; positions do not move."""
         if not self.paused:
             self.consumer.pause(*self.consumer.assignment())
             self.paused = True

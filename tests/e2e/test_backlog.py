@@ -34,7 +34,9 @@ async def test_backlog_is_worked_off_with_bounded_memory(stack: EmbeddedStack, t
 
     state = tmp_path / "updater"
     cmd = updater_command(stack, state)
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: ASYNC220
+    log_path = tmp_path / "updater.log"
+    log_file = log_path.open("wb")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log_file)  # noqa: ASYNC220
     peak = 0
     status: dict[str, object] = {}
     try:
@@ -53,10 +55,11 @@ async def test_backlog_is_worked_off_with_bounded_memory(stack: EmbeddedStack, t
             ):
                 break
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == 0
+        assert proc.wait(60) == 0, log_path.read_text()[-3000:]
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
+        log_file.close()
     assert status["events_consumed"] == total_records, status
     assert status["samples_trained"] == total_samples
     assert peak < RSS_LIMIT, f"peak RSS {peak / 2**20:.0f} MiB"

@@ -5,7 +5,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from updater.events import Event, Rejection, normalise_query, parse_event, query_tokens
+from updater.events import (
+    Event,
+    Rejection,
+    _checked,
+    _well_formed,
+    normalise_query,
+    parse_event,
+    query_tokens,
+)
 
 NOW = 1_800_000_000_000
 
@@ -114,6 +122,26 @@ def test_any_json_object_ends_in_event_or_rejection(changes: dict[str, object], 
     """Valid events with some fields replaced (or only the replaced fields kept)."""
     obj = changes if drop else {**good(), **changes}
     assert isinstance(parse(obj), Event | Rejection)
+
+
+item_values = st.dictionaries(
+    st.sampled_from(["category", "brand", "price"]),
+    st.none() | st.integers(-5, 2**40) | st.floats() | st.text(max_size=300) | st.booleans(),
+    max_size=3,
+)
+field_values = (
+    json_values | item_values | st.integers(NOW - 10**13, NOW + 10**8) | st.text(min_size=250, max_size=600)
+)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None, max_examples=300)
+@given(st.dictionaries(st.sampled_from(list(good())), field_values, max_size=4))
+def test_the_fast_path_accepts_only_what_the_full_checks_accept(changes: dict[str, object]) -> None:
+    """The consumer's fast path builds exactly the event the full checks build, or defers."""
+    obj = orjson.loads(orjson.dumps({**good(), **changes}))
+    fast = _well_formed(obj, NOW)
+    if fast is not None:
+        assert _checked(obj, NOW) == fast
 
 
 def test_query_tokens_match_the_graph_split() -> None:

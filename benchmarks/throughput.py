@@ -1,0 +1,254 @@
+"""Samples/s learned by the updater end to end, against a bare PyTorch loop on the same samples.
+
+The stream is the simulator's, generated offline and produced to the embedded broker before
+the clock starts; the updater then works it off as a backlog (Kafka -> decode -> clean -> join
+-> batch -> train), once without exports and once publishing to Triton every 2 s. The bare
+loop trains the same model on the same samples, encoded into batches in memory beforehand:
+the limit the updater could reach if everything around training were free. The ratio
+between them is the figure; both run on the same machine in the same minute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import cProfile
+import io
+import pstats
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+from aiokafka import AIOKafkaProducer
+
+from benchmarks.common import Progress, labelled
+from freshrank.simulator import SimulatorConfig, encode_event, generate
+from freshrank.stack import EmbeddedStack, free_port
+from updater.batcher import DEFAULT_BATCH_SIZE, Vocabularies, encode
+from updater.joiner import DEFAULT_WINDOW_MS
+from updater.learner import Learner
+from updater.model import RankerConfig
+from updater.service import Updater
+from updater.settings import UpdaterSettings
+from updater.source import ensure_topic
+
+RATE = 2_000  # simulated events/s: sets how dense requests and actions are in stream time
+DURATION_S = 150  # of stream time: about 300k events
+TARGET_RATIO = 0.85
+NO_EXPORTS_S = 1e9
+
+
+def stream(seed: int = 11) -> list[dict[str, Any]]:
+    """The simulator's events for DURATION_S seconds that ended just now, plus one sentinel.
+
+    The sentinel is an impression one attribution window after the last event: it moves the
+    join's watermark past every open window, so the updater can close them all as it would
+    in a stream that goes on.
+    """
+    start_ms = int(time.time() * 1000) - DURATION_S * 1000 - 120_000
+    events = list(generate(SimulatorConfig(seed=seed, bad_rate=0.0), RATE, DURATION_S, start_ms))
+    last = max(int(e["ts"]) for e in events)
+    sentinel = dict(events[0], event_id="throughput-sentinel", request_id="throughput-sentinel")
+    sentinel["ts"] = last + DEFAULT_WINDOW_MS + 1_000
+    events.append(sentinel)
+    return events
+
+
+async def produce_all(bootstrap: str, topic: str, events: list[dict[str, Any]]) -> float:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=512 * 1024)
+    await producer.start()
+    started = time.monotonic()
+    try:
+        futures = [await producer.send(topic, value=v, key=k) for k, v in map(encode_event, events)]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return time.monotonic() - started
+
+
+def bare_loop(samples: list[Any], config: RankerConfig, batch_size: int) -> dict[str, Any]:
+    """The limit: the same model trained on the same samples, batches already encoded."""
+    vocabs = Vocabularies(config)
+    batches = [
+        encode(samples[i : i + batch_size], vocabs, config.max_tokens)
+        for i in range(0, len(samples), batch_size)
+    ]
+    learner = Learner(config, device="auto")
+    started = time.perf_counter()
+    for batch in batches:
+        learner.learn(batch)
+    elapsed = time.perf_counter() - started
+    return {
+        "samples": learner.samples_trained,
+        "seconds": round(elapsed, 3),
+        "samples_per_s": round(learner.samples_trained / elapsed, 1),
+        "prequential_auc": learner.metrics.auc(),
+    }
+
+
+async def updater_run(
+    stack: EmbeddedStack, topic: str, state_dir: Path, target: int, exports: bool, progress: Progress
+) -> dict[str, Any]:
+    a = stack.addresses
+    settings = UpdaterSettings(
+        bootstrap=a.bootstrap,
+        pg_dsn=a.pg_dsn,
+        repository=Path(a.repository),
+        state_dir=state_dir,
+        triton_grpc=a.triton_grpc if exports else None,
+        topic=topic,
+        group=f"bench-{state_dir.name}",
+        publish_interval_s=2.0 if exports else NO_EXPORTS_S,
+        holdout_every=0,  # every sample trained, so the counts match the bare loop's
+    )
+    proc = psutil.Process()
+    peak_rss = proc.memory_info().rss
+    updater = Updater(settings)
+    async with updater:
+        started = time.monotonic()
+        cpu0 = proc.cpu_times()
+        last_report = started
+        while updater.learner.samples_trained < target:
+            await asyncio.sleep(0.05)
+            peak_rss = max(peak_rss, proc.memory_info().rss)
+            now = time.monotonic()
+            if now - last_report > 5:
+                last_report = now
+                progress(f"  {updater.learner.samples_trained:,}/{target:,} samples")
+            if now - started > 300:
+                raise RuntimeError(
+                    f"the updater learned {updater.learner.samples_trained} of {target} in 300 s"
+                )
+        elapsed = time.monotonic() - started
+        cpu1 = proc.cpu_times()
+        status = updater.status()
+    return {
+        "samples": updater.learner.samples_trained,
+        "events_consumed": status["events_consumed"],
+        "seconds": round(elapsed, 3),
+        "samples_per_s": round(updater.learner.samples_trained / elapsed, 1),
+        "cpu_s": round((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system), 2),
+        "versions_published": status["versions_published"],
+        "backpressure_pauses": status.get("backpressure_pauses"),
+        "peak_rss_mib": round(peak_rss / 2**20, 1),
+        "prequential_auc": updater.learner.metrics.auc(),
+    }
+
+
+def consumer_path_profile(events: list[dict[str, Any]], limit: int = 12) -> dict[str, Any]:
+    """Where the updater's Python time goes between Kafka and the trainer, on the same events.
+
+    Runs the consumer-side steps (clean, join, encode) without Kafka, under cProfile; returns
+    their rate and the top functions by own time.
+    """
+    raw = [encode_event(e)[1] for e in events]
+    config = RankerConfig()
+    profiler = cProfile.Profile()
+    started = time.perf_counter()
+    profiler.enable()
+    samples, _ = labelled_raw(raw)
+    vocabs = Vocabularies(config)
+    for i in range(0, len(samples), DEFAULT_BATCH_SIZE):
+        encode(samples[i : i + DEFAULT_BATCH_SIZE], vocabs, config.max_tokens)
+    profiler.disable()
+    elapsed = time.perf_counter() - started
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out)
+    stats.sort_stats("tottime").print_stats(limit)
+    top = [
+        {"function": f"{Path(fn[0]).name}:{fn[2]}", "own_s": round(st[2], 3), "calls": st[1]}
+        for fn, st in sorted(stats.stats.items(), key=lambda kv: -kv[1][2])[:limit]  # type: ignore[attr-defined]
+    ]
+    return {
+        "events": len(raw),
+        "seconds_profiled": round(elapsed, 3),
+        "events_per_s_profiled": round(len(raw) / elapsed, 1),
+        "top_own_time": top,
+    }
+
+
+def labelled_raw(raw: list[bytes]) -> tuple[list[Any], int]:
+    """The updater's per-record steps on raw record values, clocked by each event's own time."""
+    from updater.clean import Cleaner
+    from updater.events import Event, Rejection
+    from updater.joiner import Joiner
+
+    cleaner = Cleaner()
+    joiner = Joiner()
+    samples: list[Any] = []
+    now_ms = int(time.time() * 1000)
+    for n, value in enumerate(raw, 1):
+        result = cleaner.clean(value, now_ms)
+        if isinstance(result, Event):
+            joined = joiner.add(result, now_ms)
+            if not isinstance(joined, Rejection):
+                samples.extend(joined)
+        if n % 2_000 == 0:
+            samples.extend(joiner.expire())
+    samples.extend(joiner.expire())
+    return samples, len(raw)
+
+
+def run(out: Path, progress: Progress) -> dict[str, Any]:
+    torch.set_num_threads(1)  # as the updater (torch_threads=1)
+    progress(f"generating {DURATION_S} s of simulated traffic at {RATE} events/s")
+    events = stream()
+    samples, counts = labelled(events, DEFAULT_WINDOW_MS)
+    target = len(samples) - 1  # the sentinel's own impression stays open in the updater
+    progress(f"{len(events):,} events -> {target:,} labelled samples")
+
+    config = RankerConfig()
+    progress("bare loop: the same samples, already in memory")
+    bare = bare_loop(samples[:target], config, DEFAULT_BATCH_SIZE)
+    progress(f"bare loop: {bare['samples_per_s']:,.0f} samples/s")
+
+    result: dict[str, Any] = {
+        "events": len(events),
+        "samples": target,
+        "batch_size": DEFAULT_BATCH_SIZE,
+        "torch_threads": 1,
+        "bare_loop": bare,
+    }
+
+    async def services() -> None:
+        with tempfile.TemporaryDirectory(prefix="freshrank-bench-") as tmp:
+            root = Path(tmp)
+            progress("starting the embedded broker, PostgreSQL and Triton")
+            async with EmbeddedStack(root / "stack", free_port(), free_port(), free_port()) as stack:
+                for exports in (False, True):
+                    name = "with_exports" if exports else "without_exports"
+                    topic = f"throughput-{name}"
+                    await ensure_topic(stack.addresses.bootstrap, topic, partitions=3)
+                    progress(f"producing {len(events):,} events to {topic}")
+                    produce_s = await produce_all(stack.addresses.bootstrap, topic, events)
+                    progress(f"produced in {produce_s:.1f} s; updater {name.replace('_', ' ')}")
+                    run_result = await updater_run(stack, topic, root / name, target, exports, progress)
+                    run_result["ratio_to_bare"] = round(
+                        run_result["samples_per_s"] / bare["samples_per_s"], 3
+                    )
+                    result[name] = run_result
+                    progress(
+                        f"updater {name.replace('_', ' ')}: {run_result['samples_per_s']:,.0f} samples/s "
+                        f"= {run_result['ratio_to_bare']:.2f} of the bare loop"
+                    )
+
+    asyncio.run(services())
+    progress("profiling the consumer path (clean, join, encode) without Kafka")
+    result["consumer_path"] = consumer_path_profile(events[:100_000])
+    ratio = result["without_exports"]["ratio_to_bare"]
+    result["targets"] = {
+        "ratio_to_bare_without_exports": {
+            "target": TARGET_RATIO,
+            "value": ratio,
+            "met": ratio >= TARGET_RATIO,
+        },
+        "ratio_to_bare_with_exports": {
+            "target": TARGET_RATIO,
+            "value": result["with_exports"]["ratio_to_bare"],
+            "met": result["with_exports"]["ratio_to_bare"] >= TARGET_RATIO,
+        },
+    }
+    result["labelled"] = counts
+    return result
