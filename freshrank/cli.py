@@ -14,6 +14,7 @@ import orjson
 
 from exporter.gate import DEFAULT_HOLDOUT_EVERY
 from updater import FreshrankError
+from updater.batcher import DEFAULT_BATCH_SIZE
 from updater.settings import DEFAULT_CHECKPOINT_INTERVAL_S, DEFAULT_PUBLISH_INTERVAL_S
 
 DEFAULT_STATE_DIR = Path(".freshrank")
@@ -151,7 +152,11 @@ def cmd_updater(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from freshrank.simulator import SimulatorConfig, produce
+    from updater import ConfigError
     from updater.source import ensure_topic
+
+    if args.items < 10 or args.users < 1:
+        raise ConfigError(f"expected --items >= 10 and --users >= 1, got {args.items} and {args.users}")
 
     async def main() -> None:
         import signal
@@ -167,7 +172,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             args.topic,
             args.rate,
             args.duration,
-            SimulatorConfig(seed=args.seed, bad_rate=args.bad_rate),
+            SimulatorConfig(seed=args.seed, bad_rate=args.bad_rate, items=args.items, users=args.users),
             stop=stop,
             catalogue_path=args.catalogue,
         )
@@ -641,7 +646,7 @@ def build_parser() -> argparse.ArgumentParser:
     upd.add_argument("--topic", default="events")
     upd.add_argument("--group", default="freshrank-updater")
     upd.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR / "updater")
-    upd.add_argument("--batch-size", type=int, default=512)
+    upd.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     upd.add_argument("--window", type=float, default=10.0, metavar="S", help="attribution window in seconds")
     upd.add_argument("--publish-interval", type=float, default=DEFAULT_PUBLISH_INTERVAL_S, metavar="S")
     upd.add_argument("--checkpoint-interval", type=float, default=DEFAULT_CHECKPOINT_INTERVAL_S, metavar="S")
@@ -664,6 +669,12 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--duration", type=float, default=60.0, metavar="S", help="seconds; 0 runs until Ctrl-C")
     sim.add_argument("--seed", type=int, default=7)
     sim.add_argument("--bad-rate", type=float, default=0.002, help="share of deliberately invalid events")
+    sim.add_argument(
+        "--items", type=int, default=1_500, metavar="N", help="catalogue size at start (default 1500)"
+    )
+    sim.add_argument(
+        "--users", type=int, default=3_000, metavar="N", help="number of shoppers (default 3000)"
+    )
     sim.add_argument("--catalogue", type=Path, help="write the item catalogue (JSON) here")
     sim.add_argument(
         "--create-topic", action="store_true", help="create the topic first if it does not exist"

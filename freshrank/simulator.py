@@ -246,9 +246,7 @@ class ShopSimulator:
         if rng.random() < 0.3:
             query_words = [words[0], *query_words]
         query = " ".join(query_words)
-        pool = {it.item_id: it for w in query_words for it in self.by_word.get(w, [])}
-        candidates = list(pool.values())
-        shown = rng.sample(candidates, min(len(candidates), self.config.list_size))
+        shown = self._matching(query_words, self.config.list_size)
         if len(shown) < self.config.list_size:
             shown += rng.sample(self.catalogue, self.config.list_size - len(shown))
         request_id = f"r{self.config.seed}-{self._requests}"
@@ -270,6 +268,28 @@ class ShopSimulator:
         if rng.random() < self.config.bad_rate * len(events):
             events.append(self._bad_event(now_ms, user))
         return events
+
+    def _matching(self, words: list[str], k: int) -> list[Item]:
+        """Up to ``k`` distinct items that carry any of ``words``, drawn at random.
+
+        Small pools are sampled whole; large catalogues by drawing from the word lists, so a
+        request costs the same with 1,500 items or 150,000.
+        """
+        rng = self.rng
+        lists = [self.by_word.get(w, []) for w in words]
+        total = sum(len(x) for x in lists)
+        if total <= 8 * k:
+            pool = list({it.item_id: it for x in lists for it in x}.values())
+            return rng.sample(pool, min(len(pool), k))
+        picked: dict[str, Item] = {}
+        for _ in range(8 * k):
+            x = rng.choice(lists)
+            if x:
+                it = rng.choice(x)
+                picked[it.item_id] = it
+                if len(picked) == k:
+                    break
+        return list(picked.values())
 
     def poisoned(self, now_ms: int) -> bool:
         t = (now_ms - self.start_ms) / 1000.0

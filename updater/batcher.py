@@ -11,7 +11,10 @@ from updater.joiner import Sample
 from updater.model import FEATURES, RankerConfig
 from updater.vocab import Vocab
 
-DEFAULT_BATCH_SIZE = 512
+# 128 rather than 512: +0.05 prequential AUC after drift on `freshrank bench quality`'s stream
+# (0.750 vs 0.699, three seeds); training alone halves to ~25k samples/s, still above what the
+# consumer path delivers.
+DEFAULT_BATCH_SIZE = 128
 DEFAULT_MAX_WAIT_S = 0.5
 
 

@@ -1,0 +1,273 @@
+"""How long an event takes to change what Triton serves.
+
+Per-event freshness: for each click, add-to-cart or purchase, the time from its production
+(the event's timestamp, set by the producer as it sends) to the first response from Triton
+by a version that learned the sample it completed — measured by the updater itself when a
+version goes live (see ``Updater.freshness_s``). Runs the real loop (broker, updater,
+PostgreSQL registry, Triton) at several event rates and vocabulary sizes.
+
+Black-box: a brand-new item appears and gets every click for its query; the time from its
+first event to the first Triton response that ranks it on top, seen from a client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from benchmarks.common import Progress, percentiles
+from exporter.triton import Candidate, TritonModel
+from freshrank.simulator import ShopSimulator, SimulatorConfig, produce
+from freshrank.stack import EmbeddedStack, free_port
+from updater.service import Updater
+from updater.settings import DEFAULT_PUBLISH_INTERVAL_S, UpdaterSettings
+from updater.source import ensure_topic
+
+RATES = (500, 2_000, 5_000)
+WARMUP_S = 10.0
+MEASURE_S = 30.0
+EAGER_PUBLISH_S = 0.5
+LARGE = ("--items", "150000", "--users", "150000")  # vocabularies near the default capacities
+TARGET_P50_S = 3.0
+TARGET_P99_S = 8.0
+LAUNCH_TIMEOUT_S = 60.0
+
+
+def _settings(stack: EmbeddedStack, root: Path, topic: str, publish_interval_s: float) -> UpdaterSettings:
+    a = stack.addresses
+    return UpdaterSettings(
+        bootstrap=a.bootstrap,
+        pg_dsn=a.pg_dsn,
+        repository=Path(a.repository),
+        state_dir=root / topic,
+        triton_grpc=a.triton_grpc,
+        topic=topic,
+        group=f"bench-{topic}",
+        publish_interval_s=publish_interval_s,
+    )
+
+
+async def rate_run(
+    stack: EmbeddedStack,
+    root: Path,
+    label: str,
+    rate: float,
+    progress: Progress,
+    publish_interval_s: float = DEFAULT_PUBLISH_INTERVAL_S,
+    simulate: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """``freshrank simulate`` at ``rate`` events/s (its own process, as in production) into a
+    fresh topic and updater; freshness measured after the warm-up."""
+    topic = f"freshness-{label}"
+    bootstrap = stack.addresses.bootstrap
+    await ensure_topic(bootstrap, topic, partitions=3)
+    updater = Updater(_settings(stack, root, topic, publish_interval_s))
+    async with updater:
+        producer = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "freshrank.cli", "simulate", "--bootstrap", bootstrap, "--topic", topic,
+            "--rate", str(rate), "--duration", str(WARMUP_S + MEASURE_S), "--seed", str(int(rate)), *simulate,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            await asyncio.sleep(WARMUP_S)
+            updater.freshness_s.clear()  # the first versions carry the start-up, not the steady state
+            versions0 = updater.counters.versions_published
+            consumed0 = updater.counters.events_consumed
+            started = time.monotonic()
+            lags = []
+            while producer.returncode is None:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await producer.wait()
+                lags.append(updater.status().get("consumer_lag") or 0)
+            elapsed = time.monotonic() - started
+            out, _ = await producer.communicate()
+            produced = orjson.loads(out) if producer.returncode == 0 and out else {}
+        finally:
+            if producer.returncode is None:
+                producer.kill()
+                await producer.wait()
+        status = updater.status()
+        fresh = list(updater.freshness_s)
+    result: dict[str, Any] = {
+        "rate_target": rate,
+        "events_produced": produced.get("events_produced"),
+        "events_per_s": round((status["events_consumed"] - consumed0) / elapsed, 1),
+        "publish_interval_s": publish_interval_s,
+        "simulator_options": list(simulate),
+        "versions": status["versions_published"] - versions0,
+        "actions_measured": len(fresh),
+        "freshness_s": percentiles(fresh),
+        "max_consumer_lag": max(lags, default=None),
+        "vocab_sizes": status.get("vocab_sizes"),
+        "last_export": status.get("last_export"),
+    }
+    f = result["freshness_s"]
+    progress(
+        f"{label}: {result['events_per_s']:,.0f} events/s, {result['versions']} versions, "
+        f"freshness p50 {f['p50']} s p95 {f['p95']} s p99 {f['p99']} s, max lag {result['max_consumer_lag']}"
+    )
+    return result
+
+
+async def launch_run(stack: EmbeddedStack, root: Path, progress: Progress) -> dict[str, Any]:
+    """A new item that gets every click for its query: how long until Triton ranks it first?"""
+    topic = "freshness-launch"
+    bootstrap = stack.addresses.bootstrap
+    await ensure_topic(bootstrap, topic, partitions=3)
+    config = SimulatorConfig(seed=9)
+    sims: list[ShopSimulator] = []
+    stop = asyncio.Event()
+    updater = Updater(_settings(stack, root, topic, DEFAULT_PUBLISH_INTERVAL_S))
+    async with updater, TritonModel(stack.addresses.triton_grpc) as triton:
+        background = asyncio.create_task(
+            produce(bootstrap, topic, 1_000, 0, config, stop, on_start=sims.append)
+        )
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=2)
+        await producer.start()
+        try:
+            await asyncio.sleep(WARMUP_S)
+            sim = sims[0]
+            category = sim.catalogue[0].category
+            rivals = [it for it in sim.by_word[category] if it.item_id != "launch-1"][:19]
+            brand = rivals[0].brand
+            query = f"{brand} {category}"
+            new = Candidate("launch-1", category, brand, rivals[0].price)
+            candidates = [new, *(Candidate(r.item_id, r.category, r.brand, r.price) for r in rivals)]
+            probe_user = sim.users[0].user_id
+            rng = random.Random(3)
+            before = await triton.rank(probe_user, query, candidates)
+            rank_before = [c.item_id for c, _ in before.items].index(new.item_id) + 1
+            started = time.time()
+            seq = 0
+            first_top: dict[str, Any] | None = None
+            while time.time() - started < LAUNCH_TIMEOUT_S:
+                # 20 requests/s for the query: the new item is shown among rivals and always clicked.
+                for _ in range(2):
+                    seq += 1
+                    now = int(time.time() * 1000)
+                    user = rng.choice(sim.users).user_id
+                    request = f"launch-r{seq}"
+                    shown = [new, *rng.sample(candidates[1:], 9)]
+                    rng.shuffle(shown)
+                    for pos, c in enumerate(shown):
+                        await producer.send(
+                            topic, _event("impression", now, user, request, query, c, seq, pos)
+                        )
+                    await producer.send(
+                        topic, _event("click", now + 300, user, request, query, new, seq, None)
+                    )
+                ranking = await triton.rank(probe_user, query, candidates)
+                if ranking.items[0][0].item_id == new.item_id:
+                    first_top = {"seconds": round(time.time() - started, 2), "version": ranking.version}
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            stop.set()
+            await producer.stop()
+            with contextlib.suppress(asyncio.CancelledError):
+                await background
+    result = {
+        "query": query,
+        "candidates": len(candidates),
+        "rank_before": rank_before,
+        "launch_requests_sent": seq,
+        "time_to_top_s": first_top["seconds"] if first_top else None,
+        "served_by_version": first_top["version"] if first_top else None,
+        "timeout_s": LAUNCH_TIMEOUT_S,
+    }
+    progress(f"launch: a new item went from rank {rank_before} to the top in {result['time_to_top_s']} s")
+    return result
+
+
+def _event(
+    etype: str, ts: int, user: str, request: str, query: str, c: Candidate, seq: int, position: int | None
+) -> bytes:
+    body: dict[str, Any] = {
+        "event_id": f"launch-{etype}-{seq}-{c.item_id}",
+        "type": etype,
+        "ts": ts,
+        "user_id": user,
+        "request_id": request,
+        "query": query,
+        "item_id": c.item_id,
+        "item": {"category": c.category, "brand": c.brand, "price": c.price},
+    }
+    if position is not None:
+        body["position"] = position
+    return orjson.dumps(body)
+
+
+def run(out: Path, progress: Progress) -> dict[str, Any]:
+    result: dict[str, Any] = {"warmup_s": WARMUP_S, "measure_s": MEASURE_S, "rates": {}}
+
+    async def main() -> None:
+        with tempfile.TemporaryDirectory(prefix="freshrank-bench-") as tmp:
+            root = Path(tmp)
+            progress("starting the embedded broker, PostgreSQL and Triton")
+            async with EmbeddedStack(root / "stack", free_port(), free_port(), free_port()) as stack:
+                for rate in RATES:
+                    result["rates"][str(rate)] = await rate_run(stack, root, f"rate-{rate}", rate, progress)
+                result["eager_2000"] = await rate_run(
+                    stack, root, "eager-2000", 2_000, progress, publish_interval_s=EAGER_PUBLISH_S
+                )
+                result["large_vocab_2000"] = await rate_run(
+                    stack, root, "large-2000", 2_000, progress, simulate=LARGE
+                )
+                result["launch"] = await launch_run(stack, root, progress)
+
+    asyncio.run(main())
+    at_2000 = result["rates"]["2000"]["freshness_s"]
+    result["targets"] = {
+        "p50_at_2000_s": {
+            "target": TARGET_P50_S,
+            "value": at_2000["p50"],
+            "met": _le(at_2000["p50"], TARGET_P50_S),
+        },
+        "p99_at_2000_s": {
+            "target": TARGET_P99_S,
+            "value": at_2000["p99"],
+            "met": _le(at_2000["p99"], TARGET_P99_S),
+        },
+    }
+    _plot(result, out)
+    return result
+
+
+def _le(value: float | None, limit: float) -> bool:
+    return value is not None and value <= limit
+
+
+def _plot(result: dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from benchmarks.common import save_figure
+
+    runs = {f"{k} ev/s": v for k, v in result["rates"].items()}
+    runs["2000 ev/s, publish 0.5 s"] = result["eager_2000"]
+    runs["2000 ev/s, 150k items/users"] = result["large_vocab_2000"]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    labels = list(runs)
+    for i, q in enumerate(("p50", "p95", "p99")):
+        values = [runs[k]["freshness_s"][q] or 0.0 for k in labels]
+        ax.bar([x + i * 0.27 for x in range(len(labels))], values, width=0.27, label=q)
+    ax.axhline(TARGET_P50_S, color="grey", linestyle=":", label="p50 target")
+    ax.axhline(TARGET_P99_S, color="black", linestyle=":", label="p99 target")
+    ax.set_xticks([x + 0.27 for x in range(len(labels))], labels, rotation=15)
+    ax.set_ylabel("event -> served by Triton (s)")
+    ax.set_title("freshness")
+    ax.legend()
+    result["plot"] = save_figure(fig, out, "freshness")
+    plt.close(fig)
