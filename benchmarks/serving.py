@@ -147,15 +147,18 @@ class CpuMeter:
         self.me = psutil.Process()
         self.triton = psutil.Process(triton_pid)
 
-    def _triton_cpu(self) -> float:
-        total = 0.0
+    def _triton_cpu(self) -> dict[int, float]:
+        """CPU seconds per process of Triton's tree; pid 0 holds what its exited children used."""
+        seen: dict[int, float] = {}
         for p in [self.triton, *self.triton.children(recursive=True)]:
             try:
                 t = p.cpu_times()
-                total += t.user + t.system
             except psutil.NoSuchProcess:
                 continue
-        return total
+            seen[p.pid] = t.user + t.system
+            if p.pid == self.triton.pid:
+                seen[0] = t.children_user + t.children_system
+        return seen
 
     def start(self) -> None:
         t = self.me.cpu_times()
@@ -164,9 +167,13 @@ class CpuMeter:
     def stop(self) -> dict[str, float]:
         t = self.me.cpu_times()
         wall = time.perf_counter() - self._wall0
+        # Per process, so a stub that exits (or starts) inside the window never makes it negative;
+        # a stub reaped inside it counts whole (through Triton's children times): a rough split.
+        now = self._triton_cpu()
+        triton = sum(max(0.0, cpu - self._tr0.get(pid, 0.0)) for pid, cpu in now.items())
         return {
             "client_cores": round((t.user + t.system - self._me0) / wall, 2),
-            "triton_cores": round((self._triton_cpu() - self._tr0) / wall, 2),
+            "triton_cores": round(triton / wall, 2),
         }
 
 

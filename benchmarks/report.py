@@ -1,0 +1,166 @@
+"""The README's benchmark table, from the JSON a ``freshrank bench`` run left in a directory.
+
+    python -m benchmarks.report docs/bench
+
+Only figures present in the files are printed; a benchmark that did not run shows as absent.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+
+def _load(directory: Path, name: str) -> dict[str, Any] | None:
+    path = directory / f"{name}.json"
+    return dict(orjson.loads(path.read_bytes())) if path.exists() else None
+
+
+def _met(target: dict[str, Any] | None) -> str:
+    if target is None:
+        return "–"
+    return "met" if target.get("met") else "**not met**"
+
+
+def rows(directory: Path) -> list[tuple[str, str, str, str]]:
+    """(benchmark, figure, value, target) rows."""
+    out: list[tuple[str, str, str, str]] = []
+    t = _load(directory, "throughput")
+    if t:
+        bare = t["bare_loop"]["samples_per_s"]
+        out.append(("throughput", "bare PyTorch loop (the limit)", f"{bare:,.0f} samples/s", ""))
+        for key, label in (("without_exports", "without exports"), ("with_exports", "publishing every 2 s")):
+            r = t[key]
+            target = t["targets"][f"ratio_to_bare_{key}"]
+            out.append(
+                (
+                    "throughput",
+                    f"updater end to end, {label}",
+                    f"{r['samples_per_s']:,.0f} samples/s = {r['ratio_to_bare']:.2f} of bare",
+                    f"≥ {target['target']} {_met(target)}",
+                )
+            )
+    f = _load(directory, "freshness")
+    if f:
+        for rate, r in f["rates"].items():
+            q = r["freshness_s"]
+            target = ""
+            if rate == "2000":
+                target = "p50 ≤ 3 s {} · p99 ≤ 8 s {}".format(
+                    _met(f["targets"]["p50_at_2000_s"]), _met(f["targets"]["p99_at_2000_s"])
+                )
+            out.append(
+                (
+                    "freshness",
+                    f"{int(rate):,} events/s (measured {r['events_per_s']:,.0f}), p50 / p95 / p99",
+                    f"{q['p50']:.2f} / {q['p95']:.2f} / {q['p99']:.2f} s",
+                    target,
+                )
+            )
+        for key, label in (
+            ("eager_2000", "2,000 events/s, publishing every 0.5 s"),
+            ("large_vocab_2000", "2,000 events/s, 150k items and users"),
+        ):
+            q = f[key]["freshness_s"]
+            out.append(
+                (
+                    "freshness",
+                    f"{label}, p50 / p95 / p99",
+                    f"{q['p50']:.2f} / {q['p95']:.2f} / {q['p99']:.2f} s",
+                    "",
+                )
+            )
+        launch = f["launch"]
+        seconds = launch["time_to_top_s"]
+        value = (
+            f"{seconds} s (from rank {launch['rank_before']})" if seconds is not None else "not within 60 s"
+        )
+        out.append(("freshness", "a new item with every click → top of Triton's ranking", value, ""))
+    s = _load(directory, "snapshot")
+    if s:
+        fit = s["fit_time_vs_rows"]["total"]
+        out.append(
+            (
+                "snapshot",
+                "export + check + publish + load, fit",
+                f"{fit['intercept_ms'] / 1000:.2f} s + {fit['ms_per_100k_rows']:.0f} ms per 100k rows",
+                "",
+            )
+        )
+        for case in s["cases"]:
+            if case["dim"] == s["cases"][0]["dim"]:
+                total = sum(v for k, v in case["seconds"].items() if k != "first_infer")
+                out.append(
+                    (
+                        "snapshot",
+                        f"{case['items']:,} items ({case['rows']:,} rows, {case['bytes'] / 2**20:,.0f} MiB)",
+                        f"{total:.2f} s (Triton load {case['seconds']['load']:.2f} s)",
+                        "",
+                    )
+                )
+    v = _load(directory, "serving")
+    if v:
+        peaks = v["peaks"]
+        out.append(
+            ("serving", "onnxruntime in process (the limit)", f"{peaks['in_process_rps']:,.0f} req/s", "")
+        )
+        out.append(
+            (
+                "serving",
+                "Triton gRPC / HTTP peak, 100 candidates",
+                f"{peaks['grpc_rps']:,.0f} / {peaks['http_rps']:,.0f} req/s = "
+                f"{v['ratios']['grpc_peak_over_in_process']:.2f} / "
+                f"{v['ratios']['http_peak_over_in_process']:.2f}",
+                f"gRPC ≥ 0.6 {_met(v['targets']['grpc_ratio'])}",
+            )
+        )
+        half = v["open_loop_half_peak"]
+        out.append(
+            (
+                "serving",
+                f"gRPC at half the peak ({half['rps']:,.0f} req/s), p50 / p99",
+                f"{half['p50_ms']:.1f} / {half['p99_ms']:.1f} ms",
+                f"p99 ≤ 15 ms {_met(v['targets']['p99_at_half_peak_ms'])}",
+            )
+        )
+    qd = _load(directory, "quality")
+    if qd:
+        auc = qd["after_drift_auc"]
+        sps = qd["samples_per_s"]
+        value = " · ".join(f"{m} {auc[m]:.3f} ({sps[m]:,.0f}/s)" for m in auc)
+        targets = qd["targets"]
+        target = "vs static +0.05 {} · ≥ retrain {} · ≥ VW {} · ≥ River {}".format(
+            *(
+                _met(targets[k])
+                for k in (
+                    "freshrank_beats_static_by_0.05_auc",
+                    "freshrank_at_least_retrain",
+                    "freshrank_at_least_vw",
+                    "freshrank_at_least_river",
+                )
+            )
+        )
+        out.append(("quality", "AUC after the drift (samples/s), simulator", value, target))
+    rd = _load(directory, "replay")
+    if rd:
+        for name, d in rd["datasets"].items():
+            if "after_drift_auc" not in d:
+                out.append(("replay", name, f"skipped: {d.get('skipped', '?')}", ""))
+                continue
+            auc = d["after_drift_auc"]
+            value = " · ".join(f"{m} {auc[m]:.3f}" for m in auc)
+            out.append(("replay", f"{name}: AUC after the drift ({d['samples']:,} samples)", value, ""))
+    return out
+
+
+def markdown(directory: Path) -> str:
+    lines = ["| benchmark | figure | value | target |", "| --- | --- | --- | --- |"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows(directory)]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown(Path(sys.argv[1] if len(sys.argv) > 1 else "bench-results")))
