@@ -3,7 +3,8 @@
 Per-event freshness: for each click, add-to-cart or purchase, the time from its production
 (the event's timestamp, set by the producer as it sends) to the first response from Triton
 by a version that learned the sample it completed — measured by the updater itself when a
-version goes live (see ``Updater.freshness_s``). Runs the real loop (broker, updater,
+version goes live (see ``Updater.freshness_by_action``); only actions produced after the
+warm-up count. Runs the real loop (broker, updater,
 PostgreSQL registry, Triton) at several event rates and vocabulary sizes.
 
 Black-box: a brand-new item appears and gets every click for its query; the time from its
@@ -40,6 +41,7 @@ LARGE = ("--items", "150000", "--users", "150000")  # vocabularies near the defa
 TARGET_P50_S = 3.0
 TARGET_P99_S = 8.0
 LAUNCH_TIMEOUT_S = 60.0
+SETTLE_LIMIT_S = 20.0
 
 
 def _settings(stack: EmbeddedStack, root: Path, topic: str, publish_interval_s: float) -> UpdaterSettings:
@@ -71,15 +73,17 @@ async def rate_run(
     bootstrap = stack.addresses.bootstrap
     await ensure_topic(bootstrap, topic, partitions=3)
     updater = Updater(_settings(stack, root, topic, publish_interval_s))
+    log_path = root / f"{topic}-simulate.log"
     async with updater:
+        log = log_path.open("wb")  # a file, not a pipe: a chatty child never blocks on it
         producer = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "freshrank.cli", "simulate", "--bootstrap", bootstrap, "--topic", topic,
             "--rate", str(rate), "--duration", str(WARMUP_S + MEASURE_S), "--seed", str(int(rate)), *simulate,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=log,
         )  # fmt: skip
         try:
             await asyncio.sleep(WARMUP_S)
-            updater.freshness_s.clear()  # the first versions carry the start-up, not the steady state
+            measured_from = time.time()  # actions produced from now on; the start-up is not steady state
             versions0 = updater.counters.versions_published
             consumed0 = updater.counters.events_consumed
             started = time.monotonic()
@@ -88,16 +92,29 @@ async def rate_run(
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(1.0):
                         await producer.wait()
-                lags.append(updater.status().get("consumer_lag") or 0)
+                lag = updater.status().get("consumer_lag")
+                if lag is not None:
+                    lags.append(lag)
             elapsed = time.monotonic() - started
             out, _ = await producer.communicate()
-            produced = orjson.loads(out) if producer.returncode == 0 and out else {}
+            if producer.returncode != 0:
+                tail = log_path.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"freshrank simulate exited {producer.returncode}: {tail}")
+            produced = orjson.loads(out)
+            # The slowest actions are the ones still in flight now: wait until every one is served.
+            settle_started = time.monotonic()
+            while not updater.freshness_settled or (updater.status().get("consumer_lag") or 0) > 0:
+                if time.monotonic() - settle_started > SETTLE_LIMIT_S:
+                    break
+                await asyncio.sleep(0.2)
+            settled = updater.freshness_settled
         finally:
             if producer.returncode is None:
                 producer.kill()
                 await producer.wait()
+            log.close()
         status = updater.status()
-        fresh = list(updater.freshness_s)
+        fresh = [f for at, f in updater.freshness_by_action if at >= measured_from]
     result: dict[str, Any] = {
         "rate_target": rate,
         "events_produced": produced.get("events_produced"),
@@ -106,6 +123,7 @@ async def rate_run(
         "simulator_options": list(simulate),
         "versions": status["versions_published"] - versions0,
         "actions_measured": len(fresh),
+        "all_served_at_end": settled,
         "freshness_s": percentiles(fresh),
         "max_consumer_lag": max(lags, default=None),
         "vocab_sizes": status.get("vocab_sizes"),
@@ -176,6 +194,8 @@ async def launch_run(stack: EmbeddedStack, root: Path, progress: Progress) -> di
             await producer.stop()
             with contextlib.suppress(asyncio.CancelledError):
                 await background
+    if rank_before == 1:
+        raise RuntimeError(f"the new item already ranked first for {query!r} before any click: no test")
     result = {
         "query": query,
         "candidates": len(candidates),

@@ -101,8 +101,13 @@ class WriterLease:
                     await stopping.wait()
         return False
 
-    async def confirm(self) -> None:
-        """Raise :class:`LeaseLost` unless this updater may still publish."""
+    async def confirm(self) -> bool:
+        """May this updater publish now? Raises :class:`LeaseLost` once another one is the writer.
+
+        False means "not this time": the lock is held under our own token, by a session of ours
+        the server has not reaped yet or by a standby that has not bumped the token yet. Either
+        way nobody may be sure of being the only writer, so the caller skips one publish.
+        """
         conn = self._conn
         if conn is not None and not conn.is_closed():
             try:
@@ -116,16 +121,17 @@ class WriterLease:
                     raise LeaseLost(
                         f"writer lease for {self.model!r} now has token {token}, ours is {self.token}"
                     )
-                return
+                return True
         # Our session is gone. While PostgreSQL is away (or restarting) nobody else can take the
-        # lock: carry on and try again at the next publish.
+        # lock: carry on, and re-take it at the next publish.
         taken = await self._take()
-        if taken is False and self._held_token != self.token:
-            raise LeaseLost(
-                f"another updater holds the writer lease for {self.model!r} (token {self._held_token})"
-            )
-        # taken is False with our own token: the lock is still held by our old session, which the
-        # server has not reaped yet; nobody else has been granted it since.
+        if taken is False:
+            if self._held_token != self.token:
+                raise LeaseLost(
+                    f"another updater holds the writer lease for {self.model!r} (token {self._held_token})"
+                )
+            return False
+        return True
 
     async def release(self) -> None:
         conn, self._conn = self._conn, None

@@ -154,6 +154,8 @@ class Updater:
         self.ledger = Ledger()
         self.dead_by_reason: dict[str, int] = {}
         self.freshness_s: deque[float] = deque(maxlen=FRESHNESS_MEMORY)
+        # (action time, freshness) in seconds, for measuring the actions of a chosen period.
+        self.freshness_by_action: deque[tuple[float, float]] = deque(maxlen=FRESHNESS_MEMORY)
         self.live_version: int | None = None
         self.served_version: int | None = None
         self.last_export: dict[str, Any] = {}
@@ -185,6 +187,17 @@ class Updater:
         self._last_checkpoint = time.monotonic()
         self._published_samples = -1
         self._started = False
+
+    @property
+    def tasks(self) -> list[asyncio.Task[None]]:
+        """The long-running tasks (consume, train, report, registry flush, Triton watch)."""
+        return list(self._tasks)
+
+    @property
+    def freshness_settled(self) -> bool:
+        """True once every action consumed so far is learned and served, its freshness measured."""
+        exporting = self._export_task is not None and not self._export_task.done()
+        return not (self._fresh_pending or len(self.batcher) or self._queue.qsize() or exporting)
 
     @property
     def positions(self) -> dict[str, int]:
@@ -471,7 +484,9 @@ class Updater:
     async def _checkpoint(self) -> None:
         """Dead letters, then the checkpoint, then the Kafka commit: offsets never run ahead."""
         self._last_checkpoint = time.monotonic()
-        await self._confirm_writer()
+        if not await self._confirm_writer():
+            log.warning("writer lease unsettled; the checkpoint waits for the next round")
+            return
         if self._dead:
             # Durable in the outbox before the offsets that produced them are committed.
             self._record(dead_letters_op(self._dead))
@@ -570,16 +585,19 @@ class Updater:
             log.exception("export failed; will retry with the next snapshot")
             self._requeue_fresh(snap)
 
-    async def _confirm_writer(self) -> None:
+    async def _confirm_writer(self) -> bool:
         try:
-            await self.lease.confirm()
+            return await self.lease.confirm()
         except LeaseLost:
             self._fenced = True
             self._stopping.set()
             raise
 
     async def _export(self, snap: Snapshot) -> None:
-        await self._confirm_writer()
+        if not await self._confirm_writer():
+            log.warning("writer lease unsettled (held under our token by another session); publish skipped")
+            self._requeue_fresh(snap)
+            return
         version = self.publisher.next_version(floor=self._registry_max)
         metrics: dict[str, Any] = {
             k: _finite(v) if isinstance(v, float) else v for k, v in snap.metrics.items()
@@ -651,8 +669,15 @@ class Updater:
             return
         if served != version:
             log.warning("Triton serves version %s after loading %d", served, version)
-        fresh = [served_at - ts / 1000.0 for ts in snap.fresh_action_ts_ms]
-        self.freshness_s.extend(fresh)
+        fresh: list[float] = []
+        if served == version:
+            fresh = [served_at - ts / 1000.0 for ts in snap.fresh_action_ts_ms]
+            self.freshness_s.extend(fresh)
+            self.freshness_by_action.extend(
+                (ts / 1000.0, f) for ts, f in zip(snap.fresh_action_ts_ms, fresh, strict=True)
+            )
+        else:
+            self._requeue_fresh(snap)  # not served yet: measured when a version that has them is
         self.live_version = self.served_version = served
         if served == version:
             self._go_live(LiveModel(version, snap.model, snap.vocabs))

@@ -134,6 +134,14 @@ field_values = (
 )
 
 
+def test_the_fast_path_takes_the_common_event() -> None:
+    obj = orjson.loads(orjson.dumps(good()))
+    fast = _well_formed(obj, NOW)
+    assert fast is not None
+    assert fast == _checked(obj, NOW)
+    assert _well_formed({**obj, "ts": NOW + 10**8}, NOW) is None  # out of range: the full checks say why
+
+
 @settings(suppress_health_check=[HealthCheck.too_slow], deadline=None, max_examples=300)
 @given(st.dictionaries(st.sampled_from(list(good())), field_values, max_size=4))
 def test_the_fast_path_accepts_only_what_the_full_checks_accept(changes: dict[str, object]) -> None:
