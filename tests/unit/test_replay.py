@@ -11,6 +11,8 @@ import orjson
 import pytest
 
 from freshrank.replay import (
+    CATALOGUE_SHARE,
+    DAY_MS,
     POPULARITY_WINDOW,
     UNKNOWN_PRICE,
     complete_journey_events,
@@ -109,10 +111,33 @@ def test_diginetica_events_are_in_time_order_and_follow_the_contract(tmp_path: P
 def test_original_time_is_rebased_and_compressed(tmp_path: Path) -> None:
     events = small(tmp_path, negatives=0, speedup=1000.0)
     impressions = {e["item_id"] + e["user_id"]: e["ts"] for e in events if e["type"] == "impression"}
-    # Session 1 viewed item 11 one minute after item 10, both from the day's midnight.
+    # Session 1 viewed item 11 one minute after item 10; it is the first of two sessions on its
+    # day, so it starts at a quarter of the day (6:00) and session 2 at three quarters (18:00).
+    assert impressions["10s1"] == START
     assert impressions["11s1"] - impressions["10s1"] == 60
-    # Session 3 is on the next day, 5 s after its start.
-    assert impressions["11s3"] - START == (86_400_000 + 5_000) // 1000
+    assert impressions["1077"] - START == (DAY_MS // 2 + 30_000) // 1000
+    # Session 3 is alone on the next day (from noon), 5 s after its start.
+    assert impressions["11s3"] - START == (DAY_MS + DAY_MS // 2 - DAY_MS // 4 + 5_000) // 1000
+
+
+def test_sessions_of_a_day_get_distinct_ordered_starts(tmp_path: Path) -> None:
+    # Sessions in file order 10, 3, 5 on one day (numeric, not text, order: 3, 5, 10), each
+    # with views at 0 and 1 s after its start, and session 7 alone on the next day.
+    day = [(s, "NA", f"i{s}", t, "2016-05-01") for s in (10, 3, 5) for t in (0, 1_000)]
+    views = [*day, (7, "NA", "i7", 0, "2016-05-02")]
+    events = list(
+        diginetica_events(write_diginetica(tmp_path, views), start_ms=START, speedup=1.0, negatives=0)
+    )
+    starts: dict[str, int] = {}
+    for e in events:
+        if e["type"] == "impression":
+            starts.setdefault(e["user_id"], e["ts"])
+    assert list(starts) == ["s3", "s5", "s10", "s7"]  # session-id order within the day
+    assert starts["s5"] - starts["s3"] == starts["s10"] - starts["s5"] == DAY_MS // 3  # evenly
+    assert starts["s7"] - starts["s3"] == DAY_MS + DAY_MS // 2 - DAY_MS // 6  # 00:00 + 1/6 → next noon
+    # Views keep their timeframe after the synthetic start, so sessions no longer interleave.
+    sessions = [e["user_id"] for e in events if e["type"] == "impression"]
+    assert sessions == ["s3", "s3", "s5", "s5", "s10", "s10", "s7"]
 
 
 def test_purchases_join_the_impression_they_follow(tmp_path: Path) -> None:
@@ -145,7 +170,8 @@ def test_limit_caps_requests(tmp_path: Path) -> None:
     assert sum(e["type"] == "impression" and e["position"] == 0 for e in events) == 3
 
 
-def test_negatives_are_recently_popular_and_never_the_positive(tmp_path: Path) -> None:
+def test_without_a_catalogue_negatives_are_recently_popular_and_never_the_positive(tmp_path: Path) -> None:
+    # No product-categories rows: every negative comes from the popularity window.
     rng = random.Random(5)
     # An early fashion (a*), then a later one (b*) that fills the window; "hot" stays popular.
     items = [rng.choice(["hot"] * 5 + [f"a{k}" for k in range(20)]) for _ in range(POPULARITY_WINDOW)]
@@ -167,6 +193,62 @@ def test_negatives_are_recently_popular_and_never_the_positive(tmp_path: Path) -
     assert counts.most_common(1)[0][0] == "hot"  # drawn by count
     late = [e["item_id"] for e in events[-1500:] if e["type"] == "impression"]
     assert not any(i.startswith("a") for i in late)  # the early fashion left the window
+
+
+def catalogue_run(tmp_path: Path, seed: int = 0) -> tuple[list[str], set[str], Events]:
+    """A stream of 600 views of 20 items, with 200 more items in the catalogue never viewed."""
+    rng = random.Random(11)
+    viewed = [f"p{k}" for k in range(20)]
+    items = [rng.choice(viewed) for _ in range(600)]
+    views = [(1 + n // 10, "NA", item, n * 1000, "2016-05-01") for n, item in enumerate(items)]
+    catalogue = {i: 1 for i in viewed + [f"x{k}" for k in range(200)]}
+    write_diginetica(tmp_path, views, categories=catalogue)
+    return items, set(catalogue), list(diginetica_events(tmp_path, start_ms=START, negatives=4, seed=seed))
+
+
+def test_catalogue_negatives_come_from_the_catalogue(tmp_path: Path) -> None:
+    items, catalogue, events = catalogue_run(tmp_path)
+    uniform = int(4 * CATALOGUE_SHARE + 0.5)
+    assert uniform == 2
+    never_viewed: Counter[str] = Counter()
+    for n, shown in enumerate(requests(events).values()):
+        positive = items[n]
+        negatives = [e["item_id"] for e in shown if e["type"] == "impression" and e["item_id"] != positive]
+        assert len(negatives) == len(set(negatives)) == 4  # the catalogue fills in from the start
+        assert positive not in negatives
+        window = set(items[max(0, n - POPULARITY_WINDOW) : n])
+        outside = [i for i in negatives if i not in window]
+        assert set(outside) <= catalogue
+        if len(window) >= 10:  # the window can give its share: at most the catalogue's are outside
+            assert len(outside) <= uniform
+        never_viewed.update(i for i in negatives if i.startswith("x"))
+    # Uniform over the catalogue: about 2 of 4 negatives, 200/220 of them never viewed, all spread.
+    assert 0.8 * 600 * uniform * 200 / 220 < never_viewed.total() < 1.2 * 600 * uniform * 200 / 220
+    assert len(never_viewed) > 190
+    assert max(never_viewed.values()) < 20
+
+
+def test_first_appearances_can_be_negatives(tmp_path: Path) -> None:
+    items, _, events = catalogue_run(tmp_path)
+    first: dict[str, bool] = {}  # item -> whether its first impression was a positive
+    for shown in requests(events).values():
+        clicked = {e["item_id"] for e in shown if e["type"] == "click"}
+        for e in shown:
+            if e["type"] == "impression":
+                first.setdefault(e["item_id"], e["item_id"] in clicked)
+    # The first request already has negatives, which nobody had acted on, and most items
+    # shown never get a positive at all.
+    assert sum(not positive for positive in first.values()) > 150
+    first_request = next(iter(requests(events).values()))
+    assert sum(e["type"] == "impression" for e in first_request) == 1 + 4
+    # Some items later viewed were shown as negatives first: a new id is no sign of a positive.
+    assert any(not first[i] for i in set(items))
+
+
+def test_catalogue_draws_are_deterministic_for_a_seed(tmp_path: Path) -> None:
+    a, b, c = (catalogue_run(tmp_path, seed)[2] for seed in (4, 4, 5))
+    assert a == b
+    assert a != c
 
 
 def test_diginetica_files_are_checked_with_clear_errors(tmp_path: Path) -> None:
@@ -228,9 +310,11 @@ def test_complete_journey_baskets_become_requests_with_aisle_negatives() -> None
     assert len(by_request) == 7  # one per basket, in time order although the rows were not
     first = next(iter(by_request.values()))
     assert {e["user_id"] for e in first} == {"h7"}
-    assert Counter((e["item_id"], e["type"]) for e in first) == Counter(
+    assert Counter((e["item_id"], e["type"]) for e in first if e["item_id"] in {"1", "4"}) == Counter(
         {(i, t): 1 for i in ("1", "4") for t in ("impression", "click", "purchase")}
-    )  # the first basket: nothing bought before, so no negatives yet
+    )
+    # The first basket: nothing bought before, so the catalogue gives every negative.
+    assert sorted(e["item_id"] for e in first if e["item_id"] not in {"1", "4"}) == ["2", "3", "5", "6"]
     apple = next(e for e in first if e["item_id"] == "1")
     assert apple["query"] == "produce"
     assert apple["item"] == {"category": "APPLES", "brand": "National", "price": 1.5}
@@ -253,6 +337,34 @@ def test_complete_journey_baskets_become_requests_with_aisle_negatives() -> None
     positives = [s for s in samples if s.label]
     assert len(positives) == len({(r["basket_id"], r["product_id"]) for r in rows})
     assert joiner.extra_actions == len(positives)  # each purchase follows its click
+
+
+def test_complete_journey_catalogue_negatives_come_from_the_positive_department() -> None:
+    # 40 products in each of two departments, of which only the first 3 are ever bought.
+    products = [
+        {"product_id": 100 * d + k, "department": dept, "brand": "B", "product_category": "C"}
+        for d, dept in ((1, "PRODUCE"), (2, "MEAT"))
+        for k in range(40)
+    ]
+    department = {str(p["product_id"]): p["department"] for p in products}
+    rows = [tx(n % 5, n, 100 * (1 + n % 2) + n % 3, n) for n in range(300)]  # one product a basket
+
+    def run(seed: int) -> Events:
+        return list(complete_journey_events(rows, products, negatives=4, seed=seed, start_ms=START))
+
+    events = run(1)
+    never_bought: Counter[str] = Counter()
+    for shown in requests(events).values():
+        (positive,) = {e["item_id"] for e in shown if e["type"] == "click"}
+        negatives = [e["item_id"] for e in shown if e["type"] == "impression" and e["item_id"] != positive]
+        assert len(negatives) == len(set(negatives)) == 4
+        assert {department[i] for i in negatives} == {department[positive]}  # the positive's aisle
+        never_bought.update(i for i in negatives if int(i) % 100 >= 3)
+    # Half of the negatives from the department's 40 products: about 2 * 37/40 a basket.
+    assert 0.8 * 300 * 2 * 37 / 40 < never_bought.total() < 1.2 * 300 * 2 * 37 / 40
+    assert len(never_bought) > 60
+    assert run(1) == events
+    assert run(2) != events
 
 
 def test_complete_journey_is_deterministic_and_limited() -> None:
