@@ -19,6 +19,20 @@ def _load(directory: Path, name: str) -> dict[str, Any] | None:
     return dict(orjson.loads(path.read_bytes())) if path.exists() else None
 
 
+def _quality_targets(targets: dict[str, Any]) -> str:
+    return "vs static +0.05 {} · ≥ retrain {} · ≥ VW {} · ≥ River {}".format(
+        *(
+            _met(targets.get(k))
+            for k in (
+                "freshrank_beats_static_by_0.05_auc",
+                "freshrank_at_least_retrain",
+                "freshrank_at_least_vw",
+                "freshrank_at_least_river",
+            )
+        )
+    )
+
+
 def _met(target: dict[str, Any] | None) -> str:
     if target is None:
         return "–"
@@ -132,18 +146,16 @@ def rows(directory: Path) -> list[tuple[str, str, str, str]]:
         sps = qd["samples_per_s"]
         value = " · ".join(f"{m} {auc[m]:.3f} ({sps[m]:,.0f}/s)" for m in auc)
         targets = qd["targets"]
-        target = "vs static +0.05 {} · ≥ retrain {} · ≥ VW {} · ≥ River {}".format(
-            *(
-                _met(targets[k])
-                for k in (
-                    "freshrank_beats_static_by_0.05_auc",
-                    "freshrank_at_least_retrain",
-                    "freshrank_at_least_vw",
-                    "freshrank_at_least_river",
-                )
-            )
-        )
+        target = _quality_targets(targets)
         out.append(("quality", "AUC after the drift (samples/s), simulator", value, target))
+        for seed, d in qd.get("seeds", {}).items():
+            if seed == str(qd.get("stream", {}).get("simulator_seed")):
+                continue
+            auc = d["after_drift_auc"]
+            value = " · ".join(f"{m} {auc[m]:.3f}" for m in auc)
+            targets = d["targets"]
+            target = _quality_targets(targets)
+            out.append(("quality", f"AUC after the drift, simulator seed {seed} (held out)", value, target))
     rd = _load(directory, "replay")
     if rd:
         for name, d in rd["datasets"].items():
