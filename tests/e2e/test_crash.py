@@ -66,7 +66,10 @@ async def test_sigkill_restarts_learn_every_sample_exactly_once(stack: EmbeddedS
             for _ in range(600):
                 await asyncio.sleep(0.1)
                 assert proc.poll() is None, (tmp_path / "updater.log").read_text()[-3000:]
-                if int(read_status(status_file).get("samples_trained") or 0) > trained_before:
+                current = read_status(status_file)
+                # This run's own status (the file outlives each killed run), with something new learned.
+                learned = int(current.get("samples_trained") or 0)
+                if current.get("pid") == proc.pid and learned > trained_before:
                     break
             await asyncio.sleep(rng.uniform(0.0, 1.5))
             proc.kill()
@@ -80,7 +83,11 @@ async def test_sigkill_restarts_learn_every_sample_exactly_once(stack: EmbeddedS
         for _ in range(1800):
             await asyncio.sleep(0.1)
             status = read_status(status_file)
-            if status.get("samples_trained") == expected and status.get("events_consumed") == total_records:
+            if (
+                status.get("pid") == proc.pid  # not the last killed run's file: it may be complete already
+                and status.get("samples_trained") == expected
+                and status.get("events_consumed") == total_records
+            ):
                 break
         proc.send_signal(signal.SIGTERM)
         code = await asyncio.to_thread(proc.wait, 60)
