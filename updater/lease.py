@@ -21,6 +21,7 @@ import socket
 import asyncpg
 
 from updater import FreshrankError
+from updater.registry import UNAVAILABLE
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class WriterLease:
         """True: the lease is ours. False: another session holds the lock. None: PostgreSQL is away."""
         try:
             conn = await asyncpg.connect(self.dsn, timeout=LEASE_TIMEOUT_S, command_timeout=LEASE_TIMEOUT_S)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        except UNAVAILABLE:
             return None
         try:
             got = await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", _lock_key(self.model))
@@ -72,7 +73,7 @@ class WriterLease:
                     self.holder,
                 )
             )
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except UNAVAILABLE as exc:
             log.warning("could not take the writer lease for %r: %s", self.model, exc)
             conn.terminate()
             return None
@@ -113,7 +114,7 @@ class WriterLease:
             try:
                 async with asyncio.timeout(LEASE_TIMEOUT_S):
                     token = await conn.fetchval("SELECT token FROM writer_lease WHERE model = $1", self.model)
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            except UNAVAILABLE:
                 conn.terminate()
                 self._conn = None
             else:

@@ -8,6 +8,16 @@ from typing import Any
 import asyncpg
 import orjson
 
+# What a lost, stopping or restarting PostgreSQL raises through asyncpg. InternalClientError
+# comes from the pool resetting a connection whose server went away mid-operation.
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS model_versions (
     model         text        NOT NULL,

@@ -51,7 +51,7 @@ from updater.lease import LeaseLost, WriterLease
 from updater.ledger import Ledger
 from updater.model import Ranker
 from updater.outbox import Outbox
-from updater.registry import DeadLetter, Registry, dead_letters_op
+from updater.registry import UNAVAILABLE, DeadLetter, Registry, dead_letters_op
 from updater.settings import UpdaterSettings
 from updater.source import EventSource
 
@@ -802,7 +802,7 @@ class Updater:
                 self._registry_max = max(self._registry_max, await self.registry.max_version())
                 self._registry_baseline = await self.registry.count_published()
                 self.counters.versions_published = self._registry_baseline + self._published_here
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except UNAVAILABLE as exc:
             self.registry.terminate()
             self.health["postgres"].mark(False, f"{type(exc).__name__}: {exc}")
             return False
@@ -820,8 +820,13 @@ class Updater:
                     await self.registry.apply(chunk)
             except asyncpg.DataError as exc:
                 # This data can never be stored (not a passing fault): set the bad operation aside.
-                await self._apply_one_by_one(chunk, exc)
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                try:
+                    await self._apply_one_by_one(chunk, exc)
+                except UNAVAILABLE as lost:
+                    self.health["postgres"].mark(False, f"{type(lost).__name__}: {lost}")
+                    self.registry.terminate()
+                    return
+            except UNAVAILABLE as exc:
                 self.health["postgres"].mark(False, f"{type(exc).__name__}: {exc}")
                 self.registry.terminate()  # a fresh pool once it is back
                 return
@@ -881,7 +886,7 @@ class Updater:
         try:
             async with asyncio.timeout(REGISTRY_TIMEOUT_S):
                 row = await self.registry.serving()
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except UNAVAILABLE as exc:
             self.health["postgres"].mark(False, f"{type(exc).__name__}: {exc}")
             return
         wanted = Serving(row["mode"], row["version"], row["reason"])
