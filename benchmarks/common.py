@@ -66,14 +66,23 @@ def labelled(events: Iterable[dict[str, Any]], window_ms: int) -> tuple[list[Sam
     The clock is the stream's: each event is judged at its own timestamp, so an offline stream
     joins exactly as it would have live.
     """
+    wall_ms = int(time.time() * 1000)
+    return labelled_records(
+        ((encode_event(e)[1], int(e["ts"]) if isinstance(e.get("ts"), int) else wall_ms) for e in events),
+        window_ms,
+    )
+
+
+def labelled_records(
+    records: Iterable[tuple[bytes, int]], window_ms: int
+) -> tuple[list[Sample], dict[str, int]]:
+    """Samples of raw record values, each judged at its ``now_ms``: the updater's per-record steps."""
     cleaner = Cleaner()
     joiner = Joiner(window_ms=window_ms)
     samples: list[Sample] = []
     counts = {"events": 0, "rejected": 0}
-    for event in events:
+    for raw, now_ms in records:
         counts["events"] += 1
-        _, raw = encode_event(event)
-        now_ms = int(event["ts"]) if isinstance(event.get("ts"), int) else int(time.time() * 1000)
         result = cleaner.clean(raw, now_ms)
         if isinstance(result, Event):
             joined = joiner.add(result, now_ms)

@@ -23,7 +23,7 @@ import psutil
 import torch
 from aiokafka import AIOKafkaProducer
 
-from benchmarks.common import Progress, labelled
+from benchmarks.common import Progress, labelled, labelled_records
 from freshrank.simulator import SimulatorConfig, encode_event, generate
 from freshrank.stack import EmbeddedStack, free_port
 from updater.batcher import DEFAULT_BATCH_SIZE, Vocabularies, encode
@@ -162,11 +162,12 @@ def consumer_path_profile(events: list[dict[str, Any]], limit: int = 12) -> dict
     their rate and the top functions by own time.
     """
     raw = [encode_event(e)[1] for e in events]
+    now_ms = int(time.time() * 1000)
     config = RankerConfig()
     profiler = cProfile.Profile()
     started = time.perf_counter()
     profiler.enable()
-    samples, _ = labelled_raw(raw)
+    samples, _ = labelled_records(((value, now_ms) for value in raw), DEFAULT_WINDOW_MS)
     vocabs = Vocabularies(config)
     for i in range(0, len(samples), DEFAULT_BATCH_SIZE):
         encode(samples[i : i + DEFAULT_BATCH_SIZE], vocabs, config.max_tokens)
@@ -185,28 +186,6 @@ def consumer_path_profile(events: list[dict[str, Any]], limit: int = 12) -> dict
         "events_per_s_profiled": round(len(raw) / elapsed, 1),
         "top_own_time": top,
     }
-
-
-def labelled_raw(raw: list[bytes]) -> tuple[list[Any], int]:
-    """The updater's per-record steps on raw record values, judged at one wall-clock time."""
-    from updater.clean import Cleaner
-    from updater.events import Event, Rejection
-    from updater.joiner import Joiner
-
-    cleaner = Cleaner()
-    joiner = Joiner()
-    samples: list[Any] = []
-    now_ms = int(time.time() * 1000)
-    for n, value in enumerate(raw, 1):
-        result = cleaner.clean(value, now_ms)
-        if isinstance(result, Event):
-            joined = joiner.add(result, now_ms)
-            if not isinstance(joined, Rejection):
-                samples.extend(joined)
-        if n % 2_000 == 0:
-            samples.extend(joiner.expire())
-    samples.extend(joiner.expire())
-    return samples, len(raw)
 
 
 def run(out: Path, progress: Progress) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import math
 import os
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Awaitable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,8 +153,8 @@ class Updater:
         self.counters = Counters()
         self.ledger = Ledger()
         self.dead_by_reason: dict[str, int] = {}
-        self.freshness_s: deque[float] = deque(maxlen=FRESHNESS_MEMORY)
-        # (action time, freshness) in seconds, for measuring the actions of a chosen period.
+        # (action time, freshness) in seconds: the status takes percentiles of the second,
+        # benchmarks pick the actions of a chosen period by the first.
         self.freshness_by_action: deque[tuple[float, float]] = deque(maxlen=FRESHNESS_MEMORY)
         self.live_version: int | None = None
         self.served_version: int | None = None
@@ -384,39 +384,33 @@ class Updater:
         put = asyncio.ensure_future(self._queue.put(batch))
         paused = False
         try:
-            while True:
-                train = self._tasks[1]
-                timeout = None if paused or self.source is None else PAUSE_AFTER_S
-                done, _ = await asyncio.wait(
-                    {put, train}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-                )
-                if put in done:
-                    put.result()
-                    return
-                if train in done:
-                    raise TrainingFailed("the training task failed; the last checkpoint stands") from (
-                        train.exception()
-                    )
-                assert self.source is not None
+            if self.source is not None and not await self._while_training(put, PAUSE_AFTER_S):
                 self.counters.backpressure_pauses += 1
                 self.source.pause()
                 paused = True
+            await self._while_training(put)
         finally:
-            put.cancel()
+            put.cancel()  # a no-op once it is done
             if paused and self.source is not None:
                 self.source.resume()
 
-    async def _while_training(self, waiting: Coroutine[Any, Any, None]) -> None:
-        """Await ``waiting`` unless the trainer dies first (then nothing may be checkpointed)."""
+    async def _while_training(self, waiting: Awaitable[None], timeout_s: float | None = None) -> bool:
+        """Await ``waiting`` unless the trainer dies first (then nothing may be checkpointed).
+
+        False when ``timeout_s`` passed first; ``waiting`` then goes on and can be awaited again.
+        """
         task = asyncio.ensure_future(waiting)
         train = self._tasks[1]
-        done, _ = await asyncio.wait({task, train}, return_when=asyncio.FIRST_COMPLETED)
-        if task not in done:
+        done, _ = await asyncio.wait({task, train}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            task.result()
+            return True
+        if train in done:
             task.cancel()
             raise TrainingFailed(
                 "the training task failed; the last checkpoint stands"
             ) from train.exception()
-        task.result()
+        return False
 
     # ----------------------------------------------------------------- train
 
@@ -672,7 +666,6 @@ class Updater:
         fresh: list[float] = []
         if served == version:
             fresh = [served_at - ts / 1000.0 for ts in snap.fresh_action_ts_ms]
-            self.freshness_s.extend(fresh)
             self.freshness_by_action.extend(
                 (ts / 1000.0, f) for ts, f in zip(snap.fresh_action_ts_ms, fresh, strict=True)
             )
@@ -916,6 +909,7 @@ class Updater:
     def status(self) -> dict[str, Any]:
         m = self.learner.metrics
         lag = self.source.lag() if self.source is not None else None
+        freshness = [f for _, f in self.freshness_by_action]
         return {
             "updated_at": time.time(),
             "pid": os.getpid(),
@@ -927,8 +921,8 @@ class Updater:
             "served_version": self.served_version,
             "prequential_auc": _finite(m.auc()),
             "prequential_logloss": _finite(m.logloss()),
-            "freshness_p50_s": percentile(self.freshness_s, 50),
-            "freshness_p95_s": percentile(self.freshness_s, 95),
+            "freshness_p50_s": percentile(freshness, 50),
+            "freshness_p95_s": percentile(freshness, 95),
             "consumer_lag": lag,
             "pending_impressions": self.joiner.pending,
             "queue_batches": self._queue.qsize(),
