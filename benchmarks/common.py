@@ -14,9 +14,10 @@ import numpy as np
 import orjson
 
 from freshrank.simulator import encode_event
+from rankcore.events import Event, Rejection
+from rankcore.sample import Sample
 from updater.clean import Cleaner
-from updater.events import Event, Rejection
-from updater.joiner import Joiner, Sample
+from updater.joiner import Joiner
 
 
 class Progress:

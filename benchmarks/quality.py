@@ -53,11 +53,13 @@ import numpy as np
 
 from benchmarks.common import Progress, labelled, save_figure
 from freshrank.simulator import SimulatorConfig, generate
-from updater.batcher import DEFAULT_BATCH_SIZE, Batch, Vocabularies, encode
-from updater.joiner import DEFAULT_WINDOW_MS, Sample
+from rankcore.features import Batch, Vocabularies, encode
+from rankcore.metrics import auc, logloss
+from rankcore.model import RankerConfig
+from rankcore.sample import Sample
+from updater.batcher import DEFAULT_BATCH_SIZE
+from updater.joiner import DEFAULT_WINDOW_MS
 from updater.learner import Learner
-from updater.metrics import auc, logloss
-from updater.model import RankerConfig
 
 # The simulated stream: 12 minutes of stream time, about 200k labelled samples. The rate is
 # low enough that the trends (90 s period) and launches (every 4 s) move within few samples.

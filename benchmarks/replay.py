@@ -17,7 +17,7 @@ from typing import Any
 
 from benchmarks.common import Progress, labelled, save_figure
 from benchmarks.quality import STATIC_FRACTION, close_figure, compare, new_figure, plot_auc
-from updater import ConfigError
+from rankcore.errors import ConfigError
 from updater.joiner import DEFAULT_WINDOW_MS
 
 START_MS = 1_700_000_000_000

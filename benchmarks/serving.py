@@ -37,8 +37,8 @@ from exporter.onnx_export import build_onnx, write_onnx
 from exporter.publish import MODEL_NAME, Publisher
 from exporter.triton import TritonModel
 from freshrank.stack import EmbeddedStack, free_port
-from updater.batcher import Vocabularies
-from updater.model import Ranker, RankerConfig
+from rankcore.features import Vocabularies
+from rankcore.model import Ranker, RankerConfig
 
 CANDIDATES = 100
 CONCURRENCY = (1, 2, 4, 8, 16)

@@ -33,9 +33,9 @@ from exporter.onnx_export import build_onnx, write_onnx
 from exporter.publish import Publisher
 from exporter.triton import Candidate, TritonModel
 from freshrank.stack import EmbeddedStack, free_port
-from updater.batcher import Vocabularies
-from updater.joiner import Sample
-from updater.model import Ranker, RankerConfig
+from rankcore.features import Vocabularies
+from rankcore.model import Ranker, RankerConfig
+from rankcore.sample import Sample
 
 SIZES = (10_000, 100_000, 1_000_000, 3_000_000)  # item ids per case, at the default width
 WIDTH_SIZE = 1_000_000

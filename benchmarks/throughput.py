@@ -26,10 +26,11 @@ from aiokafka import AIOKafkaProducer
 from benchmarks.common import Progress, labelled, labelled_records
 from freshrank.simulator import SimulatorConfig, encode_event, generate
 from freshrank.stack import EmbeddedStack, free_port
-from updater.batcher import DEFAULT_BATCH_SIZE, Vocabularies, encode
+from rankcore.features import Vocabularies, encode
+from rankcore.model import RankerConfig
+from updater.batcher import DEFAULT_BATCH_SIZE
 from updater.joiner import DEFAULT_WINDOW_MS
 from updater.learner import Learner
-from updater.model import RankerConfig
 from updater.service import Updater
 from updater.settings import UpdaterSettings
 from updater.source import ensure_topic

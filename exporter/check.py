@@ -7,19 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-import torch
 
-from updater import FreshrankError
-from updater.batcher import Vocabularies, encode
-from updater.events import normalise_query
-from updater.joiner import Sample
-from updater.model import Ranker
+from rankcore.errors import CheckFailed
+from rankcore.events import normalise_query
+from rankcore.features import Vocabularies, encode, score
+from rankcore.model import Ranker
+from rankcore.sample import Sample
 
 DEFAULT_ATOL = 1e-4
-
-
-class CheckFailed(FreshrankError):
-    """A candidate version failed a pre-publish check; it must not be served."""
 
 
 def feeds(samples: list[Sample]) -> dict[str, np.ndarray]:
@@ -55,15 +50,7 @@ def check_parity(
     # The graph lower-cases and splits raw queries itself; torch sees them as the cleaner leaves them.
     cleaned = [replace(s, query=normalise_query(s.query)) for s in samples]
     batch = encode(cleaned, vocabs, model.config.max_tokens, grow=False)
-    with torch.no_grad():
-        torch_scores = torch.sigmoid(
-            model(
-                *(
-                    torch.from_numpy(a)
-                    for a in (batch.user, batch.tokens, batch.item, batch.category, batch.brand, batch.price)
-                )
-            )
-        ).numpy()
+    torch_scores = score(model, batch)
     if not np.all(np.isfinite(onnx_scores)):
         raise CheckFailed(f"onnxruntime produced non-finite scores for {onnx_path}")
     diff = float(np.max(np.abs(onnx_scores - torch_scores)))

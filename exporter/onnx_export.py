@@ -14,9 +14,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from updater.batcher import Vocabularies
-from updater.model import FEATURES, Ranker
-from updater.vocab import OOV, PAD, RESERVED
+from rankcore.features import Vocabularies
+from rankcore.model import FEATURES, Ranker
+from rankcore.vocab import OOV, PAD, RESERVED
 
 # Serving contract: input names are the event field names.
 STRING_INPUTS = {"user": "user_id", "item": "item_id", "category": "category", "brand": "brand"}

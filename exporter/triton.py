@@ -13,7 +13,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from exporter.publish import MODEL_NAME
-from updater import DependencyError
+from rankcore.errors import DependencyError
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import orjson
 
-from exporter.gate import DEFAULT_HOLDOUT_EVERY
-from updater import FreshrankError
+from rankcore.errors import FreshrankError
+from rankcore.holdout import DEFAULT_HOLDOUT_EVERY
 from updater.batcher import DEFAULT_BATCH_SIZE
 from updater.settings import DEFAULT_CHECKPOINT_INTERVAL_S, DEFAULT_PUBLISH_INTERVAL_S
 
@@ -152,7 +152,7 @@ def cmd_updater(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from freshrank.simulator import SimulatorConfig, produce
-    from updater import ConfigError
+    from rankcore.errors import ConfigError
     from updater.source import ensure_topic
 
     if args.items < 10 or args.users < 1:
@@ -192,7 +192,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         load_complete_journey,
         produce_replay,
     )
-    from updater import ConfigError
+    from rankcore.errors import ConfigError
 
     if args.dataset == "diginetica":
         if args.data is None:

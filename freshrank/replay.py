@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from freshrank.simulator import encode_event
-from updater import ConfigError
+from rankcore.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

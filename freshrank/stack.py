@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from updater import DependencyError
+from rankcore.errors import DependencyError
 
 log = logging.getLogger(__name__)
 

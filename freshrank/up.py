@@ -18,7 +18,7 @@ import orjson
 from exporter.triton import TritonModel
 from freshrank.simulator import ProduceStats, SimulatorConfig, produce
 from freshrank.stack import EmbeddedStack
-from updater import ConfigError
+from rankcore.errors import ConfigError
 from updater.service import Updater
 from updater.settings import UpdaterSettings
 from updater.source import ensure_topic

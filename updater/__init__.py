@@ -1,13 +1,4 @@
-"""freshrank updater: Kafka events -> clean -> join -> batch -> learn -> checkpoint."""
+"""freshrank updater, the stream side: Kafka events -> clean -> join -> batch -> learn -> checkpoint.
 
-
-class FreshrankError(Exception):
-    """Root of every error freshrank raises on purpose."""
-
-
-class ConfigError(FreshrankError):
-    """A setting or argument is invalid; retrying will not help."""
-
-
-class DependencyError(FreshrankError):
-    """A remote component (broker, PostgreSQL, Triton) failed; retrying may help."""
+It hands snapshots to the release side (:mod:`exporter.release`); both build on :mod:`rankcore`.
+"""

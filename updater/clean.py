@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from updater.events import Event, Rejection, parse_event
+from rankcore.events import Event, Rejection, parse_event
 
 DEFAULT_DEDUP_CAPACITY = 1_000_000
 

@@ -13,31 +13,16 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict
-from dataclasses import dataclass, fields
+from dataclasses import fields
 
-from updater.events import ACTION_TYPES, Event, Rejection
+from rankcore.events import ACTION_TYPES, Event, Rejection
+from rankcore.sample import Sample
 
 DEFAULT_WINDOW_MS = 10_000
 DEFAULT_MAX_PENDING = 500_000
 # Labelled keys remembered so that a cart after a click is not an orphan.
 DEFAULT_LABELLED_MEMORY = 200_000
 MAX_SKEW_MS = 60_000
-
-
-@dataclass(frozen=True, slots=True)
-class Sample:
-    """One labelled training example; ``action_ts_ms`` is 0 for negatives."""
-
-    user_id: str
-    query: str
-    item_id: str
-    category: str
-    brand: str
-    price: float
-    label: int
-    impression_ts_ms: int
-    action_ts_ms: int
-    request_id: str = ""
 
 
 _EVENT_FIELDS = tuple(f.name for f in fields(Event))

@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from updater.batcher import Batch
-from updater.metrics import Prequential
-from updater.model import Ranker, RankerConfig
+from rankcore.features import Batch, score
+from rankcore.metrics import Prequential
+from rankcore.model import Ranker, RankerConfig
 
 DEFAULT_SPARSE_LR = 0.03
 DEFAULT_DENSE_LR = 0.003
@@ -35,10 +35,12 @@ class Learner:
         dense_lr: float = DEFAULT_DENSE_LR,
         seed: int = 0,
     ) -> None:
-        torch.manual_seed(seed)
         self.config = config
         self.device = pick_device(device)
-        self.model = Ranker(config).to(self.device)
+        # Seeded without touching the process's global RNG (forked and restored around the init).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.model = Ranker(config).to(self.device)
         self.sparse_opt = torch.optim.SparseAdam(self.model.sparse_parameters(), lr=sparse_lr)
         self.dense_opt = torch.optim.Adam(self.model.dense_parameters(), lr=dense_lr)
         self.loss_fn = nn.BCEWithLogitsLoss()
@@ -46,20 +48,13 @@ class Learner:
         self.samples_trained = 0
         self.steps = 0
 
-    def _tensors(self, batch: Batch) -> tuple[torch.Tensor, ...]:
-        dev = self.device
-        return tuple(
-            torch.from_numpy(a).to(dev, non_blocking=True)
-            for a in (batch.user, batch.tokens, batch.item, batch.category, batch.brand, batch.price)
-        )
-
     def learn(self, batch: Batch) -> np.ndarray:
         """Score ``batch`` (recorded in the prequential metrics), then learn from it.
 
         Returns the scores the model gave before the update.
         """
         self.model.train()
-        logits = self.model(*self._tensors(batch))
+        logits = self.model(*batch.tensors(self.device))
         labels = torch.from_numpy(batch.label).to(self.device)
         scores = torch.sigmoid(logits.detach()).cpu().numpy()
         self.metrics.update(scores, batch.label)
@@ -73,10 +68,8 @@ class Learner:
         self.steps += 1
         return scores
 
-    @torch.no_grad()
     def score(self, batch: Batch) -> np.ndarray:
-        self.model.eval()
-        return torch.sigmoid(self.model(*self._tensors(batch))).cpu().numpy()
+        return score(self.model, batch)
 
     def frozen_copy(self) -> Ranker:
         """A CPU copy of the model for export, detached from further training."""

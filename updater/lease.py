@@ -20,16 +20,12 @@ import socket
 
 import asyncpg
 
-from updater import FreshrankError
+from rankcore.errors import LeaseLost
 from updater.registry import UNAVAILABLE
 
 log = logging.getLogger(__name__)
 
 LEASE_TIMEOUT_S = 5.0
-
-
-class LeaseLost(FreshrankError):
-    """Another updater became the writer for this model; this one must stop publishing."""
 
 
 def _lock_key(model: str) -> str:

@@ -34,32 +34,31 @@ import orjson
 import torch
 from aiokafka import ConsumerRecord
 
-from exporter.check import CheckFailed, check_parity
-from exporter.gate import HoldoutMetrics, decide, evaluate, is_holdout, should_roll_back
+from exporter.check import check_parity
+from exporter.gate import decide, should_roll_back
 from exporter.onnx_export import build_onnx, write_onnx
 from exporter.publish import Publisher
 from exporter.triton import Candidate, TritonModel
-from updater import DependencyError, FreshrankError
-from updater.batcher import Batcher, Vocabularies, encode
+from rankcore.errors import CheckFailed, DependencyError, LeaseLost, TrainingFailed
+from rankcore.events import Event, Rejection
+from rankcore.features import Vocabularies, encode
+from rankcore.health import Health
+from rankcore.holdout import HoldoutMetrics, evaluate, is_holdout
+from rankcore.model import Ranker
+from rankcore.sample import Sample
+from updater.batcher import Batcher
 from updater.checkpoint import CheckpointStore
 from updater.clean import Cleaner
-from updater.events import Event, Rejection
-from updater.health import Health
-from updater.joiner import Joiner, Sample
+from updater.joiner import Joiner
 from updater.learner import Learner
-from updater.lease import LeaseLost, WriterLease
+from updater.lease import WriterLease
 from updater.ledger import Ledger
-from updater.model import Ranker
 from updater.outbox import Outbox
 from updater.registry import UNAVAILABLE, DeadLetter, Registry, dead_letters_op
 from updater.settings import UpdaterSettings
 from updater.source import EventSource
 
 log = logging.getLogger(__name__)
-
-
-class TrainingFailed(FreshrankError):
-    """A training step raised; the updater stops and a restart resumes from the last checkpoint."""
 
 
 STATUS_FILE = "status.json"

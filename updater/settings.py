@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from exporter.gate import DEFAULT_HOLDOUT_EVERY, GateSettings
-from updater import ConfigError
+from exporter.gate import GateSettings
+from rankcore.errors import ConfigError
+from rankcore.holdout import DEFAULT_HOLDOUT_EVERY
+from rankcore.model import RankerConfig
 from updater.batcher import DEFAULT_BATCH_SIZE, DEFAULT_MAX_WAIT_S
 from updater.joiner import DEFAULT_WINDOW_MS
-from updater.model import RankerConfig
 from updater.source import DEFAULT_GROUP, DEFAULT_TOPIC
 
 DEFAULT_STATE_DIR = Path(".freshrank")

@@ -15,7 +15,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from freshrank.stack import EmbeddedStack, free_port
-from updater.model import RankerConfig
+from rankcore.model import RankerConfig
 from updater.settings import UpdaterSettings
 from updater.source import ensure_topic
 

@@ -18,9 +18,9 @@ from exporter.onnx_export import build_onnx, write_onnx
 from exporter.publish import Publisher
 from exporter.triton import TritonModel
 from freshrank.stack import EmbeddedStack
+from rankcore.features import Vocabularies, encode
+from rankcore.sample import Sample
 from tests.e2e.conftest import SMALL_MODEL
-from updater.batcher import Vocabularies, encode
-from updater.joiner import Sample
 from updater.learner import Learner
 
 pytestmark = pytest.mark.e2e

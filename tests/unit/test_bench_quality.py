@@ -18,7 +18,7 @@ from benchmarks.quality import (
     windowed_metrics,
 )
 from benchmarks.replay import periods
-from updater.joiner import Sample
+from rankcore.sample import Sample
 
 
 def test_retrain_times_every_period_strictly_before_the_end() -> None:

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
+from rankcore.events import Event, Rejection
 from updater.clean import DUPLICATE, Cleaner, Deduper
-from updater.events import Event, Rejection
 from updater.joiner import Joiner
 
 

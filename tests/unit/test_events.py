@@ -5,7 +5,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from updater.events import (
+from rankcore.events import (
     Event,
     Rejection,
     _checked,

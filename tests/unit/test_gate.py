@@ -2,9 +2,10 @@ from __future__ import annotations
 
 import math
 
-from exporter.gate import GateSettings, HoldoutMetrics, decide, evaluate, is_holdout, should_roll_back
+from exporter.gate import GateSettings, decide, should_roll_back
+from rankcore.features import Vocabularies, encode
+from rankcore.holdout import HoldoutMetrics, evaluate, is_holdout
 from tests.unit.test_model_export import VARIANTS, random_samples
-from updater.batcher import Vocabularies, encode
 from updater.learner import Learner
 
 SETTINGS = GateSettings(auc_margin=0.02, logloss_margin=0.02, min_samples=100, rollback_auc_drop=0.05)

@@ -9,12 +9,13 @@ import numpy as np
 import onnx
 import pytest
 
-from exporter.check import CheckFailed, check_parity, feeds, open_session
+from exporter.check import check_parity, feeds, open_session
 from exporter.onnx_export import INPUT_NAMES, build_onnx, write_onnx
-from updater.batcher import Vocabularies, encode
-from updater.joiner import Sample
+from rankcore.errors import CheckFailed
+from rankcore.features import Vocabularies, encode
+from rankcore.model import RankerConfig
+from rankcore.sample import Sample
 from updater.learner import Learner
-from updater.model import RankerConfig
 
 VARIANTS = [
     RankerConfig(

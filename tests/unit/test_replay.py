@@ -19,8 +19,8 @@ from freshrank.replay import (
     diginetica_events,
     fit_speedup,
 )
-from updater import ConfigError
-from updater.events import Event, parse_event
+from rankcore.errors import ConfigError
+from rankcore.events import Event, parse_event
 from updater.joiner import DEFAULT_WINDOW_MS, Joiner
 
 START = 1_800_000_000_000

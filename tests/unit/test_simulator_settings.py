@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from freshrank.simulator import ShopSimulator, SimulatorConfig, encode_event
-from updater import ConfigError
-from updater.events import Event, parse_event
+from rankcore.errors import ConfigError
+from rankcore.events import Event, parse_event
 from updater.settings import UpdaterSettings
 
 START = 1_800_000_000_000

@@ -7,11 +7,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from updater.batcher import Batcher, Vocabularies, encode
-from updater.joiner import Sample
-from updater.metrics import Prequential, auc
-from updater.model import RankerConfig
-from updater.vocab import OOV, PAD, Vocab
+from rankcore.features import Vocabularies, encode
+from rankcore.metrics import Prequential, auc
+from rankcore.model import RankerConfig
+from rankcore.sample import Sample
+from rankcore.vocab import OOV, PAD, Vocab
+from updater.batcher import Batcher
 
 
 def test_vocab_grows_until_full_then_shares_oov() -> None:

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from updater.vocab import PAD
+from rankcore.vocab import PAD
 
 FEATURES = ("user", "token", "item", "category", "brand")
 
