@@ -72,7 +72,7 @@ async def rate_run(
     topic = f"freshness-{label}"
     bootstrap = stack.addresses.bootstrap
     await ensure_topic(bootstrap, topic, partitions=3)
-    updater = Updater(_settings(stack, root, topic, publish_interval_s))
+    updater = Updater.from_settings(_settings(stack, root, topic, publish_interval_s))
     log_path = root / f"{topic}-simulate.log"
     async with updater:
         log = log_path.open("wb")  # a file, not a pipe: a chatty child never blocks on it
@@ -145,7 +145,7 @@ async def launch_run(stack: EmbeddedStack, root: Path, progress: Progress) -> di
     config = SimulatorConfig(seed=9)
     sims: list[ShopSimulator] = []
     stop = asyncio.Event()
-    updater = Updater(_settings(stack, root, topic, DEFAULT_PUBLISH_INTERVAL_S))
+    updater = Updater.from_settings(_settings(stack, root, topic, DEFAULT_PUBLISH_INTERVAL_S))
     async with updater, TritonModel(stack.addresses.triton_grpc) as triton:
         background = asyncio.create_task(
             produce(bootstrap, topic, 1_000, 0, config, stop, on_start=sims.append)

@@ -110,7 +110,7 @@ async def updater_run(
     )
     proc = psutil.Process()
     peak_rss = proc.memory_info().rss
-    updater = Updater(settings)
+    updater = Updater.from_settings(settings)
     async with updater:
         # The clock starts with the first record consumed: joining the consumer group (the
         # broker's rebalance delay) is start-up, not throughput.

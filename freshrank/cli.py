@@ -136,7 +136,7 @@ def cmd_updater(args: argparse.Namespace) -> int:
     async def main() -> None:
         import signal
 
-        updater = Updater(settings)
+        updater = Updater.from_settings(settings)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, updater.request_stop)

@@ -122,7 +122,7 @@ async def run_up(
                 topic=TOPIC,
                 publish_interval_s=opts.publish_interval_s,
             )
-            updater = Updater(settings)
+            updater = Updater.from_settings(settings)
             sim_task: asyncio.Task[ProduceStats] | None = None
             try:
                 await updater.start()

@@ -187,6 +187,11 @@ class Updater:
         self._published_samples = -1
         self._started = False
 
+    @classmethod
+    def from_settings(cls, settings: UpdaterSettings) -> Updater:
+        """An updater with the real adapters (Kafka, Triton, PostgreSQL) built from ``settings``."""
+        return cls(settings)
+
     @property
     def tasks(self) -> list[asyncio.Task[None]]:
         """The long-running tasks (consume, train, report, registry flush, Triton watch)."""

@@ -67,7 +67,7 @@ async def test_a_poisoned_period_is_rolled_back_and_pins_hold(
             clock["chunk"] += 1
             await asyncio.sleep(0.3)
 
-    updater = Updater(settings)
+    updater = Updater.from_settings(settings)
     async with updater:
         await phase(10, flipped=False)
         await wait_for(lambda: (updater.live_version or 0) >= 3, 30, "good versions live")

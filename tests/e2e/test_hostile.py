@@ -92,7 +92,7 @@ async def test_every_hostile_record_ends_in_exactly_one_place(
     records = normal + bad + [closer]
     await send(a.bootstrap, records)
 
-    updater = Updater(settings_for(stack))
+    updater = Updater.from_settings(settings_for(stack))
     async with updater:
         await wait_for(lambda: updater.counters.events_consumed == len(records), 60, "every record consumed")
         await wait_for(lambda: updater.learner.samples_trained == normal_samples + 1, 30, "samples trained")

@@ -37,7 +37,7 @@ async def test_events_reach_a_served_version_that_ranks_clicked_items_first(
     records.append(records[0])  # a duplicated Kafka record
     await send(stack.addresses.bootstrap, records)
 
-    updater = Updater(settings_for(stack))
+    updater = Updater.from_settings(settings_for(stack))
     async with updater:
         await wait_for(lambda: updater.learner.samples_trained >= expected_samples, 60, "all samples trained")
         trained = updater.learner.samples_trained
@@ -95,7 +95,7 @@ async def test_a_restarted_updater_resumes_from_its_checkpoint(
     await send(stack.addresses.bootstrap, first)
     settings = settings_for(stack)
 
-    updater = Updater(settings)
+    updater = Updater.from_settings(settings)
     async with updater:
         await wait_for(lambda: updater.learner.samples_trained >= first_samples, 60, "first half trained")
         await asyncio.sleep(0.5)
@@ -105,7 +105,7 @@ async def test_a_restarted_updater_resumes_from_its_checkpoint(
     second, second_samples = traffic(200, start + 20_000, seed=2, prefix="b")
     second.append(event("impression", start + 60_000, "u0", "closer2", "x", "closer2"))
     await send(stack.addresses.bootstrap, second)
-    resumed = Updater(settings)
+    resumed = Updater.from_settings(settings)
     async with resumed:
         # Restored, not retrained: the count starts where the first run stopped.
         assert resumed.learner.samples_trained == first_samples

@@ -59,7 +59,7 @@ async def test_updater_rides_out_outages_of_every_dependency(
     a = stack.addresses
     load = Traffic(a.bootstrap)
     producer = asyncio.create_task(load.run())
-    updater = Updater(settings_for(stack))
+    updater = Updater.from_settings(settings_for(stack))
     timeline: dict[str, Any] = {}
     try:
         async with updater:

@@ -1,0 +1,166 @@
+"""Ingest: Kafka records -> labelled samples and dead letters (ledger, clean, join, holdout).
+
+The one consumer path: the service runs every fetch through :meth:`Ingest.process`, and the
+benchmarks run offline streams through the same object, so they measure what the updater does.
+Pure: no I/O; the whole state round-trips through :meth:`Ingest.state`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from rankcore.events import Event, Rejection
+from rankcore.holdout import is_holdout
+from rankcore.sample import Sample
+from updater.clean import Cleaner
+from updater.joiner import DEFAULT_WINDOW_MS, Joiner
+from updater.ledger import Ledger
+
+MAX_DETAIL_CHARS = 500
+
+
+class RawRecord(Protocol):
+    """What ingest reads of a Kafka record (aiokafka's ``ConsumerRecord`` has it)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A record outside Kafka (offline streams, tests), shaped like a consumer record."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A record that could not be learned from, with the reason and the raw bytes."""
+
+    topic: str
+    partition: int
+    offset: int
+    reason: str
+    detail: str
+    key: bytes | None
+    raw: bytes | None
+
+
+@dataclass
+class IngestCounts:
+    events_consumed: int = 0
+    events_valid: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    held_out: int = 0
+    dead_letters_by_reason: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Ingested:
+    """What one call made: samples to train on, samples held out, and dead letters."""
+
+    trained: list[Sample]
+    held_out: list[Sample]
+    dead: list[DeadLetter]
+
+
+class Ingest:
+    """Ledger, cleaner and joiner in the updater's order; ``holdout_every`` 0 holds nothing out."""
+
+    def __init__(self, window_ms: int = DEFAULT_WINDOW_MS, holdout_every: int = 0) -> None:
+        self.holdout_every = holdout_every
+        self.ledger = Ledger()
+        self.cleaner = Cleaner()
+        self.joiner = Joiner(window_ms=window_ms)
+        self.counts = IngestCounts()
+
+    def process(self, records: Iterable[RawRecord], now_ms: int) -> Ingested:
+        """Clean and join ``records`` as of ``now_ms``; samples whose window closed come out too."""
+        samples: list[Sample] = []
+        dead: list[DeadLetter] = []
+        counts = self.counts
+        for rec in records:
+            if not self.ledger.accept(f"{rec.topic}:{rec.partition}", rec.offset):
+                continue  # this state already consumed it: never learn a record twice
+            counts.events_consumed += 1
+            result = self.cleaner.clean(rec.value, now_ms)
+            if isinstance(result, Event):
+                counts.events_valid += 1
+                joined = self.joiner.add(result, now_ms)
+                if isinstance(joined, Rejection):
+                    # Not remembered as seen: once its impression is there, a replay gets through.
+                    self.cleaner.deduper.forget(result.event_id)
+                    dead.append(self._dead_letter(rec, joined))
+                else:
+                    samples.extend(joined)
+            elif isinstance(result, Rejection):
+                dead.append(self._dead_letter(rec, result))
+        counts.duplicates = self.cleaner.duplicates
+        samples.extend(self.joiner.expire())
+        return self._split(samples, dead)
+
+    def drain(self) -> Ingested:
+        """End of a finite stream: every impression still waiting becomes a negative now."""
+        return self._split(self.joiner.drain(), [])
+
+    def _split(self, samples: list[Sample], dead: list[DeadLetter]) -> Ingested:
+        every = self.holdout_every
+        if not every:
+            return Ingested(samples, [], dead)
+        trained: list[Sample] = []
+        held: list[Sample] = []
+        for x in samples:  # one hash per sample: this is the consumer loop
+            (held if is_holdout(x.request_id, every) else trained).append(x)
+        self.counts.held_out += len(held)
+        return Ingested(trained, held, dead)
+
+    def _dead_letter(self, rec: RawRecord, why: Rejection) -> DeadLetter:
+        counts = self.counts
+        counts.dead_letters += 1
+        counts.dead_letters_by_reason[why.reason] = counts.dead_letters_by_reason.get(why.reason, 0) + 1
+        detail = why.detail.replace("\x00", "\\x00")[:MAX_DETAIL_CHARS]  # PostgreSQL text holds no NUL
+        return DeadLetter(rec.topic, rec.partition, rec.offset, why.reason, detail, rec.key, rec.value)
+
+    @property
+    def positions(self) -> dict[str, int]:
+        """Next offset to read per ``topic:partition``."""
+        return self.ledger.positions()
+
+    def state(self) -> dict[str, Any]:
+        counts = asdict(self.counts)
+        by_reason = counts.pop("dead_letters_by_reason")
+        return {
+            "joiner": self.joiner.state(),
+            "dedup": self.cleaner.deduper.state(),
+            "ledger": self.ledger.state(),
+            "ingest_counts": counts,
+            "dead_by_reason": by_reason,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.joiner.restore(state["joiner"])
+        self.cleaner.deduper.restore(state["dedup"])
+        self.ledger.restore(state["ledger"])
+        # Checkpoints before the ingest split kept these counts among the service's counters.
+        counts = state.get("ingest_counts") or state.get("counters", {})
+        names = {"events_consumed", "events_valid", "duplicates", "dead_letters", "held_out"}
+        self.counts = IngestCounts(
+            **{k: int(v) for k, v in counts.items() if k in names},
+            dead_letters_by_reason=dict(state["dead_by_reason"]),
+        )
+        self.cleaner.duplicates = self.counts.duplicates
