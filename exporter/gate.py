@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
-from rankcore.holdout import HoldoutMetrics
+from rankcore.errors import ConfigError
+from rankcore.features import Vocabularies
+from rankcore.holdout import HoldoutMetrics, evaluate
+from rankcore.model import Ranker
+from rankcore.sample import Sample
 
 DEFAULT_AUC_MARGIN = 0.02
 DEFAULT_LOGLOSS_MARGIN = 0.02
@@ -27,6 +32,42 @@ class GateSettings:
     rollback_auc_drop: float = DEFAULT_ROLLBACK_AUC_DROP
     # How many earlier served versions are kept (in memory) as rollback targets.
     rollback_history: int = DEFAULT_ROLLBACK_HISTORY
+
+    def __post_init__(self) -> None:
+        for name in ("auc_margin", "logloss_margin", "rollback_auc_drop"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or value < 0:
+                raise ConfigError(f"expected gate {name} to be a number >= 0, got {value!r}")
+        for name in ("min_samples", "rollback_history"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"expected gate {name} to be a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The gate's finding: the held-out metrics of candidate and live, and why not (or None)."""
+
+    metrics: dict[str, Any]
+    reason: str | None
+
+
+def judge(
+    model: Ranker,
+    vocabs: Vocabularies,
+    live: tuple[Ranker, Vocabularies] | None,
+    holdout: list[Sample],
+    settings: GateSettings,
+) -> Verdict:
+    """Score the candidate and the live version on the same held-out window, then :func:`decide`."""
+    candidate = evaluate(model, vocabs, holdout)
+    live_metrics = evaluate(*live, holdout) if live is not None else None
+    metrics: dict[str, Any] = dict(candidate.to_dict())
+    if live_metrics is not None:
+        shown = live_metrics.to_dict()
+        metrics["live_holdout_auc"] = shown["holdout_auc"]
+        metrics["live_holdout_logloss"] = shown["holdout_logloss"]
+    return Verdict(metrics, decide(candidate, live_metrics, settings))
 
 
 def decide(candidate: HoldoutMetrics, live: HoldoutMetrics | None, settings: GateSettings) -> str | None:

@@ -80,10 +80,17 @@ class TritonModel:
     grpc.aio calls across event loops has crashed the interpreter (grpc/grpc#31441).
     """
 
-    def __init__(self, url: str, model: str = MODEL_NAME, timeout_s: float = DEFAULT_CALL_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        url: str,
+        model: str = MODEL_NAME,
+        timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
+        load_timeout_s: float = DEFAULT_LOAD_TIMEOUT_S,
+    ) -> None:
         self.url = url
         self.model = model
         self.timeout_s = timeout_s
+        self.load_timeout_s = load_timeout_s
         self._client: grpcclient.InferenceServerClient | None = None
 
     @property
@@ -104,17 +111,13 @@ class TritonModel:
         await self.close()
 
     async def ready(self) -> bool:
+        """Triton's readiness answer; :class:`DependencyError` when it does not answer."""
         try:
             return bool(await asyncio.to_thread(self.client.is_server_ready, client_timeout=self.timeout_s))
-        except InferenceServerException:
-            return False
+        except InferenceServerException as exc:
+            raise DependencyError(f"Triton at {self.url} did not answer: {exc}") from exc
 
-    async def load(
-        self,
-        version: int | None = None,
-        config_text: str | None = None,
-        timeout_s: float = DEFAULT_LOAD_TIMEOUT_S,
-    ) -> float:
+    async def load(self, version: int | None = None, config_text: str | None = None) -> float:
         """Ask Triton to (re)load the model; return seconds taken.
 
         Without ``version`` Triton takes the newest version directory (the repository's policy);
@@ -129,26 +132,34 @@ class TritonModel:
             config = pinned_config(config_text, version)
         try:
             await asyncio.to_thread(
-                self.client.load_model, self.model, config=config, client_timeout=timeout_s
+                self.client.load_model, self.model, config=config, client_timeout=self.load_timeout_s
             )
         except InferenceServerException as exc:
             raise DependencyError(f"Triton at {self.url} failed to load {self.model!r}: {exc}") from exc
         return time.perf_counter() - started
 
     async def served_version(self) -> int | None:
-        """The newest version Triton reports READY, or None."""
+        """The newest version Triton reports READY, or None.
+
+        Right after a load that moved to an older version the newer one can still be listed
+        READY while it unloads: what answers requests is :meth:`probe`'s business.
+        """
         try:
             index = await asyncio.to_thread(
                 self.client.get_model_repository_index, as_json=True, client_timeout=self.timeout_s
             )
-        except InferenceServerException:
-            return None
+        except InferenceServerException as exc:
+            raise DependencyError(f"Triton at {self.url} did not list its models: {exc}") from exc
         ready = [
             int(m["version"])
             for m in index.get("models", [])
             if m.get("name") == self.model and m.get("state") == "READY" and m.get("version")
         ]
         return max(ready) if ready else None
+
+    async def probe(self) -> int:
+        """The version that answers a one-candidate request now."""
+        return (await self.rank("", "", [Candidate("")])).version
 
     async def rank(self, user: str, query: str, candidates: Sequence[Candidate]) -> Ranking:
         """Scores for ``candidates``, best first, with the version that computed them."""

@@ -12,12 +12,10 @@ from typing import Any
 
 import orjson
 
+from exporter.publish import MODEL_NAME
 from rankcore.errors import FreshrankError
-from rankcore.holdout import DEFAULT_HOLDOUT_EVERY
-from updater.batcher import DEFAULT_BATCH_SIZE
-from updater.settings import DEFAULT_CHECKPOINT_INTERVAL_S, DEFAULT_PUBLISH_INTERVAL_S
-
-DEFAULT_STATE_DIR = Path(".freshrank")
+from updater.settings import DEFAULT_PUBLISH_INTERVAL_S, DEFAULT_STATE_DIR, DEFAULT_TOPIC
+from updater.settings import add_arguments as add_updater_arguments
 
 
 def _dump(obj: Any) -> str:
@@ -54,6 +52,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         kafka_port=args.kafka_port,
         triton_http_port=args.triton_http_port,
         triton_grpc_port=args.triton_grpc_port,
+        listen_host=args.listen_host,
         publish_interval_s=args.publish_interval,
         poison_at_s=args.poison_at,
         poison_for_s=args.poison_for,
@@ -114,24 +113,9 @@ def _dump_tasks() -> None:
 
 def cmd_updater(args: argparse.Namespace) -> int:
     from updater.service import Updater
-    from updater.settings import UpdaterSettings
+    from updater.settings import from_arguments
 
-    settings = UpdaterSettings(
-        bootstrap=args.bootstrap,
-        pg_dsn=args.pg_dsn,
-        repository=args.model_repository,
-        state_dir=args.state_dir,
-        triton_grpc=args.triton_grpc,
-        topic=args.topic,
-        group=args.group,
-        batch_size=args.batch_size,
-        publish_interval_s=args.publish_interval,
-        checkpoint_interval_s=args.checkpoint_interval,
-        window_ms=int(args.window * 1000),
-        device=args.device,
-        torch_threads=args.threads,
-        holdout_every=args.holdout_every,
-    )
+    settings = from_arguments(args)
 
     async def main() -> None:
         import signal
@@ -331,37 +315,40 @@ def cmd_rank(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    import asyncpg
-
     from exporter.triton import TritonModel
+    from rankcore.errors import DependencyError
     from updater.registry import Registry
-    from updater.service import STATUS_FILE
+    from updater.status import STATUS_FILE, read_status
 
     stack = _stack_file(args.state_dir)
     status_path = args.status_file or args.state_dir / "updater" / STATUS_FILE
-    if not status_path.exists():
+    status = read_status(status_path)
+    if not status:
         raise FreshrankError(
             f"no updater status at {status_path}: is an updater running with this --state-dir?"
         )
-    status: dict[str, Any] = dict(orjson.loads(status_path.read_bytes()))
     status["status_age_s"] = round(time.time() - status["updated_at"], 1)
     triton_url = args.triton_grpc or stack.get("triton_grpc")
     pg_dsn = args.pg_dsn or stack.get("pg_dsn")
 
     async def live() -> None:
+        # Where a dependency does not answer, the updater's own view (its status file) stands,
+        # and the error says why it is not fresher.
         if triton_url:
-            async with TritonModel(triton_url) as triton:
-                status["served_version"] = await triton.served_version()
-                status["triton_ready"] = await triton.ready()
+            try:
+                async with TritonModel(triton_url, args.model_name) as triton:
+                    status["triton_ready"] = await triton.ready()
+                    status["served_version"] = await triton.served_version()
+            except DependencyError as exc:
+                status["triton_error"] = str(exc)
         if pg_dsn:
             try:
-                async with Registry(pg_dsn) as registry:
+                async with Registry(pg_dsn, args.model_name) as registry:
                     status["versions_published"] = await registry.count_published()
                     status["registry_live_version"] = await registry.live_version()
                     status["dead_letters_by_reason"] = await registry.dead_letter_counts()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                # The updater's own view (from its status file) stands; say why it is not fresher.
-                status["registry_error"] = f"{type(exc).__name__}: {exc}"
+            except FreshrankError as exc:
+                status["registry_error"] = str(exc)
 
     asyncio.run(live())
     if args.json:
@@ -468,18 +455,16 @@ def _registry_dsn(args: argparse.Namespace) -> str:
 def cmd_versions(args: argparse.Namespace) -> int:
     from updater.registry import Registry
 
-    async def main() -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        async with Registry(_registry_dsn(args)) as registry:
+    async def main() -> tuple[list[dict[str, Any]], Any]:
+        async with Registry(_registry_dsn(args), args.model_name) as registry:
             return await registry.versions(limit=args.limit), await registry.serving()
 
     versions, serving = asyncio.run(main())
     if args.json:
-        print(_dump({"serving": serving, "versions": versions}))
+        print(_dump({"serving": serving.__dict__, "versions": versions}))
         return 0
-    held = (
-        f" (holding version {serving['version']}: {serving['reason']})" if serving["mode"] != "latest" else ""
-    )
-    print(f"serving: {serving['mode']}{held}")
+    held = f" (holding version {serving.version}: {serving.reason})" if serving.held is not None else ""
+    print(f"serving: {serving.mode}{held}")
     for v in versions:
         m = v["metrics"]
         size = f"{v['size_bytes'] / 2**20:.1f} MiB" if v["size_bytes"] else "-"
@@ -492,68 +477,98 @@ def cmd_versions(args: argparse.Namespace) -> int:
     return 0
 
 
-def _set_serving(args: argparse.Namespace, mode: str, version: int | None, reason: str | None) -> int:
-    """Record the serving decision (the running updater follows it) and apply it to Triton now."""
-    from exporter.publish import MODEL_NAME
+def _serving_release(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """The release manager the serving commands share with the updater, on this repository."""
+    from exporter.publish import Publisher
+    from exporter.records import ListSink
+    from exporter.release import ReleaseManager
     from exporter.triton import TritonModel
-    from updater.registry import Registry
 
     stack = _stack_file(args.state_dir)
     triton_url = args.triton_grpc or stack.get("triton_grpc")
     repository = args.model_repository or (Path(stack["repository"]) if "repository" in stack else None)
+    if repository is None:
+        raise FreshrankError("expected --model-repository DIR (or a running 'freshrank up' in --state-dir)")
+    sink = ListSink()
+    server = TritonModel(triton_url, args.model_name) if triton_url else None
+    publisher = Publisher(repository, model=args.model_name)
+    return ReleaseManager(publisher, sink, server=server), sink, server
 
-    async def main() -> int | None:
-        async with Registry(_registry_dsn(args)) as registry:
-            if version is not None:
+
+def _set_serving(args: argparse.Namespace, serving: Any, check: Any = None) -> int:
+    """Record the serving decision (the running updater follows it) and apply it to Triton now.
+
+    ``check(release, registry)`` may validate against the registry first, or pick the version.
+    """
+    from exporter.records import Serving
+    from updater.registry import Registry
+
+    release, sink, server = _serving_release(args)
+
+    async def main() -> tuple[Serving, int | None]:
+        async with Registry(_registry_dsn(args), args.model_name) as registry:
+            wanted = serving if check is None else await check(release, registry)
+            if wanted.held is not None:
                 known = {v["version"]: v for v in await registry.versions(limit=100_000)}
-                if version not in known or known[version]["status"] == "rejected":
-                    raise FreshrankError(f"expected a published version, got {version}")
-                if repository is not None and not (repository / MODEL_NAME / str(version)).is_dir():
-                    raise FreshrankError(
-                        f"version {version} is no longer in {repository} (retention removed it)"
-                    )
-            await registry.set_serving(mode, version, reason)
-            served = None
-            if triton_url and repository is not None:
-                async with TritonModel(triton_url) as triton:
-                    config = (repository / MODEL_NAME / "config.pbtxt").read_text()
-                    await triton.load(version=version, config_text=config if version is not None else None)
-                    served = await triton.served_version()
-            if served is not None:
-                await registry.apply([{"op": "mark_live", "version": served}])
-            return served
+                if wanted.held not in known or known[wanted.held]["status"] in ("rejected", "rolled_back"):
+                    raise FreshrankError(f"expected a published version, got {wanted.held}")
+            try:
+                served = await release.apply_serving(wanted)
+            finally:
+                await registry.apply_ops(sink.ops)  # what was done is recorded, even if a load failed
+                if server is not None:
+                    await server.close()
+            return wanted, served
 
-    served = asyncio.run(main())
-    print(_dump({"mode": mode, "version": version, "reason": reason, "served_version": served}))
+    wanted, served = asyncio.run(main())
+    print(
+        _dump(
+            {
+                "mode": wanted.mode,
+                "version": wanted.version,
+                "reason": wanted.reason,
+                "served_version": served,
+            }
+        )
+    )
     return 0
 
 
 def cmd_pin(args: argparse.Namespace) -> int:
-    return _set_serving(args, "pinned", args.version, f"pinned by hand: {args.reason}")
+    from exporter.records import Serving
+
+    return _set_serving(args, Serving("pinned", args.version, f"pinned by hand: {args.reason}"))
 
 
 def cmd_unpin(args: argparse.Namespace) -> int:
-    return _set_serving(args, "latest", None, None)
+    from exporter.records import Serving
+
+    return _set_serving(args, Serving())
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from updater.registry import Registry
+    from exporter.records import Serving
+    from exporter.release import rollback_target
 
-    async def previous() -> int:
-        async with Registry(_registry_dsn(args)) as registry:
-            versions = await registry.versions(limit=1000)
-        live = next((v["version"] for v in versions if v["status"] == "live"), None)
-        earlier = [
-            v["version"]
-            for v in versions
-            if v["status"] == "retired" and (live is None or v["version"] < live)
-        ]
-        if not earlier:
-            raise FreshrankError("no earlier served version to roll back to; name one with --to V")
-        return int(earlier[0])
+    reason = f"rolled back by hand: {args.reason}"
+    if args.to is not None:
+        return _set_serving(args, Serving("pinned", args.to, reason))
 
-    target = args.to if args.to is not None else asyncio.run(previous())
-    return _set_serving(args, "pinned", target, f"rolled back by hand: {args.reason}")
+    async def previous(release: Any, registry: Any) -> Serving:
+        # What answers now, not the registry's "live" row: that lags while the updater's writes
+        # wait in its outbox (after its own rollback, say), and would name the served version.
+        served = await release.server.probe() if release.server is not None else await registry.live_version()
+        if served is None:
+            raise FreshrankError("nothing is served yet; name a version with --to V")
+        rows = [(v["version"], v["status"]) for v in await registry.versions(limit=100_000)]
+        target = rollback_target(served, rows, release.publisher.versions())
+        if target is None:
+            raise FreshrankError(
+                f"no version served before {served} is left to roll back to; name one with --to V"
+            )
+        return Serving("pinned", target, reason)
+
+    return _set_serving(args, Serving(), check=previous)
 
 
 # --------------------------------------------------------------------------- parser
@@ -563,7 +578,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from benchmarks.runner import run
+    from freshrank.bench.runner import run
 
     result = run(args.name, args.out, quiet=False)
     if args.json:
@@ -607,6 +622,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--triton-http-port", type=int, default=8000)
     up.add_argument("--triton-grpc-port", type=int, default=8001)
     up.add_argument(
+        "--listen-host",
+        default="127.0.0.1",
+        metavar="ADDR",
+        help="address the broker and Triton listen on (default 127.0.0.1; 0.0.0.0: every interface)",
+    )
+    up.add_argument(
         "--publish-interval",
         type=float,
         default=DEFAULT_PUBLISH_INTERVAL_S,
@@ -633,38 +654,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.set_defaults(func=cmd_up)
 
-    upd = sub.add_parser("updater", help="run the updater against an existing Kafka, PostgreSQL and Triton")
-    upd.add_argument("--bootstrap", required=True, metavar="HOST:PORT")
-    upd.add_argument("--pg-dsn", required=True, metavar="DSN")
-    upd.add_argument("--model-repository", type=Path, required=True, metavar="DIR")
-    upd.add_argument(
-        "--triton-grpc",
-        metavar="HOST:PORT",
-        help="Triton to load each version into (explicit "
-        "model control); without it versions are only written to the repository",
+    upd = sub.add_parser(
+        "updater",
+        help="run the updater against an existing Kafka, PostgreSQL and Triton",
+        description="Every setting of the updater is a flag (gate-*, model-* and timeout-* included); "
+        "defaults are shown.",
     )
-    upd.add_argument("--topic", default="events")
-    upd.add_argument("--group", default="freshrank-updater")
-    upd.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR / "updater")
-    upd.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
-    upd.add_argument("--window", type=float, default=10.0, metavar="S", help="attribution window in seconds")
-    upd.add_argument("--publish-interval", type=float, default=DEFAULT_PUBLISH_INTERVAL_S, metavar="S")
-    upd.add_argument("--checkpoint-interval", type=float, default=DEFAULT_CHECKPOINT_INTERVAL_S, metavar="S")
-    upd.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
-    upd.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
-    upd.add_argument(
-        "--holdout-every",
-        type=int,
-        default=DEFAULT_HOLDOUT_EVERY,
-        metavar="N",
-        help=f"hold every N-th request out of training for the publishing gate "
-        f"(default {DEFAULT_HOLDOUT_EVERY}; 0 turns the gate's comparison off)",
-    )
+    add_updater_arguments(upd)
     upd.set_defaults(func=cmd_updater)
 
     sim = sub.add_parser("simulate", help="produce simulated shop traffic to Kafka")
     sim.add_argument("--bootstrap", required=True, metavar="HOST:PORT")
-    sim.add_argument("--topic", default="events")
+    sim.add_argument("--topic", default=DEFAULT_TOPIC)
     sim.add_argument("--rate", type=float, default=1000.0, metavar="N", help="events per second")
     sim.add_argument("--duration", type=float, default=60.0, metavar="S", help="seconds; 0 runs until Ctrl-C")
     sim.add_argument("--seed", type=int, default=7)
@@ -692,7 +693,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("dataset", choices=["diginetica", "complete-journey"])
     rep.add_argument("--bootstrap", required=True, metavar="HOST:PORT")
-    rep.add_argument("--topic", default="events")
+    rep.add_argument("--topic", default=DEFAULT_TOPIC)
     rep.add_argument(
         "--rate", type=float, default=1000.0, metavar="N", help="events per second (default 1000)"
     )
@@ -740,6 +741,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--status-file", type=Path, help="default <state-dir>/updater/status.json")
     status.add_argument("--triton-grpc", metavar="HOST:PORT", help="default: from <state-dir>/stack.json")
     status.add_argument("--pg-dsn", metavar="DSN", help="default: from <state-dir>/stack.json")
+    status.add_argument("--model-name", default=MODEL_NAME, help=f"default {MODEL_NAME}")
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
     dead = sub.add_parser("dead-letters", help="list dead letters, or replay them to the topic")
@@ -752,7 +754,7 @@ def build_parser() -> argparse.ArgumentParser:
         "to the topic, e.g. once their cause is fixed",
     )
     dead.add_argument("--bootstrap", metavar="HOST:PORT", help="default: from <state-dir>/stack.json")
-    dead.add_argument("--topic", default="events")
+    dead.add_argument("--topic", default=DEFAULT_TOPIC)
     dead.add_argument("--pg-dsn", metavar="DSN", help="default: from <state-dir>/stack.json")
     dead.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     dead.add_argument("--json", action="store_true")
@@ -761,6 +763,7 @@ def build_parser() -> argparse.ArgumentParser:
     def registry_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--pg-dsn", metavar="DSN", help="default: from <state-dir>/stack.json")
         p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+        p.add_argument("--model-name", default=MODEL_NAME, help=f"model to act on (default {MODEL_NAME})")
 
     def serving_options(p: argparse.ArgumentParser) -> None:
         registry_options(p)
@@ -808,7 +811,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _bench_names() -> tuple[str, ...]:
-    from benchmarks import NAMES
+    from freshrank.bench import NAMES
 
     return NAMES
 

@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from rankcore.vocab import PAD
+from rankcore.errors import ConfigError
+from rankcore.vocab import PAD, RESERVED
 
 FEATURES = ("user", "token", "item", "category", "brand")
 
@@ -34,6 +35,20 @@ class RankerConfig:
     # The output bias starts at logit(prior_ctr), so early scores are calibrated and the
     # prequential metrics are not dominated by the bias walking down from 0.5.
     prior_ctr: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name, value in self.to_dict().items():
+            if name == "prior_ctr":
+                if not 0.0 < value < 1.0:
+                    raise ConfigError(f"expected prior_ctr strictly between 0 and 1, got {value!r}")
+            elif not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"expected {name} to be a positive integer, got {value!r}")
+        for feature in FEATURES:
+            if self.capacity(feature) <= RESERVED:
+                raise ConfigError(
+                    f"expected {feature}_capacity > {RESERVED} (rows 0 and 1 are reserved), "
+                    f"got {self.capacity(feature)}"
+                )
 
     def capacity(self, feature: str) -> int:
         return int(getattr(self, f"{feature}_capacity"))

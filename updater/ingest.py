@@ -14,8 +14,8 @@ from typing import Any, Protocol
 from rankcore.events import Event, Rejection
 from rankcore.holdout import is_holdout
 from rankcore.sample import Sample
-from updater.clean import Cleaner
-from updater.joiner import DEFAULT_WINDOW_MS, Joiner
+from updater.clean import DEFAULT_DEDUP_CAPACITY, Cleaner
+from updater.joiner import DEFAULT_MAX_PENDING, DEFAULT_WINDOW_MS, Joiner
 from updater.ledger import Ledger
 
 MAX_DETAIL_CHARS = 500
@@ -82,11 +82,17 @@ class Ingested:
 class Ingest:
     """Ledger, cleaner and joiner in the updater's order; ``holdout_every`` 0 holds nothing out."""
 
-    def __init__(self, window_ms: int = DEFAULT_WINDOW_MS, holdout_every: int = 0) -> None:
+    def __init__(
+        self,
+        window_ms: int = DEFAULT_WINDOW_MS,
+        holdout_every: int = 0,
+        dedup_capacity: int = DEFAULT_DEDUP_CAPACITY,
+        max_pending: int = DEFAULT_MAX_PENDING,
+    ) -> None:
         self.holdout_every = holdout_every
         self.ledger = Ledger()
-        self.cleaner = Cleaner()
-        self.joiner = Joiner(window_ms=window_ms)
+        self.cleaner = Cleaner(dedup_capacity)
+        self.joiner = Joiner(window_ms=window_ms, max_pending=max_pending)
         self.counts = IngestCounts()
 
     def process(self, records: Iterable[RawRecord], now_ms: int) -> Ingested:

@@ -21,11 +21,18 @@ import socket
 import asyncpg
 
 from rankcore.errors import LeaseLost
-from updater.registry import UNAVAILABLE
+from updater.registry import POSTGRES_ERRORS, is_unavailable, translate
 
 log = logging.getLogger(__name__)
 
-LEASE_TIMEOUT_S = 5.0
+DEFAULT_LEASE_TIMEOUT_S = 5.0
+
+
+def _away(exc: BaseException) -> bool:
+    """PostgreSQL is away (retry later); a permanent error is raised as such instead."""
+    if not is_unavailable(exc):
+        raise translate(exc) from exc
+    return True
 
 
 def _lock_key(model: str) -> str:
@@ -33,9 +40,10 @@ def _lock_key(model: str) -> str:
 
 
 class WriterLease:
-    def __init__(self, dsn: str, model: str) -> None:
+    def __init__(self, dsn: str, model: str, timeout_s: float = DEFAULT_LEASE_TIMEOUT_S) -> None:
         self.dsn = dsn
         self.model = model
+        self.timeout_s = timeout_s
         self.holder = f"{socket.gethostname()}:{os.getpid()}"
         self.token: int | None = None
         self._conn: asyncpg.Connection | None = None
@@ -48,8 +56,9 @@ class WriterLease:
     async def _take(self) -> bool | None:
         """True: the lease is ours. False: another session holds the lock. None: PostgreSQL is away."""
         try:
-            conn = await asyncpg.connect(self.dsn, timeout=LEASE_TIMEOUT_S, command_timeout=LEASE_TIMEOUT_S)
-        except UNAVAILABLE:
+            conn = await asyncpg.connect(self.dsn, timeout=self.timeout_s, command_timeout=self.timeout_s)
+        except POSTGRES_ERRORS as exc:
+            _away(exc)
             return None
         try:
             got = await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", _lock_key(self.model))
@@ -69,9 +78,10 @@ class WriterLease:
                     self.holder,
                 )
             )
-        except UNAVAILABLE as exc:
-            log.warning("could not take the writer lease for %r: %s", self.model, exc)
+        except POSTGRES_ERRORS as exc:
             conn.terminate()
+            _away(exc)
+            log.warning("could not take the writer lease for %r: %s", self.model, exc)
             return None
         self._conn = conn
         if previous is not None and self.token != previous + 1:
@@ -108,11 +118,12 @@ class WriterLease:
         conn = self._conn
         if conn is not None and not conn.is_closed():
             try:
-                async with asyncio.timeout(LEASE_TIMEOUT_S):
+                async with asyncio.timeout(self.timeout_s):
                     token = await conn.fetchval("SELECT token FROM writer_lease WHERE model = $1", self.model)
-            except UNAVAILABLE:
+            except POSTGRES_ERRORS as exc:
                 conn.terminate()
                 self._conn = None
+                _away(exc)
             else:
                 if token != self.token:
                     raise LeaseLost(
@@ -132,5 +143,10 @@ class WriterLease:
 
     async def release(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is not None and not conn.is_closed():
-            await conn.close()  # ends the session, which releases the advisory lock
+        if conn is None or conn.is_closed():
+            return
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await conn.close()  # ends the session, which releases the advisory lock
+        except POSTGRES_ERRORS:
+            conn.terminate()  # the server ends the session (and the lock) when it notices

@@ -2,21 +2,75 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import orjson
 
-# What a lost, stopping or restarting PostgreSQL raises through asyncpg. InternalClientError
-# comes from the pool resetting a connection whose server went away mid-operation.
-UNAVAILABLE: tuple[type[BaseException], ...] = (
+from exporter.publish import MODEL_NAME
+from exporter.records import (
+    AddVersion,
+    MarkLive,
+    RegistryOp,
+    Serving,
+    SetServing,
+    SetStatus,
+    from_dict,
+    to_dict,
+)
+from rankcore.errors import DependencyError, FreshrankError, PermanentError
+from updater.ingest import DeadLetter
+
+# SQLSTATE classes of a passing fault: connection exception (08), operator intervention
+# (57P: shutdown, crash, cannot connect now), insufficient resources (53), transaction
+# rollback (40: serialization failure, deadlock). Every other server error is permanent.
+TRANSIENT_SQLSTATE_PREFIXES = ("08", "57P", "53", "40")
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Did PostgreSQL fail in a way that retrying can mend (lost, stopping, restarting, busy)?
+
+    OSError and timeouts (a server gone or not answering), asyncpg's InterfaceError (a closed
+    connection) and InternalClientError (a pool resetting a connection whose server went away
+    mid-operation) count, and server errors whose SQLSTATE is of a transient class.
+    """
+    if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError | asyncpg.InternalClientError):
+        return True
+    if isinstance(exc, asyncpg.PostgresError):
+        return str(exc.sqlstate or "").startswith(TRANSIENT_SQLSTATE_PREFIXES)
+    return False
+
+
+def translate(exc: BaseException) -> FreshrankError:
+    """The one error style of the adapters: DependencyError (retry may help) or PermanentError."""
+    detail = f"PostgreSQL: {type(exc).__name__}: {exc}"
+    if is_unavailable(exc):
+        return DependencyError(detail)
+    sqlstate = getattr(exc, "sqlstate", None)
+    return PermanentError(f"{detail} (SQLSTATE {sqlstate})" if sqlstate else detail)
+
+
+# What a registry call can raise through asyncpg; :func:`translate` sorts it.
+POSTGRES_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
     asyncpg.InternalClientError,
 )
+
+
+@contextlib.asynccontextmanager
+async def postgres_errors() -> AsyncIterator[None]:
+    """Re-raise what asyncpg raises as :class:`DependencyError` or :class:`PermanentError`."""
+    try:
+        yield
+    except POSTGRES_ERRORS as exc:
+        raise translate(exc) from exc
+
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS model_versions (
@@ -63,17 +117,6 @@ CREATE TABLE IF NOT EXISTS serving (
 """
 
 
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    topic: str
-    partition: int
-    offset: int
-    reason: str
-    detail: str
-    key: bytes | None
-    raw: bytes | None
-
-
 _INSERT_DEAD_LETTER = (
     'INSERT INTO dead_letters (topic, partition, "offset", reason, detail, key, raw) '
     "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING"
@@ -96,6 +139,7 @@ _UPSERT_SERVING = (
 
 
 def dead_letters_op(letters: list[DeadLetter]) -> dict[str, Any]:
+    """The outbox operation that stores ``letters`` (idempotent: one row per record)."""
     return {
         "op": "dead_letters",
         "rows": [[d.topic, d.partition, d.offset, d.reason, d.detail, d.key, d.raw] for d in letters],
@@ -107,31 +151,59 @@ def _jsonb(value: object) -> str:
 
 
 class Registry:
-    """asyncpg pool over the registry tables; ``async with Registry(dsn)``."""
+    """asyncpg pool over the registry tables; ``async with Registry(dsn)``.
 
-    def __init__(self, dsn: str, model: str = "ranker") -> None:
+    Every call raises :class:`DependencyError` when PostgreSQL is unavailable (retry later)
+    and :class:`PermanentError` when it refused the request for good.
+    """
+
+    def __init__(self, dsn: str, model: str = MODEL_NAME, timeout_s: float = 30.0) -> None:
         self.dsn = dsn
         self.model = model
+        self.timeout_s = timeout_s
         self._pool: asyncpg.Pool | None = None
+        self._schema_ready = False
+
+    @property
+    def connected(self) -> bool:
+        return self._pool is not None
 
     @property
     def pool(self) -> asyncpg.Pool:
         if self._pool is None:
-            raise RuntimeError("registry is not started")
+            raise DependencyError("PostgreSQL registry is not connected")
         return self._pool
 
     async def start(self) -> None:
-        if self._pool is None:
-            self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=4, command_timeout=30)
-            # Two starters at once must not race on CREATE TABLE IF NOT EXISTS.
-            async with self._pool.acquire() as conn, conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock(7243001)")
-                await conn.execute(SCHEMA)
+        """Connect (once; again after :meth:`terminate`) and create the schema on the first connect."""
+        if self._pool is not None:
+            return
+        async with postgres_errors():
+            pool = await asyncpg.create_pool(
+                self.dsn, min_size=1, max_size=4, command_timeout=self.timeout_s, timeout=self.timeout_s
+            )
+            try:
+                if not self._schema_ready:
+                    # Two starters at once must not race on CREATE TABLE IF NOT EXISTS.
+                    async with pool.acquire() as conn, conn.transaction():
+                        await conn.execute("SELECT pg_advisory_xact_lock(7243001)")
+                        await conn.execute(SCHEMA)
+                    self._schema_ready = True
+            except BaseException:
+                pool.terminate()
+                raise
+        self._pool = pool
 
-    async def stop(self) -> None:
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        """Close the pool gently, then at once if connections are not released in ``timeout_s``."""
         pool, self._pool = self._pool, None
-        if pool is not None:
-            await pool.close()
+        if pool is None:
+            return
+        try:
+            async with asyncio.timeout(timeout_s):
+                await pool.close()
+        except POSTGRES_ERRORS:
+            pool.terminate()
 
     def terminate(self) -> None:
         """Drop the pool at once, without waiting for connections (the server is gone)."""
@@ -148,99 +220,111 @@ class Registry:
 
     async def apply(self, ops: list[dict[str, Any]]) -> None:
         """Apply queued write operations (see :mod:`updater.outbox`) in one transaction."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            for op in ops:
-                kind = op["op"]
-                if kind == "dead_letters":
-                    await conn.executemany(_INSERT_DEAD_LETTER, [tuple(row) for row in op["rows"]])
-                elif kind == "add_version":
-                    await conn.execute(
-                        _INSERT_VERSION,
-                        self.model,
-                        op["version"],
-                        op["status"],
-                        _jsonb(op["offsets"]),
-                        op["samples_seen"],
-                        _jsonb(op["metrics"]),
-                        op.get("path"),
-                        op.get("size_bytes"),
-                        op.get("sha256"),
-                        op.get("reason"),
-                    )
-                elif kind == "mark_live":
-                    await conn.execute(
-                        "UPDATE model_versions SET status = 'retired' WHERE model = $1 AND status = 'live'"
-                        " AND version <> $2",
-                        self.model,
-                        op["version"],
-                    )
-                    await conn.execute(
-                        "UPDATE model_versions SET status = 'live', metrics = metrics || $3::jsonb"
-                        " WHERE model = $1 AND version = $2",
-                        self.model,
-                        op["version"],
-                        _jsonb(op.get("metrics") or {}),
-                    )
-                elif kind == "set_status":
-                    await conn.execute(
-                        "UPDATE model_versions SET status = $3, reason = $4"
-                        " WHERE model = $1 AND version = $2",
-                        self.model,
-                        op["version"],
-                        op["status"],
-                        op.get("reason"),
-                    )
-                elif kind == "set_serving":
-                    await conn.execute(
-                        _UPSERT_SERVING, self.model, op["mode"], op.get("version"), op.get("reason")
-                    )
-                else:
-                    raise ValueError(f"expected a registry operation, got {kind!r}")
+        async with postgres_errors(), self.pool.acquire() as conn, conn.transaction():
+            for data in ops:
+                if data.get("op") == "dead_letters":
+                    await conn.executemany(_INSERT_DEAD_LETTER, [tuple(row) for row in data["rows"]])
+                    continue
+                try:
+                    op = from_dict(data)
+                except (TypeError, ValueError) as exc:
+                    raise PermanentError(f"not a registry operation: {exc}") from exc
+                await self._apply_one(conn, op)
+
+    async def apply_ops(self, ops: list[RegistryOp]) -> None:
+        await self.apply([to_dict(op) for op in ops])
+
+    async def _apply_one(self, conn: asyncpg.Connection, op: RegistryOp) -> None:
+        if isinstance(op, AddVersion):
+            await conn.execute(
+                _INSERT_VERSION,
+                self.model,
+                op.version,
+                op.status,
+                _jsonb(op.offsets),
+                op.samples_seen,
+                _jsonb(op.metrics),
+                op.path,
+                op.size_bytes,
+                op.sha256,
+                op.reason,
+            )
+        elif isinstance(op, MarkLive):
+            await conn.execute(
+                "UPDATE model_versions SET status = 'retired' WHERE model = $1 AND status = 'live'"
+                " AND version <> $2",
+                self.model,
+                op.version,
+            )
+            await conn.execute(
+                "UPDATE model_versions SET status = 'live', metrics = metrics || $3::jsonb"
+                " WHERE model = $1 AND version = $2",
+                self.model,
+                op.version,
+                _jsonb(op.metrics),
+            )
+        elif isinstance(op, SetStatus):
+            await conn.execute(
+                "UPDATE model_versions SET status = $3, reason = $4 WHERE model = $1 AND version = $2",
+                self.model,
+                op.version,
+                op.status,
+                op.reason,
+            )
+        elif isinstance(op, SetServing):
+            await conn.execute(_UPSERT_SERVING, self.model, op.mode, op.version, op.reason)
 
     async def dead_letter_counts(self) -> dict[str, int]:
-        rows = await self.pool.fetch(
-            "SELECT reason, count(*) AS n FROM dead_letters GROUP BY reason ORDER BY reason"
-        )
+        async with postgres_errors():
+            rows = await self.pool.fetch(
+                "SELECT reason, count(*) AS n FROM dead_letters GROUP BY reason ORDER BY reason"
+            )
         return {r["reason"]: int(r["n"]) for r in rows}
 
     async def dead_letters(
         self, reason: str | None = None, limit: int = 100, not_replayed: bool = False
     ) -> list[dict[str, Any]]:
-        rows = await self.pool.fetch(
-            'SELECT id, received_at, topic, partition, "offset", reason, detail, key, raw, replayed_at'
-            " FROM dead_letters WHERE ($1::text IS NULL OR reason = $1)"
-            " AND (NOT $3 OR replayed_at IS NULL) ORDER BY id LIMIT $2",
-            reason,
-            limit,
-            not_replayed,
-        )
+        async with postgres_errors():
+            rows = await self.pool.fetch(
+                'SELECT id, received_at, topic, partition, "offset", reason, detail, key, raw, replayed_at'
+                " FROM dead_letters WHERE ($1::text IS NULL OR reason = $1)"
+                " AND (NOT $3 OR replayed_at IS NULL) ORDER BY id LIMIT $2",
+                reason,
+                limit,
+                not_replayed,
+            )
         return [dict(r) for r in rows]
 
     async def mark_replayed(self, ids: list[int]) -> None:
-        await self.pool.execute(
-            "UPDATE dead_letters SET replayed_at = now() WHERE id = ANY($1::bigint[])", ids
-        )
+        async with postgres_errors():
+            await self.pool.execute(
+                "UPDATE dead_letters SET replayed_at = now() WHERE id = ANY($1::bigint[])", ids
+            )
 
     async def count_published(self) -> int:
         """Versions that were published (served now, served before, or written and not loaded)."""
-        value = await self.pool.fetchval(
-            "SELECT count(*) FROM model_versions WHERE model = $1 AND status NOT IN ('rejected')", self.model
-        )
+        async with postgres_errors():
+            value = await self.pool.fetchval(
+                "SELECT count(*) FROM model_versions WHERE model = $1 AND status NOT IN ('rejected')",
+                self.model,
+            )
         return int(value)
 
     async def max_version(self) -> int:
-        value = await self.pool.fetchval(
-            "SELECT max(version) FROM model_versions WHERE model = $1", self.model
-        )
+        async with postgres_errors():
+            value = await self.pool.fetchval(
+                "SELECT max(version) FROM model_versions WHERE model = $1", self.model
+            )
         return int(value or 0)
 
     async def versions(self, limit: int = 50) -> list[dict[str, Any]]:
-        rows = await self.pool.fetch(
-            "SELECT version, created_at, status, offsets, samples_seen, metrics, size_bytes, sha256, reason"
-            " FROM model_versions WHERE model = $1 ORDER BY version DESC LIMIT $2",
-            self.model,
-            limit,
-        )
+        async with postgres_errors():
+            rows = await self.pool.fetch(
+                "SELECT version, created_at, status, offsets, samples_seen, metrics, size_bytes, sha256,"
+                " reason FROM model_versions WHERE model = $1 ORDER BY version DESC LIMIT $2",
+                self.model,
+                limit,
+            )
         out = []
         for r in rows:
             row = dict(r)
@@ -249,18 +333,17 @@ class Registry:
             out.append(row)
         return out
 
-    async def serving(self) -> dict[str, Any]:
-        """What Triton should serve: ``mode`` latest, rolled_back or pinned, and the held ``version``."""
-        row = await self.pool.fetchrow(
-            "SELECT mode, version, reason FROM serving WHERE model = $1", self.model
-        )
-        return dict(row) if row is not None else {"mode": "latest", "version": None, "reason": None}
-
-    async def set_serving(self, mode: str, version: int | None, reason: str | None) -> None:
-        await self.apply([{"op": "set_serving", "mode": mode, "version": version, "reason": reason}])
+    async def serving(self) -> Serving:
+        """What the server should serve: the newest version, or the one a rollback or a pin holds."""
+        async with postgres_errors():
+            row = await self.pool.fetchrow(
+                "SELECT mode, version, reason FROM serving WHERE model = $1", self.model
+            )
+        return Serving(row["mode"], row["version"], row["reason"]) if row is not None else Serving()
 
     async def live_version(self) -> int | None:
-        value = await self.pool.fetchval(
-            "SELECT max(version) FROM model_versions WHERE model = $1 AND status = 'live'", self.model
-        )
+        async with postgres_errors():
+            value = await self.pool.fetchval(
+                "SELECT max(version) FROM model_versions WHERE model = $1 AND status = 'live'", self.model
+            )
         return int(value) if value is not None else None

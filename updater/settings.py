@@ -1,55 +1,131 @@
-"""One settings object for the updater, validated on construction."""
+"""One settings tree for the updater, validated on construction, each default in one place.
+
+``UpdaterSettings`` holds the gate (:class:`exporter.gate.GateSettings`), the model's capacity
+(:class:`rankcore.model.RankerConfig`) and every timeout (:class:`Timeouts`). The command line
+is generated from these fields (:func:`add_arguments` / :func:`from_arguments`), so every knob
+is a ``freshrank updater`` flag, and so reachable from compose.yaml, with the default written
+once, here or in the dataclass it belongs to.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import argparse
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
+from typing import Any
 
 from exporter.gate import GateSettings
+from exporter.publish import DEFAULT_KEEP_VERSIONS, MODEL_NAME
 from rankcore.errors import ConfigError
 from rankcore.holdout import DEFAULT_HOLDOUT_EVERY
 from rankcore.model import RankerConfig
 from updater.batcher import DEFAULT_BATCH_SIZE, DEFAULT_MAX_WAIT_S
-from updater.joiner import DEFAULT_WINDOW_MS
-from updater.source import DEFAULT_GROUP, DEFAULT_TOPIC
+from updater.clean import DEFAULT_DEDUP_CAPACITY
+from updater.joiner import DEFAULT_MAX_PENDING, DEFAULT_WINDOW_MS
+from updater.learner import DEFAULT_DENSE_LR, DEFAULT_SPARSE_LR
+from updater.outbox import DEFAULT_MAX_BYTES
 
 DEFAULT_STATE_DIR = Path(".freshrank")
+DEFAULT_UPDATER_STATE_DIR = DEFAULT_STATE_DIR / "updater"
+DEFAULT_TOPIC = "events"
+DEFAULT_GROUP = "freshrank-updater"
 DEFAULT_QUEUE_BATCHES = 8
 DEFAULT_PUBLISH_INTERVAL_S = 2.0
 DEFAULT_CHECKPOINT_INTERVAL_S = 10.0
-DEFAULT_KEEP_VERSIONS = 5
 DEFAULT_FETCH_MAX_RECORDS = 2_000
 DEFAULT_MIN_SAMPLES_PER_VERSION = 1
 DEFAULT_HOLDOUT_WINDOW = 5_000
 
 
+def _knob(default: Any, help: str, **meta: Any) -> Any:
+    return field(default=default, metadata={"help": help, **meta})
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """How long the updater waits for each thing before it gives up on it (seconds unless named)."""
+
+    fetch_ms: int = _knob(200, "longest wait of one Kafka fetch, in milliseconds")
+    # A full queue first just blocks the consumer (aiokafka prefetches at most one response
+    # per partition); only a trainer stalled this long pauses the partitions, because a pause
+    # makes aiokafka drop what it had buffered for them and fetch it again on resume.
+    pause_after_s: float = _knob(0.5, "a trainer behind for this long pauses the partitions")
+    stop_s: float = _knob(60.0, "the final drain and checkpoint at stop")
+    export_stop_s: float = _knob(60.0, "an export still running at stop")
+    registry_s: float = _knob(5.0, "one PostgreSQL registry call")
+    lease_s: float = _knob(5.0, "one writer-lease query")
+    commit_s: float = _knob(10.0, "one Kafka offset commit")
+    triton_call_s: float = _knob(10.0, "one Triton control or inference call")
+    triton_load_s: float = _knob(60.0, "one Triton model load")
+    triton_watch_s: float = _knob(2.0, "interval between checks of what Triton serves")
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            _positive(f"timeouts.{f.name}", getattr(self, f.name))
+
+
+def _positive(name: str, value: object, integer: bool = False) -> None:
+    kinds: type | tuple[type, ...] = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0:  # type: ignore[operator]
+        what = "a positive integer" if integer else "a positive number"
+        raise ConfigError(f"expected {name} to be {what}, got {value!r}")
+
+
 @dataclass
 class UpdaterSettings:
-    bootstrap: str
-    pg_dsn: str
-    repository: Path
-    state_dir: Path = DEFAULT_STATE_DIR
-    triton_grpc: str | None = None
-    topic: str = DEFAULT_TOPIC
-    group: str = DEFAULT_GROUP
-    batch_size: int = DEFAULT_BATCH_SIZE
-    max_wait_s: float = DEFAULT_MAX_WAIT_S
-    queue_batches: int = DEFAULT_QUEUE_BATCHES
-    window_ms: int = DEFAULT_WINDOW_MS
-    publish_interval_s: float = DEFAULT_PUBLISH_INTERVAL_S
-    checkpoint_interval_s: float = DEFAULT_CHECKPOINT_INTERVAL_S
-    min_samples_per_version: int = DEFAULT_MIN_SAMPLES_PER_VERSION
-    keep_versions: int = DEFAULT_KEEP_VERSIONS
-    fetch_max_records: int = DEFAULT_FETCH_MAX_RECORDS
-    device: str = "auto"
-    torch_threads: int = 1
-    seed: int = 0
-    model: RankerConfig = field(default_factory=RankerConfig)
+    bootstrap: str = field(metadata={"help": "Kafka bootstrap server", "metavar": "HOST:PORT"})
+    pg_dsn: str = field(metadata={"help": "PostgreSQL registry", "metavar": "DSN"})
+    repository: Path = field(
+        metadata={"help": "Triton model repository", "flag": "--model-repository", "metavar": "DIR"}
+    )
+    state_dir: Path = _knob(DEFAULT_UPDATER_STATE_DIR, "checkpoint, outbox and status directory")  # noqa: RUF009
+    triton_grpc: str | None = _knob(
+        None,
+        "Triton to load each version into (explicit model control); "
+        "without it versions are only written to the repository",
+        metavar="HOST:PORT",
+    )
+    model_name: str = _knob(MODEL_NAME, "model name in the repository, in Triton and in the registry")
+    topic: str = _knob(DEFAULT_TOPIC, "Kafka topic of shop events")
+    group: str = _knob(DEFAULT_GROUP, "Kafka consumer group")
+    batch_size: int = _knob(DEFAULT_BATCH_SIZE, "samples per training step")
+    max_wait_s: float = _knob(DEFAULT_MAX_WAIT_S, "longest a sample waits for its batch to fill")
+    queue_batches: int = _knob(DEFAULT_QUEUE_BATCHES, "encoded batches waiting for the trainer, at most")
+    window_ms: int = _knob(
+        DEFAULT_WINDOW_MS, "attribution window, in seconds", flag="--window", scale=1000, metavar="S"
+    )
+    max_pending_impressions: int = _knob(DEFAULT_MAX_PENDING, "impressions waiting in the join, at most")
+    dedup_capacity: int = _knob(DEFAULT_DEDUP_CAPACITY, "event ids remembered for dedup")
+    publish_interval_s: float = _knob(
+        DEFAULT_PUBLISH_INTERVAL_S, "seconds between exported versions", flag="--publish-interval"
+    )
+    checkpoint_interval_s: float = _knob(
+        DEFAULT_CHECKPOINT_INTERVAL_S, "seconds between checkpoints", flag="--checkpoint-interval"
+    )
+    min_samples_per_version: int = _knob(
+        DEFAULT_MIN_SAMPLES_PER_VERSION, "new samples trained before the next version"
+    )
+    keep_versions: int = _knob(DEFAULT_KEEP_VERSIONS, "newest versions kept in the repository")
+    fetch_max_records: int = _knob(DEFAULT_FETCH_MAX_RECORDS, "records per Kafka fetch, at most")
+    outbox_max_bytes: int = _knob(
+        DEFAULT_MAX_BYTES, "registry writes kept while PostgreSQL is away, at most (bytes)"
+    )
+    device: str = _knob("auto", "auto (CUDA when present), cpu or cuda[:N]")
+    torch_threads: int = _knob(1, "torch intra-op threads", flag="--threads")
+    seed: int = _knob(0, "seed of the model's initial weights")
+    sparse_lr: float = _knob(DEFAULT_SPARSE_LR, "learning rate of the embedding rows (SparseAdam)")
+    dense_lr: float = _knob(DEFAULT_DENSE_LR, "learning rate of the dense layers (Adam)")
     # The gate: every holdout_every-th request is held out from training (0: none) and each
     # candidate is compared with the live version on the latest holdout_window of them.
-    holdout_every: int = DEFAULT_HOLDOUT_EVERY
-    holdout_window: int = DEFAULT_HOLDOUT_WINDOW
-    gate: GateSettings = field(default_factory=GateSettings)
+    holdout_every: int = _knob(
+        DEFAULT_HOLDOUT_EVERY,
+        "hold every N-th request out of training for the publishing gate (0 turns the comparison off)",
+        metavar="N",
+    )
+    holdout_window: int = _knob(DEFAULT_HOLDOUT_WINDOW, "latest held-out samples the gate judges on")
+    model: RankerConfig = field(default_factory=RankerConfig, metadata={"prefix": "model"})
+    gate: GateSettings = field(default_factory=GateSettings, metadata={"prefix": "gate"})
+    timeouts: Timeouts = field(default_factory=Timeouts, metadata={"prefix": "timeout"})
 
     def __post_init__(self) -> None:
         self.repository = Path(self.repository)
@@ -58,19 +134,18 @@ class UpdaterSettings:
             "batch_size",
             "queue_batches",
             "window_ms",
+            "max_pending_impressions",
+            "dedup_capacity",
             "keep_versions",
             "fetch_max_records",
+            "outbox_max_bytes",
             "torch_threads",
             "min_samples_per_version",
             "holdout_window",
         ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"expected {name} to be a positive integer, got {value!r}")
-        for name in ("max_wait_s", "publish_interval_s", "checkpoint_interval_s"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or value <= 0:
-                raise ConfigError(f"expected {name} to be a positive number of seconds, got {value!r}")
+            _positive(name, getattr(self, name), integer=True)
+        for name in ("max_wait_s", "publish_interval_s", "checkpoint_interval_s", "sparse_lr", "dense_lr"):
+            _positive(name, getattr(self, name))
         if not isinstance(self.holdout_every, int) or self.holdout_every < 0 or self.holdout_every == 1:
             raise ConfigError(
                 f"expected holdout_every to be 0 (off) or an integer >= 2, got {self.holdout_every!r}"
@@ -81,3 +156,97 @@ class UpdaterSettings:
             raise ConfigError(f"expected a postgresql:// DSN, got {self.pg_dsn!r}")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise ConfigError(f"expected device auto, cpu or cuda[:N], got {self.device!r}")
+        if not self.model_name or not self.model_name.replace("_", "").replace("-", "").isalnum():
+            raise ConfigError(f"expected model_name of letters, digits, '-' and '_', got {self.model_name!r}")
+
+
+# --------------------------------------------------------------------------- command line
+
+# Help for the fields of settings that live with their own package (the model, the gate).
+_HELP = {
+    "model__user_capacity": "embedding rows for users (2 reserved)",
+    "model__token_capacity": "embedding rows for query tokens",
+    "model__item_capacity": "embedding rows for items",
+    "model__category_capacity": "embedding rows for categories",
+    "model__brand_capacity": "embedding rows for brands",
+    "model__dim": "embedding width",
+    "model__hidden": "hidden units of the MLP",
+    "model__max_tokens": "query tokens read per request",
+    "model__prior_ctr": "click rate the output bias starts from",
+    "gate__auc_margin": "reject a candidate whose held-out AUC is below the live one's by more",
+    "gate__logloss_margin": "reject a candidate whose held-out logloss is above the live one's by more",
+    "gate__min_samples": "held-out samples needed before the gate compares",
+    "gate__rollback_auc_drop": "roll back when the live AUC falls this far below an earlier version's",
+    "gate__rollback_history": "earlier served versions kept as rollback targets",
+}
+
+
+def _flag(f: Any, prefix: str) -> str:
+    if "flag" in f.metadata:
+        return str(f.metadata["flag"])
+    name = f.name.replace("_", "-")
+    return f"--{prefix}-{name}" if prefix else f"--{name}"
+
+
+def _dest(f: Any, prefix: str) -> str:
+    return f"{prefix}__{f.name}" if prefix else f.name
+
+
+def _parse_type(f: Any) -> Any:
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    if "Path" in kind:
+        return Path
+    if "float" in kind:
+        return float
+    if "int" in kind:
+        return float if "scale" in f.metadata else int
+    return str
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type = UpdaterSettings, prefix: str = "") -> None:
+    """One flag per settings field (nested settings get their prefix), defaults from the fields."""
+    group = parser.add_argument_group(f"{prefix} settings") if prefix else parser
+    for f in fields(cls):
+        if f.metadata.get("prefix"):
+            nested = f.default_factory if f.default_factory is not MISSING else None
+            assert nested is not None and is_dataclass(nested)
+            add_arguments(parser, nested, str(f.metadata["prefix"]))
+            continue
+        required = f.default is MISSING and f.default_factory is MISSING
+        kwargs: dict[str, Any] = {"dest": _dest(f, prefix), "type": _parse_type(f)}
+        kind = kwargs["type"]
+        default_metavar = {int: "N", float: "S" if f.name.endswith("_s") else "X", Path: "DIR"}.get(
+            kind, "TEXT"
+        )
+        kwargs["metavar"] = f.metadata.get("metavar", default_metavar)
+        help_text = f.metadata.get("help", _HELP.get(kwargs["dest"], ""))
+        if required:
+            kwargs["required"] = True
+        else:
+            default = f.default
+            shown = (
+                default / f.metadata["scale"] if "scale" in f.metadata and default is not None else default
+            )
+            kwargs["default"] = shown
+            help_text = f"{help_text} (default {shown})" if help_text else f"default {shown}"
+        group.add_argument(_flag(f, prefix), help=help_text, **kwargs)
+
+
+def _values(args: argparse.Namespace, cls: type, prefix: str) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.metadata.get("prefix"):
+            nested = f.default_factory
+            assert is_dataclass(nested)
+            values[f.name] = nested(**_values(args, nested, str(f.metadata["prefix"])))
+            continue
+        value = getattr(args, _dest(f, prefix))
+        if "scale" in f.metadata and value is not None:
+            value = round(value * f.metadata["scale"])
+        values[f.name] = value
+    return values
+
+
+def from_arguments(args: argparse.Namespace) -> UpdaterSettings:
+    """The settings a parser built by :func:`add_arguments` parsed (validated)."""
+    return UpdaterSettings(**_values(args, UpdaterSettings, ""))

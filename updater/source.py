@@ -16,11 +16,11 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
+from rankcore.errors import DependencyError
+
 log = logging.getLogger(__name__)
 
-DEFAULT_TOPIC = "events"
-DEFAULT_GROUP = "freshrank-updater"
-COMMIT_TIMEOUT_S = 10.0
+DEFAULT_COMMIT_TIMEOUT_S = 10.0
 
 
 def offset_key(tp: TopicPartition) -> str:
@@ -54,7 +54,7 @@ class _SeekToState(ConsumerRebalanceListener):
     and evicted us, say) it is the in-memory ledger, which covers everything consumed.
     """
 
-    def __init__(self, source: EventSource) -> None:
+    def __init__(self, source: KafkaSource) -> None:
         self.source = source
 
     async def on_partitions_revoked(self, revoked: object) -> None:
@@ -70,22 +70,26 @@ class _SeekToState(ConsumerRebalanceListener):
         log.info("partitions assigned: %s", sorted(map(str, assigned)))  # type: ignore[call-overload]
 
 
-class EventSource:
-    """``async with EventSource(...)``: fetch batches of records, commit what is durable.
+class KafkaSource:
+    """``async with KafkaSource(...)``: fetch batches of records, commit what is durable.
 
     ``positions`` returns the next offset to read per ``topic:partition`` as the caller's
-    state knows it; the source seeks there whenever partitions are assigned.
+    state knows it; the source seeks there whenever partitions are assigned. Broker failures
+    raise :class:`DependencyError` (retrying may help).
     """
 
     def __init__(
         self,
         bootstrap: str,
-        topic: str = DEFAULT_TOPIC,
-        group: str = DEFAULT_GROUP,
+        topic: str,
+        group: str,
         positions: Callable[[], Mapping[str, int]] = dict,
         max_partition_fetch_bytes: int = 4 << 20,
+        commit_timeout_s: float = DEFAULT_COMMIT_TIMEOUT_S,
     ) -> None:
         self.topic = topic
+        self.bootstrap = bootstrap
+        self.commit_timeout_s = commit_timeout_s
         self.positions = positions
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
@@ -100,12 +104,14 @@ class EventSource:
         )
         self._started = False
         self.paused = False
-        self.last_commit_error: str | None = None
 
     async def start(self) -> None:
         if self._started:
             return
-        await self.consumer.start()
+        try:
+            await self.consumer.start()
+        except KafkaError as exc:
+            raise DependencyError(f"Kafka at {self.bootstrap}: {type(exc).__name__}: {exc}") from exc
         self._started = True
         self.consumer.subscribe([self.topic], listener=_SeekToState(self))
 
@@ -114,7 +120,7 @@ class EventSource:
             self._started = False
             await self.consumer.stop()
 
-    async def __aenter__(self) -> EventSource:
+    async def __aenter__(self) -> KafkaSource:
         await self.start()
         return self
 
@@ -122,7 +128,10 @@ class EventSource:
         await self.stop()
 
     async def fetch(self, timeout_ms: int, max_records: int) -> list[ConsumerRecord]:
-        batches = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        try:
+            batches = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        except KafkaError as exc:
+            raise DependencyError(f"Kafka fetch from {self.topic!r}: {type(exc).__name__}: {exc}") from exc
         return [record for records in batches.values() for record in records]
 
     def pause(self) -> None:
@@ -137,8 +146,8 @@ class EventSource:
             self.consumer.resume(*self.consumer.assignment())
             self.paused = False
 
-    async def commit(self, offsets: Mapping[str, int], timeout_s: float = COMMIT_TIMEOUT_S) -> bool:
-        """Commit ``offsets`` for assigned partitions; False (logged) when the broker refused.
+    async def commit(self, offsets: Mapping[str, int]) -> None:
+        """Commit ``offsets`` for assigned partitions; :class:`DependencyError` when the broker refused.
 
         A failed commit loses nothing: the checkpoint holds the offsets, the next checkpoint
         commits again, and a restart seeks to the checkpoint, not to the committed offsets.
@@ -150,16 +159,12 @@ class EventSource:
             if tp in assigned
         }
         if not todo:
-            return True
+            return
         try:
-            async with asyncio.timeout(timeout_s):
+            async with asyncio.timeout(self.commit_timeout_s):
                 await self.consumer.commit(todo)
         except (KafkaError, TimeoutError) as exc:
-            self.last_commit_error = f"{type(exc).__name__}: {exc}"
-            log.warning("offset commit failed (%s); the checkpoint holds them, will commit again", exc)
-            return False
-        self.last_commit_error = None
-        return True
+            raise DependencyError(f"Kafka offset commit: {type(exc).__name__}: {exc}") from exc
 
     def lag(self) -> int | None:
         """Records on the broker not yet consumed, from the last fetch's high watermarks."""

@@ -3,7 +3,7 @@ retraining, Vowpal Wabbit and River, on the same drifting stream.
 
 Every model scores each sample at its *impression* time and learns from it at the time its
 label becomes *known* — the click for a positive, the impression plus the attribution window
-for a negative, the order in which the joiner emits them (:func:`benchmarks.common.labelled`).
+for a negative, the order in which the joiner emits them (:func:`freshrank.bench.common.labelled`).
 :func:`impression_schedule` interleaves the two: before a model learns a batch whose
 last sample is known at ``T``, it scores every not-yet-scored sample whose impression is at
 or before ``T``. So no model ever scores a sample with anything learned from labels that
@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import Progress, labelled, save_figure
+from freshrank.bench.common import Progress, labelled, save_figure
 from freshrank.simulator import SimulatorConfig, generate
 from rankcore.features import Batch, Vocabularies, encode
 from rankcore.metrics import auc, logloss

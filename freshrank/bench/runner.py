@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import NAMES
-from benchmarks.common import Progress, machine, write_result
+from freshrank.bench import NAMES
+from freshrank.bench.common import Progress, machine, write_result
 
 
 def run(name: str, out: Path, quiet: bool = False) -> dict[str, Any]:
@@ -23,7 +23,7 @@ def run(name: str, out: Path, quiet: bool = False) -> dict[str, Any]:
         return results
     if name not in NAMES:
         raise ValueError(f"expected a benchmark name out of {', '.join((*NAMES, 'all'))}, got {name!r}")
-    module = importlib.import_module(f"benchmarks.{name}")
+    module = importlib.import_module(f"freshrank.bench.{name}")
     progress = Progress(name, quiet)
     started = time.monotonic()
     result: dict[str, Any] = {"benchmark": name, "machine": machine()}

@@ -1,9 +1,10 @@
 """The quality comparison on public logs: Diginetica and The Complete Journey.
 
 Both logs are turned into events of the contract by :mod:`freshrank.replay` (positives from
-the log, sampled negatives), labelled through the updater's cleaner and joiner, and handed to
-:func:`benchmarks.quality.compare`. Their streams span days of shop time, so the retrain
-period and the metric windows are fractions of each stream's span rather than fixed minutes.
+the log, sampled negatives), labelled through the updater's consumer path
+(:class:`updater.ingest.Ingest`), and handed to :func:`freshrank.bench.quality.compare`. Their
+streams span days of shop time, so the retrain period and the metric windows are fractions of
+each stream's span rather than fixed minutes.
 A dataset that is not available is reported as skipped, with the reason; it never fails the run.
 """
 
@@ -15,8 +16,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import Progress, labelled, save_figure
-from benchmarks.quality import STATIC_FRACTION, close_figure, compare, new_figure, plot_auc
+from freshrank.bench.common import Progress, labelled, save_figure
+from freshrank.bench.quality import STATIC_FRACTION, close_figure, compare, new_figure, plot_auc
 from rankcore.errors import ConfigError
 from updater.joiner import DEFAULT_WINDOW_MS
 

@@ -1,11 +1,11 @@
-"""The pure parts of the quality and replay benchmarks: cuts, schedules, windowed metrics."""
+"""The pure parts of the quality benchmark: cuts, schedules, windowed metrics."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from benchmarks.quality import (
+from freshrank.bench.quality import (
     compare,
     impression_schedule,
     known_at_ms,
@@ -17,7 +17,6 @@ from benchmarks.quality import (
     vw_line,
     windowed_metrics,
 )
-from benchmarks.replay import periods
 from rankcore.sample import Sample
 
 
@@ -223,13 +222,8 @@ def test_river_features_are_one_hot_plus_price() -> None:
     assert x["log_price"] == 0.0
 
 
-def test_replay_periods_scale_with_the_stream() -> None:
-    assert periods(7 * 3_600_000) == (3_600_000, 7 * 3_600_000 // 24)
-    assert periods(100) == (1_000, 1_000)
-
-
 def test_compare_runs_end_to_end_on_a_tiny_stream() -> None:
-    # What benchmarks/replay.py calls: the torch models only (no VW/River here).
+    # What freshrank/bench/replay.py calls: the torch models only (no VW/River here).
     rng = np.random.default_rng(0)
     samples = []
     for n in range(400):

@@ -31,11 +31,11 @@ import torch
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from benchmarks.common import Progress, percentiles, save_figure
 from exporter.check import open_session
 from exporter.onnx_export import build_onnx, write_onnx
 from exporter.publish import MODEL_NAME, Publisher
 from exporter.triton import TritonModel
+from freshrank.bench.common import Progress, percentiles, save_figure
 from freshrank.stack import EmbeddedStack, free_port
 from rankcore.features import Vocabularies
 from rankcore.model import Ranker, RankerConfig
@@ -368,7 +368,7 @@ def requests_per_execute(before: tuple[int, int], after: tuple[int, int]) -> flo
 
 
 async def _load(triton: TritonModel, version: int, config_text: str) -> float:
-    return await triton.load(version, config_text, timeout_s=120)
+    return await triton.load(version, config_text)
 
 
 def run(out: Path, progress: Progress) -> dict[str, Any]:
@@ -388,7 +388,7 @@ def run(out: Path, progress: Progress) -> dict[str, Any]:
             publisher, version, model_path = publish_model(stack.repository)
             result["model_bytes"] = sum(f.stat().st_size for f in model_path.parent.iterdir())
             base_config = publisher.config_text()
-            triton = TritonModel(stack.triton.grpc_url)
+            triton = TritonModel(stack.triton.grpc_url, load_timeout_s=120)
             asyncio.run(_load(triton, version, base_config))
             triton_pid = stack.triton.process.proc.pid  # type: ignore[union-attr]
             meter = CpuMeter(triton_pid)

@@ -23,7 +23,7 @@ import psutil
 import torch
 from aiokafka import AIOKafkaProducer
 
-from benchmarks.common import Progress, labelled, labelled_records
+from freshrank.bench.common import Progress, labelled, labelled_records
 from freshrank.simulator import SimulatorConfig, encode_event, generate
 from freshrank.stack import EmbeddedStack, free_port
 from rankcore.features import Vocabularies, encode
@@ -115,7 +115,7 @@ async def updater_run(
         # The clock starts with the first record consumed: joining the consumer group (the
         # broker's rebalance delay) is start-up, not throughput.
         joined = time.monotonic()
-        while updater.counters.events_consumed == 0:
+        while updater.ingest.counts.events_consumed == 0:
             await asyncio.sleep(0.01)
             _raise_if_failed(updater)
         started = time.monotonic()
@@ -151,9 +151,9 @@ async def updater_run(
 
 
 def _raise_if_failed(updater: Updater) -> None:
-    for task in updater.tasks:
-        if task.done() and not task.cancelled() and task.exception() is not None:
-            raise RuntimeError(f"the updater's {task.get_name()} task failed") from task.exception()
+    failed = updater.supervisor.failure()
+    if failed is not None:
+        raise RuntimeError(f"the updater's {failed[0]} task failed") from failed[1]
 
 
 def consumer_path_profile(events: list[dict[str, Any]], limit: int = 12) -> dict[str, Any]:

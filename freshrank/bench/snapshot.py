@@ -27,11 +27,11 @@ import numpy as np
 import psutil
 import torch
 
-from benchmarks.common import Progress, save_figure
 from exporter.check import check_parity
 from exporter.onnx_export import build_onnx, write_onnx
 from exporter.publish import Publisher
 from exporter.triton import Candidate, TritonModel
+from freshrank.bench.common import Progress, save_figure
 from freshrank.stack import EmbeddedStack, free_port
 from rankcore.features import Vocabularies
 from rankcore.model import Ranker, RankerConfig
@@ -141,7 +141,7 @@ async def load_and_serve(
     triton: TritonModel, publisher: Publisher, version: int, items: int
 ) -> dict[str, float]:
     started = time.perf_counter()
-    await triton.load(version, publisher.config_text(), timeout_s=300)
+    await triton.load(version, publisher.config_text())
     while await triton.served_version() != version:
         if time.perf_counter() - started > 300:
             raise TimeoutError(f"version {version} not served after 300 s")
@@ -203,7 +203,7 @@ def run(out: Path, progress: Progress) -> dict[str, Any]:
         stack.start()
         try:
             publisher = Publisher(stack.repository, keep=1)
-            triton = TritonModel(stack.triton.grpc_url, timeout_s=60)
+            triton = TritonModel(stack.triton.grpc_url, timeout_s=60, load_timeout_s=300)
             triton_pid = stack.triton.process.proc.pid  # type: ignore[union-attr]
             cached: tuple[int, Vocabularies] | None = None
             version = 0

@@ -1,33 +1,15 @@
-"""Pure helpers of the snapshot and serving benchmarks (no services, no matplotlib)."""
+"""Pure helpers of the serving benchmark (no services, no matplotlib)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from benchmarks.common import percentiles
-from benchmarks.serving import config_variant, open_loop_schedule, summarise
-from benchmarks.snapshot import fit_line
 from exporter.publish import default_config
+from freshrank.bench.serving import config_variant, open_loop_schedule, summarise
 
 
-def test_fit_line_recovers_intercept_and_slope() -> None:
-    xs = [10_000, 100_000, 1_000_000, 3_000_000]
-    a, b = fit_line(xs, [0.5 + 2e-6 * x for x in xs])
-    assert a == pytest.approx(0.5) and b == pytest.approx(2e-6)
-
-
-def test_fit_line_needs_two_distinct_points() -> None:
-    with pytest.raises(ValueError, match="two distinct"):
-        fit_line([5, 5], [1, 2])
-    with pytest.raises(ValueError, match="two distinct"):
-        fit_line([5], [1])
-
-
-def test_percentiles_and_summary() -> None:
-    values = list(range(1, 101))
-    assert percentiles(values, (50, 99)) == {"p50": 50.5, "p99": 99.01}
-    assert percentiles([], (50,)) == {"p50": None}
+def test_summary() -> None:
     row = summarise([0.001, 0.002, 0.003, 0.004], errors=1, wall_s=2.0)
     assert row["requests"] == 4 and row["errors"] == 1 and row["rps"] == 2.0
     assert row["p50_ms"] == pytest.approx(2.5)

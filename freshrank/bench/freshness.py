@@ -25,8 +25,8 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from benchmarks.common import Progress, percentiles
 from exporter.triton import Candidate, TritonModel
+from freshrank.bench.common import Progress, percentiles
 from freshrank.simulator import ShopSimulator, SimulatorConfig, produce
 from freshrank.stack import EmbeddedStack, free_port
 from updater.service import Updater
@@ -84,8 +84,8 @@ async def rate_run(
         try:
             await asyncio.sleep(WARMUP_S)
             measured_from = time.time()  # actions produced from now on; the start-up is not steady state
-            versions0 = updater.counters.versions_published
-            consumed0 = updater.counters.events_consumed
+            versions0 = updater.status()["versions_published"]
+            consumed0 = updater.ingest.counts.events_consumed
             started = time.monotonic()
             lags = []
             while producer.returncode is None:
@@ -273,7 +273,7 @@ def _plot(result: dict[str, Any], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from benchmarks.common import save_figure
+    from freshrank.bench.common import save_figure
 
     runs = {f"{k} ev/s": v for k, v in result["rates"].items()}
     runs["2000 ev/s, publish 0.5 s"] = result["eager_2000"]

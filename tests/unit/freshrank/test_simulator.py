@@ -1,13 +1,7 @@
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
-
 from freshrank.simulator import ShopSimulator, SimulatorConfig, encode_event
-from rankcore.errors import ConfigError
 from rankcore.events import Event, parse_event
-from updater.settings import UpdaterSettings
 
 START = 1_800_000_000_000
 
@@ -44,17 +38,6 @@ def test_bad_events_are_mixed_in_when_asked() -> None:
     events = run(ShopSimulator(SimulatorConfig(seed=1, bad_rate=0.05), START), 10)
     bad = [e for e in events if not isinstance(parse_event(encode_event(e)[1], START + 60_000), Event)]
     assert bad
-
-
-def test_settings_validate_with_clear_messages(tmp_path: Path) -> None:
-    ok = dict(bootstrap="127.0.0.1:9092", pg_dsn="postgresql://x@/db", repository=tmp_path)
-    UpdaterSettings(**ok)  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="expected batch_size to be a positive integer, got 0"):
-        UpdaterSettings(**ok, batch_size=0)  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="HOST:PORT"):
-        UpdaterSettings(**{**ok, "bootstrap": "kafka"})  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="device"):
-        UpdaterSettings(**ok, device="tpu")  # type: ignore[arg-type]
 
 
 def test_poisoning_inverts_clicks_only_inside_its_window() -> None:

@@ -1,6 +1,6 @@
 """The README's benchmark table, from the JSON a ``freshrank bench`` run left in a directory.
 
-    python -m benchmarks.report docs/bench
+    python -m freshrank.bench.report docs/bench
 
 Only figures present in the files are printed; a benchmark that did not run shows as absent.
 """

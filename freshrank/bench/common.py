@@ -14,10 +14,8 @@ import numpy as np
 import orjson
 
 from freshrank.simulator import encode_event
-from rankcore.events import Event, Rejection
 from rankcore.sample import Sample
-from updater.clean import Cleaner
-from updater.joiner import Joiner
+from updater.ingest import Ingest, Record
 
 
 class Progress:
@@ -62,7 +60,7 @@ def write_result(out: Path, name: str, result: dict[str, Any]) -> Path:
 
 
 def labelled(events: Iterable[dict[str, Any]], window_ms: int) -> tuple[list[Sample], dict[str, int]]:
-    """Samples of an event stream in stream order, through the updater's own cleaner and joiner.
+    """Samples of an event stream in stream order, through the updater's own consumer path.
 
     The clock is the stream's: each event is judged at its own timestamp, so an offline stream
     joins exactly as it would have live.
@@ -77,29 +75,24 @@ def labelled(events: Iterable[dict[str, Any]], window_ms: int) -> tuple[list[Sam
 def labelled_records(
     records: Iterable[tuple[bytes, int]], window_ms: int
 ) -> tuple[list[Sample], dict[str, int]]:
-    """Samples of raw record values, each judged at its ``now_ms``: the updater's per-record steps."""
-    cleaner = Cleaner()
-    joiner = Joiner(window_ms=window_ms)
+    """Samples of raw record values, each judged at its ``now_ms``, through :class:`Ingest`.
+
+    The updater's own consumer path (ledger, cleaner, joiner), one record per call so each is
+    judged at its own time; the open windows are drained at the end of the stream.
+    """
+    ingest = Ingest(window_ms=window_ms)
     samples: list[Sample] = []
-    counts = {"events": 0, "rejected": 0}
-    for raw, now_ms in records:
-        counts["events"] += 1
-        result = cleaner.clean(raw, now_ms)
-        if isinstance(result, Event):
-            joined = joiner.add(result, now_ms)
-            if isinstance(joined, Rejection):
-                counts["rejected"] += 1
-            else:
-                samples.extend(joined)
-        elif isinstance(result, Rejection):
-            counts["rejected"] += 1
-        if counts["events"] % 256 == 0:
-            samples.extend(joiner.expire())
-    samples.extend(joiner.expire())
-    samples.extend(joiner.drain())
-    counts["duplicates"] = cleaner.duplicates
-    counts["samples"] = len(samples)
-    return samples, counts
+    for offset, (raw, now_ms) in enumerate(records):
+        record = Record(topic="bench", partition=0, offset=offset, key=None, value=raw)
+        samples.extend(ingest.process([record], now_ms).trained)
+    samples.extend(ingest.drain().trained)
+    counts = ingest.counts
+    return samples, {
+        "events": counts.events_consumed,
+        "rejected": counts.dead_letters,
+        "duplicates": counts.duplicates,
+        "samples": len(samples),
+    }
 
 
 def save_figure(fig: Any, out: Path, name: str) -> str:

@@ -1,0 +1,167 @@
+"""The consumer path: ledger -> clean -> join -> holdout split, as one pure object."""
+
+from __future__ import annotations
+
+import orjson
+
+from rankcore.holdout import is_holdout
+from rankcore.sample import Sample
+from updater.ingest import Ingest, Record
+
+NOW = 1_800_000_000_000
+WINDOW_MS = 1_000
+
+
+def event(event_id: str, etype: str, ts: int, request: str = "r1", item: str = "i1") -> bytes:
+    return orjson.dumps(
+        {
+            "event_id": event_id,
+            "type": etype,
+            "ts": ts,
+            "user_id": "u1",
+            "request_id": request,
+            "query": "red shoes",
+            "item_id": item,
+            "position": 0,
+            "item": {"category": "shoes", "brand": "acme", "price": 10.0},
+        }
+    )
+
+
+def record(offset: int, value: bytes | None, partition: int = 0) -> Record:
+    return Record(topic="events", partition=partition, offset=offset, key=b"u1", value=value)
+
+
+def labels(samples: list[Sample]) -> list[tuple[str, str, int]]:
+    return [(s.request_id, s.item_id, s.label) for s in samples]
+
+
+def test_a_redelivered_offset_is_skipped_before_cleaning() -> None:
+    ingest = Ingest(window_ms=WINDOW_MS)
+    first = record(0, event("imp", "impression", NOW))
+    ingest.process([first, record(1, event("clk", "click", NOW + 10))], NOW + 10)
+    again = ingest.process([first, record(1, event("clk", "click", NOW + 10))], NOW + 20)
+    assert again.trained == [] and again.dead == []
+    assert ingest.counts.events_consumed == 2
+    assert ingest.counts.duplicates == 0  # never reached the cleaner
+    assert ingest.ledger.redelivered == 2
+    assert ingest.positions == {"events:0": 2}
+
+
+def test_a_duplicate_event_is_counted_not_learned() -> None:
+    ingest = Ingest(window_ms=WINDOW_MS)
+    impression = event("imp", "impression", NOW)
+    out = ingest.process([record(0, impression)], NOW)
+    # Its window closes: a negative. The same event again (a producer retry, a new offset) would
+    # open a second window and make a second negative if it were not recognised.
+    out = ingest.process([record(1, event("late", "impression", NOW + 5_000, request="r2"))], NOW + 5_000)
+    assert labels(out.trained) == [("r1", "i1", 0)]
+    out = ingest.process([record(2, impression)], NOW + 5_001)
+    assert out.trained == [] and out.dead == []
+    assert labels(ingest.drain().trained) == [("r2", "i1", 0)]
+    counts = ingest.counts
+    assert counts.events_consumed == 3 and counts.events_valid == 2
+    assert counts.duplicates == 1 and counts.dead_letters == 0
+
+
+def test_an_orphan_click_is_a_dead_letter_and_a_replay_after_its_impression_joins() -> None:
+    ingest = Ingest(window_ms=WINDOW_MS)
+    click = event("clk", "click", NOW + 5)
+    out = ingest.process([record(0, click)], NOW + 5)
+    assert out.trained == []
+    [dead] = out.dead
+    assert (dead.topic, dead.partition, dead.offset) == ("events", 0, 0)
+    assert dead.reason == "orphan_action" and dead.detail
+    assert dead.key == b"u1" and dead.raw == click
+    assert ingest.counts.dead_letters == 1
+    assert ingest.counts.dead_letters_by_reason == {"orphan_action": 1}
+    # The impression arrives, then the click is replayed from the dead letters.
+    ingest.process([record(1, event("imp", "impression", NOW))], NOW + 6)
+    out = ingest.process([record(2, click)], NOW + 7)
+    assert labels(out.trained) == [("r1", "i1", 1)] and out.trained[0].action_ts_ms == NOW + 5
+    assert out.dead == [] and ingest.counts.duplicates == 0
+
+
+def test_a_malformed_record_is_a_dead_letter_with_its_reason() -> None:
+    ingest = Ingest(window_ms=WINDOW_MS)
+    out = ingest.process([record(0, b"{not json"), record(1, None)], NOW)
+    assert [(d.offset, d.reason) for d in out.dead] == [(0, "not_json"), (1, "empty_record")]
+    assert ingest.counts.dead_letters_by_reason == {"not_json": 1, "empty_record": 1}
+    assert ingest.counts.events_valid == 0 and ingest.counts.events_consumed == 2
+
+
+def _holdout_stream() -> list[Record]:
+    records = []
+    for n in range(60):
+        records.append(record(2 * n, event(f"imp{n}", "impression", NOW + n, request=f"r{n}")))
+        if n % 4 == 0:  # some positives (out of process), the rest negatives (out of drain)
+            records.append(record(2 * n + 1, event(f"clk{n}", "click", NOW + n + 1, request=f"r{n}")))
+    return records
+
+
+def _split(every: int) -> tuple[list[Sample], list[Sample], Ingest]:
+    ingest = Ingest(window_ms=WINDOW_MS, holdout_every=every)
+    trained: list[Sample] = []
+    held: list[Sample] = []
+    for rec in _holdout_stream():
+        out = ingest.process([rec], NOW + 100)
+        trained += out.trained
+        held += out.held_out
+    out = ingest.drain()
+    return trained + out.trained, held + out.held_out, ingest
+
+
+def test_the_holdout_split_is_stable_and_counted() -> None:
+    trained, held, ingest = _split(3)
+    assert held and trained
+    assert all(is_holdout(s.request_id, 3) for s in held)
+    assert not any(is_holdout(s.request_id, 3) for s in trained)
+    assert {s.label for s in held} == {0, 1}  # positives and negatives alike
+    assert len(trained) + len(held) == 60
+    assert ingest.counts.held_out == len(held)
+    again_trained, again_held, _ = _split(3)
+    assert labels(again_held) == labels(held) and labels(again_trained) == labels(trained)
+    none_trained, none_held, nothing = _split(0)
+    assert none_held == [] and len(none_trained) == 60 and nothing.counts.held_out == 0
+
+
+def _second_half(offset: int) -> list[Record]:
+    return [
+        record(1, event("clk-a", "click", NOW + 20, item="a")),  # redelivered: skipped
+        record(offset, event("clk-a", "click", NOW + 20, item="a")),  # duplicate
+        record(offset + 1, event("clk-b", "click", NOW + 30, item="b")),  # joins a pending impression
+        record(offset + 2, event("clk-z", "click", NOW + 40, item="z")),  # orphan
+        record(offset + 3, event("imp-c", "impression", NOW + 50, item="c")),
+        record(offset + 4, event("imp-d", "impression", NOW + 5_000, request="r2")),  # closes c's window
+    ]
+
+
+def test_state_restore_round_trip_continues_identically() -> None:
+    a = Ingest(window_ms=WINDOW_MS, holdout_every=2)
+    a.process(
+        [
+            record(0, event("imp-a", "impression", NOW, item="a")),
+            record(1, event("clk-a", "click", NOW + 20, item="a")),
+            record(2, event("imp-b", "impression", NOW + 10, item="b")),
+            record(3, b"garbage"),
+            record(5, event("imp-p1", "impression", NOW + 10, item="x"), partition=1),
+        ],
+        NOW + 20,
+    )
+    b = Ingest(window_ms=WINDOW_MS, holdout_every=2)
+    b.restore(orjson.loads(orjson.dumps(a.state())))  # as a checkpoint stores it
+    assert b.positions == a.positions == {"events:0": 4, "events:1": 6}
+    outs = [
+        [
+            ingest.process(_second_half(4)[:3], NOW + 30),
+            ingest.process(_second_half(4)[3:], NOW + 5_000),
+            ingest.drain(),
+        ]
+        for ingest in (a, b)
+    ]
+    assert outs[0] == outs[1]
+    assert a.counts == b.counts
+    assert a.counts.duplicates == 1 and a.counts.dead_letters_by_reason == {"not_json": 1, "orphan_action": 1}
+    assert a.state() == b.state()
+    samples = sorted(labels([s for out in outs[1] for s in out.trained + out.held_out]))
+    assert samples == [("r1", "b", 1), ("r1", "c", 0), ("r1", "x", 0), ("r2", "i1", 0)]

@@ -1,0 +1,19 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rankcore.errors import ConfigError
+from updater.settings import UpdaterSettings
+
+
+def test_settings_validate_with_clear_messages(tmp_path: Path) -> None:
+    ok = dict(bootstrap="127.0.0.1:9092", pg_dsn="postgresql://x@/db", repository=tmp_path)
+    UpdaterSettings(**ok)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="expected batch_size to be a positive integer, got 0"):
+        UpdaterSettings(**ok, batch_size=0)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="HOST:PORT"):
+        UpdaterSettings(**{**ok, "bootstrap": "kafka"})  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="device"):
+        UpdaterSettings(**ok, device="tpu")  # type: ignore[arg-type]

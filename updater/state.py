@@ -1,0 +1,81 @@
+"""The model state a checkpoint holds, captured and restored in one place.
+
+A checkpoint is taken with the training queue drained, so the weights, the optimisers, the
+vocabularies, the join and dedup state, the ledger's offsets and the held-out window all
+describe the same point in the stream. :class:`Checkpointer` writes it in a worker thread and
+tracks that write, so a stop that gave up waiting can still make sure nothing writes the
+state directory after the writer lease is released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from exporter.records import Serving
+from rankcore.features import Vocabularies
+from rankcore.sample import Sample
+from updater.checkpoint import CheckpointStore
+from updater.ingest import Ingest
+from updater.learner import Learner
+
+
+@dataclass
+class ModelState:
+    """The live objects a checkpoint covers."""
+
+    learner: Learner
+    vocabs: Vocabularies
+    ingest: Ingest
+    holdout: deque[Sample]
+
+    def capture(self, serving: Serving, counters: dict[str, int]) -> dict[str, Any]:
+        """Everything needed to resume exactly here (called with the queue drained)."""
+        return {
+            "learner": self.learner.state(),
+            "vocabs": self.vocabs.state(),
+            **self.ingest.state(),
+            "counters": counters,
+            "holdout": list(self.holdout),
+            "serving": {"mode": serving.mode, "version": serving.version, "reason": serving.reason},
+        }
+
+    def restore(self, saved: dict[str, Any]) -> tuple[Serving, dict[str, int]]:
+        """Load a captured state; returns the serving decision and the counters it held."""
+        self.learner.restore(saved["learner"])
+        self.vocabs.restore(saved["vocabs"])
+        self.ingest.restore(saved)
+        self.holdout.clear()
+        self.holdout.extend(saved["holdout"])
+        return Serving(**saved["serving"]), dict(saved.get("counters", {}))
+
+
+class Checkpointer:
+    """Atomic checkpoint writes in a worker thread, tracked until they end."""
+
+    def __init__(self, store: CheckpointStore) -> None:
+        self.store = store
+        self._writing: asyncio.Future[float] | None = None
+
+    def load(self) -> dict[str, Any] | None:
+        return self.store.load()
+
+    async def save(self, capture: Any) -> float:
+        """Run ``capture()`` and write the result; return the seconds the write took.
+
+        In a worker thread: nothing trains or consumes while it runs (the queue is drained and
+        only the consumer fills it), and building the state of a large join takes seconds.
+        """
+        loop = asyncio.get_running_loop()
+        self._writing = loop.run_in_executor(None, lambda: self.store.save(capture()))
+        # Shielded: a cancelled caller leaves the write to finish (it is atomic either way);
+        # wait_idle() then waits for it.
+        return await asyncio.shield(self._writing)
+
+    async def wait_idle(self) -> None:
+        """Return once no checkpoint write is running (whatever became of its caller)."""
+        writing = self._writing
+        if writing is not None and not writing.done():
+            await asyncio.wait([writing])
