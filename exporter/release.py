@@ -191,6 +191,8 @@ class ReleaseManager:
         self.last_export: dict[str, Any] = {}
         self.last_rollback: dict[str, Any] = {}
         self.last_outcome: ReleaseOutcome | None = None
+        # Samples trained in the newest snapshot that was judged (skipped or failed ones are retried).
+        self.samples_released = -1
         self._version_floor = 0
         self._lock = asyncio.Lock()
         self._pending: Snapshot | None = None
@@ -277,9 +279,12 @@ class ReleaseManager:
             if snapshot is not None:
                 self._releasing = True
                 try:
-                    self.last_outcome = await self._release_guarded(snapshot)
+                    outcome = await self._release_guarded(snapshot)
                 finally:
                     self._releasing = False
+                self.last_outcome = outcome
+                if outcome.kind not in ("skipped", "failed"):
+                    self.samples_released = max(self.samples_released, snapshot.samples_trained)
                 if self._fenced:
                     return
             if self.server is not None and not self._closing and time.monotonic() >= next_watch:

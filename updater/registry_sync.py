@@ -160,8 +160,8 @@ class RegistrySync:
                 self._last_serving_read = time.monotonic()
                 await self.read_serving()
 
-    async def close(self, timeout_s: float) -> None:
-        """A last flush (at most ``timeout_s``; the rest waits in the outbox), then close the pool."""
+    async def flush_remaining(self, timeout_s: float) -> None:
+        """A last flush at stop, at most ``timeout_s``; the rest waits in the outbox for the next start."""
         try:
             async with asyncio.timeout(timeout_s):
                 await self.flush_once()
@@ -171,7 +171,6 @@ class RegistrySync:
             log.warning(
                 "%d registry writes stay in %s for the next start", len(self.outbox), self.outbox.path
             )
-        await self.registry.stop()
 
     def to_dict(self) -> dict[str, Any]:
         return {

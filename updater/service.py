@@ -31,7 +31,7 @@ from exporter.publish import Publisher
 from exporter.release import ReleaseManager, Snapshot
 from exporter.server import ModelServer
 from exporter.triton import TritonModel
-from rankcore.errors import DependencyError, LeaseLost
+from rankcore.errors import DependencyError, LeaseLost, TrainingFailed
 from rankcore.features import Vocabularies, encode
 from rankcore.health import Health
 from rankcore.sample import Sample
@@ -47,7 +47,7 @@ from updater.registry_sync import RegistrySync
 from updater.settings import UpdaterSettings
 from updater.source import KafkaSource
 from updater.state import Checkpointer, ModelState
-from updater.status import STATUS_FILE, Status, write_status
+from updater.status import STATUS_FILE, Status, collect, write_status
 from updater.supervisor import Supervisor
 from updater.trainer import Trainer
 
@@ -121,7 +121,6 @@ class Updater:
         self._holds_lease = False
         self._last_publish = 0.0
         self._last_checkpoint = self.clock.monotonic()
-        self._published_samples = -1
         source.positions = self.ingest.ledger.positions
 
     @classmethod
@@ -196,8 +195,22 @@ class Updater:
         )
 
     async def wait(self) -> None:
-        """Return when :meth:`stop` is requested; raise if a task failed."""
-        await self.supervisor.wait(self._stopping)
+        """Return when :meth:`stop` is requested; raise if a task failed.
+
+        A failed training step is :class:`TrainingFailed` (from the step's own error), whichever
+        task noticed first.
+        """
+        try:
+            await self.supervisor.wait(self._stopping)
+        except TrainingFailed:
+            raise
+        except Exception:
+            train = self.trainer.task
+            if self.trainer.failed and train is not None:
+                raise TrainingFailed(
+                    "a training step failed; the last checkpoint stands"
+                ) from train.exception()
+            raise
 
     def request_stop(self) -> None:
         self._stopping.set()
@@ -219,7 +232,7 @@ class Updater:
             await self.release.close(t.export_stop_s)
             await sup.close()
             self._write_status()
-            await self.registry.close(t.registry_s)
+            await self.registry.flush_remaining(t.registry_s)
         finally:
             # Nothing may write the shared state directory once the lease is released.
             await self.checkpointer.wait_idle()
@@ -307,17 +320,16 @@ class Updater:
             and not self.release.busy
             # While the server is down, versions would pile up unserved; the reconcile loads on return.
             and not self.release.server_down
-            and trained_soon >= max(self._published_samples, 0) + s.min_samples_per_version
+            and trained_soon >= max(self.release.samples_released, 0) + s.min_samples_per_version
         )
         if not (checkpoint_due or publish_due):
             return
         await self._drain()
         if checkpoint_due:
             await self._checkpoint()
-        trained_more = self.learner.samples_trained > self._published_samples
+        trained_more = self.learner.samples_trained > self.release.samples_released
         if publish_due and trained_more and self.release.submit(self._snapshot()):
             self._last_publish = now
-            self._published_samples = self.learner.samples_trained
 
     async def _drain_and_checkpoint(self) -> None:
         await self._drain()
@@ -421,50 +433,7 @@ class Updater:
         return self._status().to_dict()
 
     def _status(self) -> Status:
-        m, c, i, r = self.learner.metrics, self.counters, self.ingest.counts, self.release
-        published = (self.registry.baseline_published or 0) + r.counters.published_here
-        live = r.live.version if r.live is not None else r.served_version
-        return Status(
-            updated_at=self.clock.time(),
-            pid=os.getpid(),
-            uptime_s=round(self.clock.time() - self.started_at, 1),
-            events_consumed=i.events_consumed,
-            events_valid=i.events_valid,
-            duplicates=i.duplicates,
-            dead_letters=i.dead_letters,
-            held_out=i.held_out,
-            versions_published=published,
-            versions_rejected=r.counters.versions_rejected,
-            checkpoints=c.checkpoints,
-            export_failures=r.counters.export_failures,
-            backpressure_pauses=c.backpressure_pauses,
-            rollbacks=r.counters.rollbacks,
-            samples_trained=self.learner.samples_trained,
-            positives_trained=m.positives,
-            live_version=live,
-            served_version=r.served_version,
-            prequential_auc=_finite(m.auc()),
-            prequential_logloss=_finite(m.logloss()),
-            freshness_p50_s=r.freshness.percentile(50),
-            freshness_p95_s=r.freshness.percentile(95),
-            consumer_lag=self.source.lag() if self._holds_lease else None,
-            consumer_paused=self.source.paused,
-            pending_impressions=self.ingest.joiner.pending,
-            queue_batches=self.trainer.qsize(),
-            holdout_samples=len(self.holdout),
-            device=str(self.learner.device),
-            writer_token=self.lease.token,
-            dead_letters_by_reason=dict(i.dead_letters_by_reason),
-            dependencies={h.name: h.to_dict() for h in (self.kafka, self.registry.health, r.health)},
-            serving={"mode": r.serving.mode, "version": r.serving.version, "reason": r.serving.reason},
-            last_rollback=r.last_rollback,
-            registry_outbox=self.registry.to_dict(),
-            vocab_sizes=self.vocabs.sizes(),
-            offsets=self.positions,
-            ledger=self.ingest.ledger.state(),
-            last_checkpoint=self.last_checkpoint,
-            last_export=r.last_export,
-        )
+        return collect(self)
 
     def _write_status(self) -> None:
         if self.lease.token is None or self._fenced:
@@ -475,7 +444,3 @@ class Updater:
         while True:
             self._write_status()
             await asyncio.sleep(1.0)
-
-
-def _finite(x: float) -> float | None:
-    return None if x != x else x  # NaN -> None for JSON

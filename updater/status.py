@@ -9,9 +9,12 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+if TYPE_CHECKING:
+    from updater.service import Updater
 
 STATUS_FILE = "status.json"
 
@@ -60,6 +63,58 @@ class Status:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def collect(u: Updater) -> Status:
+    """The status of a running updater, read off its parts."""
+    m, c, i, r = u.learner.metrics, u.counters, u.ingest.counts, u.release
+    published = (u.registry.baseline_published or 0) + r.counters.published_here
+    live = r.live.version if r.live is not None else r.served_version
+    return Status(
+        updated_at=u.clock.time(),
+        pid=os.getpid(),
+        uptime_s=round(u.clock.time() - u.started_at, 1),
+        events_consumed=i.events_consumed,
+        events_valid=i.events_valid,
+        duplicates=i.duplicates,
+        dead_letters=i.dead_letters,
+        held_out=i.held_out,
+        versions_published=published,
+        versions_rejected=r.counters.versions_rejected,
+        checkpoints=c.checkpoints,
+        export_failures=r.counters.export_failures,
+        backpressure_pauses=c.backpressure_pauses,
+        rollbacks=r.counters.rollbacks,
+        samples_trained=u.learner.samples_trained,
+        positives_trained=m.positives,
+        live_version=live,
+        served_version=r.served_version,
+        prequential_auc=_finite(m.auc()),
+        prequential_logloss=_finite(m.logloss()),
+        freshness_p50_s=r.freshness.percentile(50),
+        freshness_p95_s=r.freshness.percentile(95),
+        consumer_lag=u.source.lag() if u._holds_lease else None,
+        consumer_paused=u.source.paused,
+        pending_impressions=u.ingest.joiner.pending,
+        queue_batches=u.trainer.qsize(),
+        holdout_samples=len(u.holdout),
+        device=str(u.learner.device),
+        writer_token=u.lease.token,
+        dead_letters_by_reason=dict(i.dead_letters_by_reason),
+        dependencies={h.name: h.to_dict() for h in (u.kafka, u.registry.health, r.health)},
+        serving={"mode": r.serving.mode, "version": r.serving.version, "reason": r.serving.reason},
+        last_rollback=r.last_rollback,
+        registry_outbox=u.registry.to_dict(),
+        vocab_sizes=u.vocabs.sizes(),
+        offsets=u.positions,
+        ledger=u.ingest.ledger.state(),
+        last_checkpoint=u.last_checkpoint,
+        last_export=r.last_export,
+    )
+
+
+def _finite(x: float) -> float | None:
+    return None if x != x else x  # NaN -> None for JSON
 
 
 def write_status(path: Path, status: Status) -> None:

@@ -1,0 +1,284 @@
+"""The updater service with fakes for its ports: lifecycle, stop order, failures, fencing, paths.
+
+The real broker, PostgreSQL and Triton are in tests/e2e; these run in seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from exporter.records import Serving
+from rankcore.errors import DependencyError, LeaseLost, TrainingFailed
+from tests.unit.updater.fakes import (
+    FakeRegistry,
+    InMemorySource,
+    Log,
+    ManualClock,
+    ScriptedLease,
+    TinyServer,
+    lease_lost,
+    settings,
+    traffic,
+    wait_for,
+)
+from updater.checkpoint import CheckpointStore
+from updater.service import Updater
+from updater.settings import Timeouts, UpdaterSettings
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def build(
+    tmp: Path,
+    values: list[bytes] | None = None,
+    *,
+    server: bool = False,
+    lease_script: list[bool | BaseException] | None = None,
+    clock: ManualClock | None = None,
+    **overrides: Any,
+) -> tuple[Updater, InMemorySource, FakeRegistry, ScriptedLease, TinyServer | None, Log]:
+    log = Log()
+    s: UpdaterSettings = settings(tmp, **overrides)
+    source = InMemorySource(log, values or [])
+    registry = FakeRegistry(log)
+    lease = ScriptedLease(log, lease_script or [])
+    fake_server = TinyServer(log, s.repository / s.model_name) if server else None
+    updater = Updater(s, source=source, server=fake_server, registry=registry, lease=lease, clock=clock)
+    return updater, source, registry, lease, fake_server, log
+
+
+async def test_learns_every_sample_once_and_checkpoints_before_committing(tmp_path: Path) -> None:
+    values, samples = traffic(60, now_ms())
+    updater, source, registry, lease, _, log = build(tmp_path, values)
+    async with updater:
+        await wait_for(lambda: updater.learner.samples_trained == samples, what="every sample learned")
+        await wait_for(lambda: registry.ops("mark_live"), what="a version")
+    assert updater.learner.samples_trained == samples
+    saved = CheckpointStore(tmp_path / "state").load()
+    assert saved is not None and saved["learner"]["samples_trained"] == samples
+    # Offsets move only after the checkpoint that covers them; the lease goes last.
+    assert source.committed == {"events:0": len(values)}
+    assert log.index("source.stop") < log.index("lease.release") < log.index("registry.stop")
+    assert lease.released
+    # Every version the updater published is in the registry, traced to its offsets.
+    added = registry.ops("add_version")
+    assert added and all(op["status"] == "published" and op["offsets"] for op in added)
+
+
+async def test_a_restart_resumes_from_the_checkpoint_without_learning_twice(tmp_path: Path) -> None:
+    values, samples = traffic(40, now_ms())
+    updater, *_ = build(tmp_path, values)
+    async with updater:
+        await wait_for(lambda: updater.learner.samples_trained == samples, what="every sample learned")
+    again, *_ = build(tmp_path, values)
+    async with again:
+        assert again.learner.samples_trained == samples
+        assert again.positions == {"events:0": len(values)}
+        await asyncio.sleep(0.3)  # records again from offset 0 would be skipped by the ledger anyway
+        assert again.learner.samples_trained == samples
+        assert again.ingest.ledger.redelivered == 0  # the source sought to the checkpoint
+
+
+async def test_no_checkpoint_after_a_failed_training_step(tmp_path: Path) -> None:
+    values, _ = traffic(40, now_ms())
+    updater, source, *_ = build(tmp_path, values, checkpoint_interval_s=60.0)
+
+    def broken(batch: Any) -> Any:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    updater.learner.learn = broken  # type: ignore[method-assign]
+    with pytest.raises(TrainingFailed) as failed:
+        await asyncio.wait_for(updater.run(), timeout=20)
+    assert "illegal memory access" in str(failed.value.__cause__)
+    assert updater.trainer.failed
+    assert not (tmp_path / "state" / "checkpoint.pt").exists()
+    assert source.committed == {}  # nothing may claim the batch that failed
+
+
+async def test_a_dead_trainer_surfaces_as_training_failed_to_the_consumer(tmp_path: Path) -> None:
+    values, _ = traffic(200, now_ms())
+    updater, *_ = build(tmp_path, values, queue_batches=1, checkpoint_interval_s=60.0)
+    updater.trainer.learner.learn = lambda batch: 1 / 0  # type: ignore[assignment, method-assign]
+    await updater.start()
+    try:
+        with pytest.raises(TrainingFailed):
+            await asyncio.wait_for(updater.wait(), timeout=20)
+        failed = updater.supervisor.failure()
+        assert failed is not None and failed[0] in ("train", "consume")
+    finally:
+        await updater.stop()
+    assert not (tmp_path / "state" / "checkpoint.pt").exists()
+
+
+async def test_backpressure_pauses_the_source_and_resumes_it(tmp_path: Path) -> None:
+    values, samples = traffic(150, now_ms())
+    updater, source, *_ = build(
+        tmp_path, values, queue_batches=1, timeouts=Timeouts(fetch_ms=10, pause_after_s=0.05)
+    )
+    learn = updater.learner.learn
+
+    def slow(batch: Any) -> Any:
+        time.sleep(0.06)
+        return learn(batch)
+
+    updater.learner.learn = slow  # type: ignore[method-assign]
+    async with updater:
+        await wait_for(lambda: updater.learner.samples_trained == samples, timeout_s=40, what="all learned")
+        assert source.pauses >= 1
+        assert updater.status()["backpressure_pauses"] == source.pauses
+        assert not source.paused  # resumed once the trainer caught up
+
+
+async def test_losing_the_lease_stops_without_a_final_checkpoint(tmp_path: Path) -> None:
+    values, _ = traffic(40, now_ms())
+    # The first confirm (the first publish or checkpoint) finds another writer.
+    updater, source, registry, lease, _, _ = build(tmp_path, values, lease_script=[lease_lost()])
+    with pytest.raises(LeaseLost):
+        await asyncio.wait_for(updater.run(), timeout=20)
+    assert not (tmp_path / "state" / "checkpoint.pt").exists()
+    assert source.committed == {}
+    assert registry.ops("add_version") == []
+    assert lease.released
+
+
+async def test_an_unsettled_lease_skips_one_round_and_carries_on(tmp_path: Path) -> None:
+    values, samples = traffic(40, now_ms())
+    updater, source, registry, *_ = build(tmp_path, values, lease_script=[False, False])
+    async with updater:
+        await wait_for(lambda: updater.learner.samples_trained == samples, what="every sample learned")
+        await wait_for(lambda: registry.ops("mark_live"), what="a version after the skipped rounds")
+    assert source.committed == {"events:0": len(values)}
+
+
+async def test_stop_gives_up_on_a_slow_final_checkpoint_but_waits_for_its_write(tmp_path: Path) -> None:
+    values, samples = traffic(20, now_ms())
+    updater, source, _, _, _, log = build(
+        tmp_path,
+        values,
+        checkpoint_interval_s=60.0,
+        timeouts=Timeouts(fetch_ms=10, stop_s=0.2, export_stop_s=1.0),
+    )
+    save = updater.checkpointer.store.save
+    finished: list[float] = []
+
+    def slow_save(state: dict[str, Any]) -> float:
+        time.sleep(1.0)
+        seconds = save(state)
+        finished.append(time.monotonic())
+        log.append("checkpoint.written")
+        return seconds
+
+    updater.checkpointer.store.save = slow_save  # type: ignore[method-assign]
+    await updater.start()
+    await wait_for(lambda: updater.learner.samples_trained == samples, what="every sample learned")
+    started = time.monotonic()
+    await updater.stop()
+    assert time.monotonic() - started < 5.0
+    # The checkpoint's caller was cancelled after 0.2 s, but its write finished before the lease went.
+    assert finished and log.index("checkpoint.written") < log.index("lease.release")
+    assert source.committed == {}  # cancelled before the commit: a restart replays from the old state
+
+
+async def test_a_failed_start_leaks_neither_lease_nor_pool(tmp_path: Path) -> None:
+    updater, source, registry, lease, _, log = build(tmp_path, [])
+    source.fail_start = True
+    with pytest.raises(DependencyError, match="no broker"):
+        async with updater:
+            pass
+    assert lease.released
+    assert "registry.stop" in log
+    assert not registry.connected
+
+
+async def test_stop_twice_is_safe(tmp_path: Path) -> None:
+    updater, *_, log = build(tmp_path, [])
+    await updater.start()
+    await updater.stop()
+    await updater.stop()
+    assert log.count("lease.release") == 1
+
+
+async def test_a_failed_commit_loses_nothing_and_reports_kafka_down(tmp_path: Path) -> None:
+    values, samples = traffic(30, now_ms())
+    updater, source, *_ = build(tmp_path, values)
+    source.fail_commit = True
+    async with updater:
+        await wait_for(lambda: updater.status()["checkpoints"] >= 1, what="a checkpoint")
+        kafka = updater.status()["dependencies"]["kafka"]
+        assert kafka["ok"] is False and "commit" in kafka["error"]
+        source.fail_commit = False
+        await wait_for(lambda: updater.learner.samples_trained == samples, what="every sample learned")
+    assert source.committed == {"events:0": len(values)}  # the final checkpoint committed them
+
+
+async def test_pinned_serving_publishes_but_loads_nothing_new(tmp_path: Path) -> None:
+    values, _ = traffic(30, now_ms())
+    updater, source, registry, _, server, _ = build(tmp_path, values, server=True)
+    assert server is not None
+    async with updater:
+        await wait_for(lambda: server.serving is not None, what="a first version served")
+        first = server.serving
+        registry.serving_row = Serving("pinned", first, "pinned by hand: test")
+        await wait_for(lambda: updater.release.serving.mode == "pinned", what="the pin followed")
+        await wait_for(lambda: server.serving == first, what="the pinned version served")
+        await asyncio.sleep(0.3)  # a reconcile or two: nothing more to load
+        loads = len(server.loads)
+        source.extend(traffic(40, now_ms(), clicked="cold")[0])
+        published = len(registry.ops("add_version"))
+        await wait_for(lambda: len(registry.ops("add_version")) > published + 1, what="more versions")
+        assert len(server.loads) == loads and server.serving == first
+        assert updater.status()["serving"] == {
+            "mode": "pinned",
+            "version": first,
+            "reason": "pinned by hand: test",
+        }
+
+
+async def test_while_the_server_is_down_nothing_piles_up_and_it_catches_up(tmp_path: Path) -> None:
+    values, _ = traffic(30, now_ms())
+    updater, source, registry, _, server, _ = build(tmp_path, values, server=True)
+    assert server is not None
+    async with updater:
+        await wait_for(lambda: server.serving is not None, what="a first version served")
+        server.down = True
+        await wait_for(lambda: updater.status()["dependencies"]["triton"]["ok"] is False, what="triton down")
+        # Publishing holds while the server is down (versions would pile up unserved).
+        published = len(registry.ops("add_version"))
+        source.extend(traffic(30, now_ms())[0])
+        await asyncio.sleep(0.8)
+        assert len(registry.ops("add_version")) <= published + 1  # at most the one already in hand
+        server.down = False
+        await wait_for(lambda: updater.status()["dependencies"]["triton"]["ok"] is True, what="triton back")
+        newest = updater.release.publisher.versions()[-1]
+        await wait_for(lambda: server.serving == newest, what="the newest version served again")
+
+
+async def test_a_refused_registry_write_is_set_aside_not_an_outage(tmp_path: Path) -> None:
+    values, _ = traffic(30, now_ms())
+    values.append(b"not json at all")  # one dead letter
+    updater, _, registry, *_ = build(tmp_path, values)
+    registry.refuse = "dead_letters"
+    async with updater:
+        await wait_for(lambda: updater.status()["registry_outbox"]["set_aside"] == 1, what="the set-aside")
+        status = updater.status()
+        assert status["dependencies"]["postgres"]["ok"] is True
+        assert status["dependencies"]["postgres"]["outages"] == 0
+        assert registry.ops("add_version")  # the rest went through
+    rejected = (tmp_path / "state" / "registry-rejected.jsonl").read_text()
+    assert "not json at all" in rejected or "dead_letters" in rejected
+
+
+async def test_status_uses_the_injected_clock(tmp_path: Path) -> None:
+    clock = ManualClock(at=1_000.0)
+    updater, *_ = build(tmp_path, [], clock=clock)
+    async with updater:
+        status = updater.status()
+    assert status["updated_at"] == pytest.approx(clock.time(), abs=5)
+    assert status["updated_at"] < 1_000_000  # the fake epoch, not the wall clock
