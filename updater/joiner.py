@@ -64,8 +64,17 @@ class Joiner:
         self.watermark_ms = max(self.watermark_ms, ts)
         key = (event.request_id, event.item_id)
         if event.type in ACTION_TYPES:
-            impression = self._pending.pop(key, None)
+            impression = self._pending.get(key)
             if impression is not None:
+                late_ms = event.ts_ms - impression.ts_ms
+                if late_ms > self.window_ms:
+                    # Its window has closed in event time, whether or not expire() ran since: the
+                    # label must not depend on how records were batched (a replay decides alike).
+                    return Rejection(
+                        "orphan_action",
+                        f"{late_ms} ms after its impression, past the {self.window_ms} ms attribution window",
+                    )
+                del self._pending[key]
                 self._remember_labelled(key)
                 return [_sample(impression, 1, event.ts_ms)]
             if key in self._labelled:

@@ -60,6 +60,25 @@ def test_late_click_after_window_is_orphan() -> None:
     assert isinstance(j.add(ev("click", 5001)), Rejection)
 
 
+def test_late_click_is_orphan_even_before_expire_runs() -> None:
+    # Impression and a click 60 s later in one fetch: the window closed in event time, so the
+    # label is a negative and the click an orphan, exactly as when expire() ran in between.
+    j = Joiner(window_ms=1000)
+    j.add(ev("impression", 0))
+    late = j.add(ev("click", 60_000))
+    assert isinstance(late, Rejection) and late.reason == "orphan_action"
+    assert "past the 1000 ms attribution window" in late.detail
+    negatives = j.expire()
+    assert [(s.item_id, s.label) for s in negatives] == [("i1", 0)]
+
+
+def test_click_exactly_at_the_window_edge_still_counts() -> None:
+    j = Joiner(window_ms=1000)
+    j.add(ev("impression", 0))
+    samples = j.add(ev("click", 1000))
+    assert isinstance(samples, list) and [s.label for s in samples] == [1]
+
+
 def test_state_round_trip_keeps_pending_impressions() -> None:
     j = Joiner(window_ms=1000)
     j.add(ev("impression", 0, item="a"))
