@@ -188,6 +188,9 @@ class ReleaseManager:
         self.live: LiveModel | None = None
         # Versions served before the live one, newest last: the candidates for a rollback.
         self.history: deque[LiveModel] = deque(maxlen=self.gate.rollback_history)
+        # The newest version published but not loaded (server down, serving pinned): it becomes
+        # the live model once the server answers with it (a reconcile, an unpin).
+        self._unloaded: LiveModel | None = None
         self.last_export: dict[str, Any] = {}
         self.last_rollback: dict[str, Any] = {}
         self.last_outcome: ReleaseOutcome | None = None
@@ -262,7 +265,7 @@ class ReleaseManager:
     def protected(self, *versions: int | None) -> set[int]:
         """Versions retention must keep: served, held, and the ones a rollback may go back to."""
         keep = {self.served_version, self.serving.version, *versions}
-        keep |= {m.version for m in (self.live, *self.history) if m is not None}
+        keep |= {m.version for m in (self.live, self._unloaded, *self.history) if m is not None}
         return {v for v in keep if v is not None}
 
     # ----------------------------------------------------------------- the task
@@ -356,6 +359,7 @@ class ReleaseManager:
             return ReleaseOutcome("live", version, version)
         if self.serving.mode == "pinned":
             # Training and publishing go on; serving stays where the operator put it.
+            self._unloaded = candidate
             self.publisher.prune(protect=self.protected(version))
             self.freshness.requeue(snap.fresh_action_ts_ms)
             return ReleaseOutcome("published", version, self.served_version, "serving is pinned")
@@ -363,6 +367,7 @@ class ReleaseManager:
             load_s, served, served_at = await self._load(None, expect=version)
         except DependencyError as exc:
             # Stays "published": the reconcile loads the newest version when the server is back.
+            self._unloaded = candidate
             self.health.mark(False, str(exc))
             log.warning("version %d published but not loaded: %s", version, exc)
             self.publisher.prune(protect=self.protected(version))
@@ -428,6 +433,23 @@ class ReleaseManager:
         if self.live is not None and self.live.version != model.version:
             self.history.append(self.live)
         self.live = model
+        if self._unloaded is not None and self._unloaded.version <= model.version:
+            self._unloaded = None
+
+    def _answered(self, version: int) -> None:
+        """The server answers with ``version`` now: judge candidates against it from here on.
+
+        A version this process never built (from before a restart) leaves the live model as is.
+        """
+        if self.live is not None and self.live.version == version:
+            return
+        if self._unloaded is not None and self._unloaded.version == version:
+            self._go_live(self._unloaded)
+            return
+        earlier = next((m for m in self.history if m.version == version), None)
+        if earlier is not None:
+            self.history.remove(earlier)
+            self._go_live(earlier)
 
     # ----------------------------------------------------------------- rollback
 
@@ -533,6 +555,7 @@ class ReleaseManager:
             self.health.mark(False, str(exc))
             return
         log.info("the server answers with version %s again", answered)
+        self._answered(answered)
         self.sink.record(MarkLive(answered))
 
     async def apply_serving(self, serving: Serving) -> int | None:
@@ -550,5 +573,6 @@ class ReleaseManager:
         if self.server is None:
             return None
         _, served, _ = await self._load(serving.held, expect=self.wanted())
+        self._answered(served)
         self.sink.record(MarkLive(served))
         return served

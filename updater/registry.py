@@ -37,6 +37,8 @@ def is_unavailable(exc: BaseException) -> bool:
     connection) and InternalClientError (a pool resetting a connection whose server went away
     mid-operation) count, and server errors whose SQLSTATE is of a transient class.
     """
+    if isinstance(exc, asyncpg.ClientConfigurationError):
+        return False  # a malformed DSN or option: no retry mends it
     if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError | asyncpg.InternalClientError):
         return True
     if isinstance(exc, asyncpg.PostgresError):
