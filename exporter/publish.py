@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ MODEL_NAME = "ranker"
 DEFAULT_KEEP_VERSIONS = 5
 TMP_PREFIX = ".tmp-"
 ROLLED_BACK_PREFIX = ".rolled-back-"
+_NAME_LINE = re.compile(rf'^name: "{MODEL_NAME}"$', re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -28,15 +30,27 @@ class Published:
     sha256: str
 
 
-def default_config() -> str:
-    """The ``config.pbtxt`` shipped with freshrank."""
+def default_config(model: str = MODEL_NAME) -> str:
+    """The ``config.pbtxt`` shipped with freshrank, named ``model``.
+
+    Triton requires a config's ``name`` to match its directory, so for any other model the
+    shipped ``name: "ranker"`` line is rewritten; for ``ranker`` the text is the file as shipped.
+    """
     path = Path(__file__).resolve().parent.parent / "model_repository" / MODEL_NAME / "config.pbtxt"
     if not path.exists():
         raise FileNotFoundError(
             f"expected {path} (install freshrank from its source tree with 'pip install -e .'), "
             "or put config.pbtxt into the model repository yourself"
         )
-    return path.read_text()
+    text = path.read_text()
+    if model == MODEL_NAME:
+        return text
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", model):
+        raise ValueError(f"expected a model name of letters, digits, '_', '.' or '-', got {model!r}")
+    renamed, count = _NAME_LINE.subn(f'name: "{model}"', text)
+    if count != 1:
+        raise ValueError(f'expected exactly one top-level name: "{MODEL_NAME}" line in {path}, found {count}')
+    return renamed
 
 
 def _fsync_dir(path: Path) -> None:
@@ -58,7 +72,7 @@ class Publisher:
         self.model_dir.mkdir(parents=True, exist_ok=True)
         config = self.model_dir / "config.pbtxt"
         if not config.exists():
-            config.write_text(default_config())
+            config.write_text(default_config(model))
 
     def config_text(self) -> str:
         return (self.model_dir / "config.pbtxt").read_text()

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from exporter.publish import MODEL_NAME
+from freshrank.stack import DEFAULT_KAFKA_PORT, DEFAULT_TRITON_GRPC_PORT, DEFAULT_TRITON_HTTP_PORT
 from rankcore.errors import FreshrankError
 from updater.settings import DEFAULT_PUBLISH_INTERVAL_S, DEFAULT_STATE_DIR, DEFAULT_TOPIC
 from updater.settings import add_arguments as add_updater_arguments
@@ -618,9 +619,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_STATE_DIR,
         help="state directory, recreated on each run (default ./.freshrank)",
     )
-    up.add_argument("--kafka-port", type=int, default=9092)
-    up.add_argument("--triton-http-port", type=int, default=8000)
-    up.add_argument("--triton-grpc-port", type=int, default=8001)
+    up.add_argument("--kafka-port", type=int, default=DEFAULT_KAFKA_PORT)
+    up.add_argument("--triton-http-port", type=int, default=DEFAULT_TRITON_HTTP_PORT)
+    up.add_argument("--triton-grpc-port", type=int, default=DEFAULT_TRITON_GRPC_PORT)
     up.add_argument(
         "--listen-host",
         default="127.0.0.1",

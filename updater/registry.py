@@ -25,9 +25,10 @@ from rankcore.errors import DependencyError, FreshrankError, PermanentError
 from updater.ingest import DeadLetter
 
 # SQLSTATE classes of a passing fault: connection exception (08), operator intervention
-# (57P: shutdown, crash, cannot connect now), insufficient resources (53), transaction
-# rollback (40: serialization failure, deadlock). Every other server error is permanent.
-TRANSIENT_SQLSTATE_PREFIXES = ("08", "57P", "53", "40")
+# (57P: shutdown, crash, cannot connect now; 57014: a statement cancelled by a timeout),
+# insufficient resources (53), transaction rollback (40: serialization failure, deadlock).
+# Every other server error is permanent.
+TRANSIENT_SQLSTATE_PREFIXES = ("08", "57P", "57014", "53", "40")
 
 
 def is_unavailable(exc: BaseException) -> bool:

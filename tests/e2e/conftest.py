@@ -1,36 +1,43 @@
-"""End-to-end fixtures: a real broker, PostgreSQL and Triton per test, on free ports."""
+"""End-to-end fixtures: a real broker, PostgreSQL and Triton on free ports.
+
+- ``shared_stack``: one stack for the whole session; a test uses it through ``lane``, its own
+  topic, database, consumer group, state directory and model, removed when the test ends.
+- ``stack``: a stack of the test's own, for tests that stop or kill a dependency, or measure
+  one of its processes.
+"""
 
 from __future__ import annotations
 
-import json
-import random
-import sys
+import asyncio
+import contextlib
+import itertools
+import shutil
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
-import orjson
+import asyncpg
 import pytest
-from aiokafka import AIOKafkaProducer
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
+from exporter.publish import MODEL_NAME
 from freshrank.stack import EmbeddedStack, free_port
-from rankcore.model import RankerConfig
+from tests.e2e.helpers import SMALL_MODEL, TOPIC, Lane
 from updater.settings import UpdaterSettings
 from updater.source import ensure_topic
 
 pytestmark = pytest.mark.e2e
 
-TOPIC = "events"
-SMALL_MODEL = RankerConfig(
-    user_capacity=2_000,
-    token_capacity=500,
-    item_capacity=2_000,
-    category_capacity=50,
-    brand_capacity=50,
-    dim=8,
-    hidden=16,
-)
+UNLOAD_TIMEOUT_S = 30.0
+_lanes = itertools.count(1)
+
+
+def settings_have(name: str) -> bool:
+    return any(f.name == name for f in fields(UpdaterSettings))
 
 
 @pytest.fixture
@@ -40,17 +47,97 @@ async def stack(tmp_path: Path) -> AsyncIterator[EmbeddedStack]:
         yield s
 
 
+@pytest.fixture(scope="session")
+def shared_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
+    s = EmbeddedStack(tmp_path_factory.mktemp("shared") / "stack", free_port(), free_port(), free_port())
+    s.start()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def database_dsn(server_dsn: str, database: str) -> str:
+    """``server_dsn`` with its database replaced (host, socket directory and user kept)."""
+    parts = urlsplit(server_dsn)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+def _unload(url: str, model: str) -> None:
+    """Unload ``model`` from Triton and wait until it is gone (a no-op if it was never loaded)."""
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        index = client.get_model_repository_index(as_json=True, client_timeout=10)
+        if not any(m.get("name") == model and m.get("state") for m in index.get("models", [])):
+            return
+        client.unload_model(model, client_timeout=UNLOAD_TIMEOUT_S)
+        deadline = time.monotonic() + UNLOAD_TIMEOUT_S
+        while time.monotonic() < deadline:
+            with contextlib.suppress(InferenceServerException):
+                if not client.is_model_ready(model, client_timeout=10):
+                    return
+            time.sleep(0.1)
+        raise AssertionError(f"Triton still serves {model!r} {UNLOAD_TIMEOUT_S:.0f} s after unloading it")
+    finally:
+        client.close()
+
+
+@pytest.fixture
+async def lane(shared_stack: EmbeddedStack, tmp_path: Path) -> AsyncIterator[Lane]:
+    """A fresh topic, database, consumer group, state directory and model on the shared stack.
+
+    The model is ``ranker_<n>`` once the updater takes a model name, else ``ranker`` (removed from
+    Triton and the repository after each test, so the next starts clean either way).
+    """
+    n = next(_lanes)
+    a = shared_stack.addresses
+    database = f"lane_{n}"
+    model = f"{MODEL_NAME}_{n}" if settings_have("model_name") else MODEL_NAME
+    topic = f"{TOPIC}_{n}"
+    await ensure_topic(a.bootstrap, topic, partitions=3)
+    admin = await asyncpg.connect(a.pg_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{database}"')
+    finally:
+        await admin.close()
+    try:
+        yield Lane(
+            stack=shared_stack,
+            topic=topic,
+            pg_dsn=database_dsn(a.pg_dsn, database),
+            state_dir=tmp_path / "updater",
+            group=f"freshrank-{n}",
+            model_name=model,
+        )
+    finally:
+        await asyncio.to_thread(_unload, a.triton_grpc, model)
+        shutil.rmtree(Path(a.repository) / model, ignore_errors=True)
+        admin = await asyncpg.connect(a.pg_dsn)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
 @pytest.fixture
 def settings_for(tmp_path: Path) -> Callable[..., UpdaterSettings]:
-    def make(stack: EmbeddedStack, **overrides: Any) -> UpdaterSettings:
-        a = stack.addresses
+    """Updater settings against a stack of the test's own or a lane, with small, fast knobs."""
+
+    def make(target: EmbeddedStack | Lane, **overrides: Any) -> UpdaterSettings:
+        if isinstance(target, Lane):
+            a = target.stack.addresses
+            lane: dict[str, Any] = dict(
+                pg_dsn=target.pg_dsn, topic=target.topic, group=target.group, state_dir=target.state_dir
+            )
+            if target.model_name != MODEL_NAME:  # only when the settings have model_name
+                lane["model_name"] = target.model_name
+        else:
+            a = target.addresses
+            lane = dict(pg_dsn=a.pg_dsn, topic=TOPIC, state_dir=tmp_path / "updater")
         values: dict[str, Any] = dict(
             bootstrap=a.bootstrap,
-            pg_dsn=a.pg_dsn,
             repository=Path(a.repository),
-            state_dir=tmp_path / "updater",
             triton_grpc=a.triton_grpc,
-            topic=TOPIC,
             batch_size=64,
             max_wait_s=0.2,
             publish_interval_s=0.5,
@@ -58,92 +145,9 @@ def settings_for(tmp_path: Path) -> Callable[..., UpdaterSettings]:
             window_ms=2_000,
             model=SMALL_MODEL,
             holdout_every=0,  # exact sample counts: nothing held out unless a test asks
+            **lane,
         )
         values.update(overrides)
         return UpdaterSettings(**values)
 
     return make
-
-
-def read_status(path: Path) -> dict[str, object]:
-    """An updater's status file, or {} while there is none (or it is being replaced)."""
-    try:
-        return dict(json.loads(path.read_text()))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
-
-
-def updater_command(stack: EmbeddedStack, state_dir: Path, *extra: str) -> list[str]:
-    """``freshrank updater`` against ``stack``, as a separate process (nothing held out)."""
-    a = stack.addresses
-    return [
-        sys.executable, "-m", "freshrank.cli", "updater",
-        "--bootstrap", a.bootstrap, "--pg-dsn", a.pg_dsn, "--model-repository", a.repository,
-        "--triton-grpc", a.triton_grpc, "--state-dir", str(state_dir), "--holdout-every", "0",
-        *extra,
-    ]  # fmt: skip
-
-
-async def send(bootstrap: str, records: list[tuple[bytes | None, bytes | None]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
-    await producer.start()
-    try:
-        futures = [await producer.send(TOPIC, key=k, value=v) for k, v in records]
-        for f in futures:
-            await f
-    finally:
-        await producer.stop()
-
-
-def event(
-    etype: str,
-    ts: int,
-    user: str,
-    request: str,
-    item: str,
-    eid: str,
-    query: str = "red shoes",
-    position: int = 0,
-    category: str = "shoes",
-) -> tuple[bytes, bytes]:
-    body: dict[str, Any] = {
-        "event_id": eid,
-        "type": etype,
-        "ts": ts,
-        "user_id": user,
-        "request_id": request,
-        "query": query,
-        "item_id": item,
-        "item": {"category": category, "brand": "acme", "price": 49.0},
-    }
-    if etype == "impression":
-        body["position"] = position
-    return user.encode(), orjson.dumps(body)
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def traffic(requests: int, start_ms: int, seed: int = 0, prefix: str = "a") -> tuple[list[Any], int]:
-    """Each request shows "hot" (always clicked), "cold" (never) and three fillers (sometimes).
-
-    Returns the records and the number of labelled samples they make.
-    """
-    rng = random.Random(seed)
-    records: list[Any] = []
-    samples = 0
-    for r in range(requests):
-        ts = start_ms + r * 20
-        user, request = f"u{rng.randint(0, 40)}", f"{prefix}r{r}"
-        shown = ["hot", "cold", *(f"f{rng.randint(0, 30)}" for _ in range(3))]
-        shown = list(dict.fromkeys(shown))
-        rng.shuffle(shown)
-        for pos, item in enumerate(shown):
-            records.append(
-                event("impression", ts, user, request, item, f"{prefix}{r}-{item}-imp", position=pos)
-            )
-            samples += 1
-            if item == "hot" or (item.startswith("f") and rng.random() < 0.2):
-                records.append(event("click", ts + 5, user, request, item, f"{prefix}{r}-{item}-clk"))
-    return records, samples

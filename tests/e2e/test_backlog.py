@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -12,28 +11,27 @@ from pathlib import Path
 import psutil
 import pytest
 
-from freshrank.stack import EmbeddedStack
-from tests.e2e.conftest import event, now_ms, send, traffic, updater_command
+from tests.e2e.helpers import Lane, event, now_ms, read_status, traffic, updater_command
 
 pytestmark = pytest.mark.e2e
 
 RSS_LIMIT = 2 * 1024**3
 
 
-async def test_backlog_is_worked_off_with_bounded_memory(stack: EmbeddedStack, tmp_path: Path) -> None:
-    a = stack.addresses
+# On the shared stack: the memory measured is the updater process's, on its own lane.
+async def test_backlog_is_worked_off_with_bounded_memory(lane: Lane, tmp_path: Path) -> None:
     start = now_ms() - 3_600_000
     total_records = total_samples = 0
     for chunk in range(25):
         records, samples = traffic(1_000, start + chunk * 25_000, seed=chunk, prefix=f"b{chunk}-")
-        await send(a.bootstrap, records)
+        await lane.send(records)
         total_records += len(records)
         total_samples += samples
-    await send(a.bootstrap, [event("impression", start + 3_000_000, "u0", "closer", "x", "closer")])
+    await lane.send([event("impression", start + 3_000_000, "u0", "closer", "x", "closer")])
     total_records += 1
 
-    state = tmp_path / "updater"
-    cmd = updater_command(stack, state)
+    state = lane.state_dir
+    cmd = updater_command(lane, state)
     log_path = tmp_path / "updater.log"
     log_file = log_path.open("wb")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log_file)  # noqa: ASYNC220
@@ -45,10 +43,7 @@ async def test_backlog_is_worked_off_with_bounded_memory(stack: EmbeddedStack, t
             await asyncio.sleep(0.1)
             assert proc.poll() is None
             peak = max(peak, ps.memory_info().rss)
-            try:
-                status = json.loads((state / "status.json").read_text())
-            except (FileNotFoundError, json.JSONDecodeError):
-                continue
+            status = read_status(state / "status.json") or status
             if (
                 status.get("events_consumed") == total_records
                 and status.get("samples_trained") == total_samples

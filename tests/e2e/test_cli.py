@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from freshrank.stack import free_port
+from freshrank.stack import free_port, port_open
 
 pytestmark = pytest.mark.e2e
 
@@ -25,8 +25,14 @@ def run_cli(*args: str) -> dict[str, object]:
     return dict(json.loads(done.stdout))
 
 
+# A stack of its own: `freshrank up` starts (and stops) every process itself.
 def test_up_runs_the_loop_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     state = tmp_path / "state"
+    ports = {
+        "--kafka-port": free_port(),
+        "--triton-http-port": free_port(),
+        "--triton-grpc-port": free_port(),
+    }
     up = subprocess.Popen(
         [
             *FRESHRANK,
@@ -38,12 +44,9 @@ def test_up_runs_the_loop_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
             "1000",
             "--state-dir",
             str(state),
-            "--kafka-port",
-            str(free_port()),
-            "--triton-http-port",
-            str(free_port()),
-            "--triton-grpc-port",
-            str(free_port()),
+            "--listen-host",
+            "127.0.0.1",
+            *(arg for flag, port in ports.items() for arg in (flag, str(port))),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -110,4 +113,6 @@ def test_up_runs_the_loop_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     assert summary["freshness_p50_s"] is not None and summary["freshness_p50_s"] > 0
     assert summary["dead_letters"] > 0  # the simulator mixes in invalid events
     # Every child process is gone: nothing listens on the ports any more.
+    assert [flag for flag, port in ports.items() if port_open(port)] == []
+    # No half-written version left behind.
     assert not list((state / "model_repository" / "ranker").glob(".tmp-*"))

@@ -11,20 +11,19 @@ from pathlib import Path
 
 import pytest
 
-from freshrank.stack import EmbeddedStack
-from tests.e2e.conftest import event, now_ms, read_status, send, traffic, updater_command
+from tests.e2e.helpers import Lane, event, now_ms, read_status, traffic, updater_command
 
 pytestmark = pytest.mark.e2e
 
 KILLS = 5
 
 
-async def test_sigkill_restarts_learn_every_sample_exactly_once(stack: EmbeddedStack, tmp_path: Path) -> None:
-    a = stack.addresses
-    state = tmp_path / "updater"
+# On the shared stack: only the updater process is killed, never a dependency.
+async def test_sigkill_restarts_learn_every_sample_exactly_once(lane: Lane, tmp_path: Path) -> None:
+    state = lane.state_dir
     status_file = state / "status.json"
     cmd = updater_command(
-        stack,
+        lane,
         state,
         "--batch-size",
         "32",
@@ -51,9 +50,9 @@ async def test_sigkill_restarts_learn_every_sample_exactly_once(stack: EmbeddedS
 
     async def produce() -> None:
         for records in chunks:
-            await send(a.bootstrap, records)
+            await lane.send(records)
             await asyncio.sleep(1.5)
-        await send(a.bootstrap, [closer])
+        await lane.send([closer])
 
     producer = asyncio.create_task(produce())
     rng = random.Random(42)

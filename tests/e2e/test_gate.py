@@ -8,15 +8,15 @@ import random
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from exporter.gate import GateSettings
+from exporter.publish import Publisher
 from exporter.triton import TritonModel
-from freshrank.stack import EmbeddedStack
-from tests.e2e.conftest import event, now_ms, send
-from tests.e2e.test_loop import wait_for
+from tests.e2e.helpers import Lane, event, now_ms, wait_for
 from updater.registry import Registry
 from updater.service import Updater
 from updater.settings import UpdaterSettings
@@ -42,12 +42,12 @@ def shop(requests: int, start_ms: int, seed: int, prefix: str, flipped: bool) ->
     return records
 
 
+# On the shared stack: the updater and `freshrank pin/unpin/rollback/versions` act on its lane's model.
 async def test_a_poisoned_period_is_rolled_back_and_pins_hold(
-    stack: EmbeddedStack, settings_for: Callable[..., UpdaterSettings]
+    lane: Lane, settings_for: Callable[..., UpdaterSettings]
 ) -> None:
-    a = stack.addresses
     settings = settings_for(
-        stack,
+        lane,
         holdout_every=4,
         holdout_window=400,
         publish_interval_s=1.0,
@@ -62,7 +62,7 @@ async def test_a_poisoned_period_is_rolled_back_and_pins_hold(
         end = asyncio.get_running_loop().time() + seconds
         while asyncio.get_running_loop().time() < end:
             records = shop(60, clock["t"], clock["chunk"], f"p{clock['chunk']}-", flipped)
-            await send(a.bootstrap, records)
+            await lane.send(records)
             clock["t"] += 1_000
             clock["chunk"] += 1
             await asyncio.sleep(0.3)
@@ -70,54 +70,80 @@ async def test_a_poisoned_period_is_rolled_back_and_pins_hold(
     updater = Updater.from_settings(settings)
     async with updater:
         await phase(10, flipped=False)
-        await wait_for(lambda: (updater.live_version or 0) >= 3, 30, "good versions live")
-        good = updater.live_version
+        await wait_for(lambda: (updater.status()["live_version"] or 0) >= 3, 30, "good versions live")
+        good = updater.status()["live_version"] or 0
         await phase(8, flipped=True)  # bot clicks on "cold", none on "hot": poison
         clean = asyncio.create_task(phase(30, flipped=False))
         try:
-            await wait_for(lambda: updater.counters.rollbacks >= 1, 30, "a rollback")
+            await wait_for(lambda: updater.status()["rollbacks"] >= 1, 30, "a rollback")
         finally:
             clean.cancel()
             await asyncio.gather(clean, return_exceptions=True)
-        rollback = updater.last_rollback
+        rollback = updater.status()["last_rollback"]
         print(f"rollback: {rollback}")
         assert rollback["to"] < rollback["from"]
+        assert rollback["from"] > good  # the version rolled back came after the good ones: the poison
         assert rollback["seconds_to_serve"] < 10
         assert rollback["served"] == rollback["to"]  # Triton's first answer after the rollback
-        # Since then serving stayed there, or a newer candidate passed the gate against it.
-        async with TritonModel(a.triton_grpc) as triton:
+        # Since then Triton served the version rolled back to, or a newer candidate that passed the
+        # gate against it: never one of the versions rolled back, never an older one.
+        async with TritonModel(lane.triton_grpc, model=lane.model_name) as triton:
             served = await triton.served_version()
-        assert served == rollback["to"] or (served or 0) > rollback["from"]
+        rolled_back = set(range(rollback["to"] + 1, rollback["from"] + 1))
+        assert served is not None and served >= rollback["to"], (served, rollback)
+        assert served not in rolled_back, (served, rollback)
         # The rolled-back versions left Triton's sight: "the newest" can never be one of them.
-        assert all(v <= rollback["to"] or v > rollback["from"] for v in updater.publisher.versions())
-        assert good is not None
+        assert rolled_back.isdisjoint(Publisher(Path(lane.repository), model=lane.model_name).versions())
 
         # An operator pins a version: exports go on, serving stays.
         cli = [sys.executable, "-m", "freshrank.cli"]
-        common = ["--pg-dsn", a.pg_dsn, "--triton-grpc", a.triton_grpc, "--model-repository", a.repository]
+        common = [
+            "--pg-dsn",
+            lane.pg_dsn,
+            "--triton-grpc",
+            lane.triton_grpc,
+            "--model-repository",
+            lane.repository,
+        ]
+        common += ["--model-name", lane.model_name]
         pinned = rollback["to"]
         out = await asyncio.to_thread(
             subprocess.run, [*cli, "pin", str(pinned), *common], capture_output=True, text=True, check=True
         )
         assert json.loads(out.stdout)["served_version"] == pinned
-        await wait_for(lambda: updater.serving.mode == "pinned", 10, "the updater to see the pin")
-        await send(a.bootstrap, shop(200, clock["t"], 999, "late-", flipped=False))
+        await wait_for(
+            lambda: updater.status()["serving"]["mode"] == "pinned", 10, "the updater to see the pin"
+        )
+        await lane.send(shop(200, clock["t"], 999, "late-", flipped=False))
 
         def exports() -> int:
-            return updater.counters.versions_published + updater.counters.versions_rejected
+            status = updater.status()
+            return int(status["versions_published"]) + int(status["versions_rejected"])
 
         before = exports()
         # Published, or rejected by the gate against the version held: either way it is not served.
         await wait_for(lambda: exports() > before, 30, "an export while pinned")
-        async with TritonModel(a.triton_grpc) as triton:
+        async with TritonModel(lane.triton_grpc, model=lane.model_name) as triton:
             assert await triton.served_version() == pinned
         await asyncio.to_thread(subprocess.run, [*cli, "unpin", *common], capture_output=True, check=True)
-        await wait_for(lambda: updater.serving.mode == "latest", 10, "the updater to see the unpin")
+        await wait_for(
+            lambda: updater.status()["serving"]["mode"] == "latest", 10, "the updater to see the unpin"
+        )
 
         # `versions` shows what happened; `rollback --to` holds an earlier version by hand.
         listed = await asyncio.to_thread(
             subprocess.run,
-            [*cli, "versions", "--json", "--limit", "1000", "--pg-dsn", a.pg_dsn],
+            [
+                *cli,
+                "versions",
+                "--json",
+                "--limit",
+                "1000",
+                "--pg-dsn",
+                lane.pg_dsn,
+                "--model-name",
+                lane.model_name,
+            ],
             capture_output=True,
             text=True,
             check=True,
@@ -133,9 +159,11 @@ async def test_a_poisoned_period_is_rolled_back_and_pins_hold(
             check=True,
         )
         assert json.loads(back.stdout)["served_version"] == pinned
-        await wait_for(lambda: updater.serving.mode == "pinned", 10, "the updater to see the rollback")
+        await wait_for(
+            lambda: updater.status()["serving"]["mode"] == "pinned", 10, "the updater to see the rollback"
+        )
 
-    async with Registry(a.pg_dsn) as registry:
+    async with Registry(lane.pg_dsn, model=lane.model_name) as registry:
         versions = await registry.versions(limit=1000)
     by_status: dict[str, list[int]] = {}
     for v in versions:

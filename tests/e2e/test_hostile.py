@@ -12,9 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from freshrank.stack import EmbeddedStack
-from tests.e2e.conftest import event, now_ms, send, traffic
-from tests.e2e.test_loop import wait_for
+from tests.e2e.helpers import Lane, Record, event, now_ms, traffic, wait_for
 from updater.registry import Registry
 from updater.service import Updater
 from updater.settings import UpdaterSettings
@@ -22,7 +20,7 @@ from updater.settings import UpdaterSettings
 pytestmark = pytest.mark.e2e
 
 
-def corpus(ts: int) -> tuple[list[tuple[bytes | None, bytes | None]], dict[str, int], int]:
+def corpus(ts: int) -> tuple[list[Record], dict[str, int], int]:
     """(records, expected dead letters by reason, expected duplicates)."""
 
     def body(**overrides: Any) -> dict[str, Any]:
@@ -44,7 +42,7 @@ def corpus(ts: int) -> tuple[list[tuple[bytes | None, bytes | None]], dict[str, 
         return orjson.dumps(body(**overrides))
 
     valid = enc(event_id="h-valid")
-    records: list[tuple[bytes | None, bytes | None]] = [
+    records: list[Record] = [
         (b"uh", b"{not json"),  # not JSON
         (b"uh", b"\xff\xfe\x00\x81 binary"),  # not UTF-8
         (b"uh", b"[1, 2, 3]"),  # not an object
@@ -81,20 +79,22 @@ def corpus(ts: int) -> tuple[list[tuple[bytes | None, bytes | None]], dict[str, 
     return records, expected, 2
 
 
+# On the shared stack: its records, dead letters and replay stay in its lane's topic and database.
 async def test_every_hostile_record_ends_in_exactly_one_place(
-    stack: EmbeddedStack, settings_for: Callable[..., UpdaterSettings]
+    lane: Lane, settings_for: Callable[..., UpdaterSettings]
 ) -> None:
-    a = stack.addresses
     start = now_ms() - 120_000
     normal, normal_samples = traffic(100, start, seed=5)
     bad, expected_dead, expected_dups = corpus(start + 1_000)
     closer = event("impression", start + 60_000, "u0", "closer", "x", "closer")
     records = normal + bad + [closer]
-    await send(a.bootstrap, records)
+    await lane.send(records)
 
-    updater = Updater.from_settings(settings_for(stack))
+    updater = Updater.from_settings(settings_for(lane))
     async with updater:
-        await wait_for(lambda: updater.counters.events_consumed == len(records), 60, "every record consumed")
+        await wait_for(
+            lambda: updater.status()["events_consumed"] == len(records), 60, "every record consumed"
+        )
         await wait_for(lambda: updater.learner.samples_trained == normal_samples + 1, 30, "samples trained")
         status = updater.status()
         assert status["dead_letters_by_reason"] == expected_dead
@@ -106,8 +106,8 @@ async def test_every_hostile_record_ends_in_exactly_one_place(
 
         # The click's impression shows up late; replaying the dead letter now joins them.
         late = event("impression", start + 61_000, "uh", "never-shown", "ih", "late-impression")
-        await send(a.bootstrap, [late])
-        await wait_for(lambda: updater.counters.events_consumed == len(records) + 1, 30, "late impression")
+        await lane.send([late])
+        await wait_for(lambda: updater.status()["events_consumed"] == len(records) + 1, 30, "late impression")
         positives = updater.learner.metrics.positives
         cli = [
             sys.executable,
@@ -115,11 +115,15 @@ async def test_every_hostile_record_ends_in_exactly_one_place(
             "freshrank.cli",
             "dead-letters",
             "--pg-dsn",
-            a.pg_dsn,
+            lane.pg_dsn,
             "--bootstrap",
-            a.bootstrap,
+            lane.bootstrap,
+            "--topic",
+            lane.topic,
         ]
-        await wait_for(lambda: len(updater.outbox) == 0, 30, "dead letters in PostgreSQL")
+        await wait_for(
+            lambda: updater.status()["registry_outbox"]["pending"] == 0, 30, "dead letters in PostgreSQL"
+        )
         listed = await asyncio.to_thread(
             subprocess.run,
             [*cli, "--reason", "orphan_action", "--json"],
@@ -140,7 +144,7 @@ async def test_every_hostile_record_ends_in_exactly_one_place(
         assert json.loads(replay.stdout)["replayed"] == 1
         await wait_for(lambda: updater.learner.metrics.positives == positives + 1, 30, "the replayed click")
 
-    async with Registry(a.pg_dsn) as registry:
+    async with Registry(lane.pg_dsn, model=lane.model_name) as registry:
         stored = await registry.dead_letters(limit=1000)
     assert len(stored) == sum(expected_dead.values())
     sent = {v for _, v in bad}

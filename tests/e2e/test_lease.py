@@ -10,20 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from freshrank.stack import EmbeddedStack
-from tests.e2e.conftest import event, now_ms, read_status, send, traffic, updater_command
-from tests.e2e.test_loop import wait_for
+from tests.e2e.helpers import Lane, event, now_ms, read_status, traffic, updater_command, wait_for
 from updater.registry import Registry
 
 pytestmark = pytest.mark.e2e
 
 
-async def test_second_updater_is_a_standby_and_takes_over(stack: EmbeddedStack, tmp_path: Path) -> None:
-    a = stack.addresses
-    state = tmp_path / "shared-state"
+# On the shared stack: both updaters contend for their lane's model, in their lane's database.
+async def test_second_updater_is_a_standby_and_takes_over(lane: Lane, tmp_path: Path) -> None:
+    state = lane.state_dir  # one state directory for both updaters
     status_file = state / "status.json"
     cmd = updater_command(
-        stack,
+        lane,
         state,
         "--batch-size",
         "64",
@@ -36,7 +34,7 @@ async def test_second_updater_is_a_standby_and_takes_over(stack: EmbeddedStack, 
     )
     start = now_ms() - 600_000
     first, first_samples = traffic(300, start, seed=1, prefix="a")
-    await send(a.bootstrap, first)
+    await lane.send(first)
 
     logs = {name: open(tmp_path / f"{name}.log", "ab") for name in ("a", "b")}  # noqa: SIM115, ASYNC230
     primary = subprocess.Popen(cmd, stdout=logs["a"], stderr=logs["a"])  # noqa: ASYNC220
@@ -55,7 +53,7 @@ async def test_second_updater_is_a_standby_and_takes_over(stack: EmbeddedStack, 
         primary.wait()
         second, second_samples = traffic(300, start + 20_000, seed=2, prefix="b")
         second.append(event("impression", start + 100_000, "u0", "closer", "x", "closer"))
-        await send(a.bootstrap, second)
+        await lane.send(second)
         total = first_samples + second_samples
         await wait_for(
             lambda: (
@@ -84,7 +82,7 @@ async def test_second_updater_is_a_standby_and_takes_over(stack: EmbeddedStack, 
         for fh in logs.values():
             fh.close()
 
-    async with Registry(a.pg_dsn) as registry:
+    async with Registry(lane.pg_dsn, model=lane.model_name) as registry:
         versions = sorted(await registry.versions(limit=1000), key=lambda v: v["version"])
     tokens = [v["metrics"]["writer_token"] for v in versions]
     assert tokens == sorted(tokens) and set(tokens) == {1, 2}  # the writers never interleaved

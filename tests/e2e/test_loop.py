@@ -8,8 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from exporter.triton import Candidate, TritonModel
-from freshrank.stack import EmbeddedStack
-from tests.e2e.conftest import event, now_ms, send, traffic
+from tests.e2e.helpers import Lane, event, now_ms, traffic, wait_for
 from updater.registry import Registry
 from updater.service import Updater
 from updater.settings import UpdaterSettings
@@ -17,16 +16,9 @@ from updater.settings import UpdaterSettings
 pytestmark = pytest.mark.e2e
 
 
-async def wait_for(predicate: Callable[[], bool], limit_s: float, what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + limit_s
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {limit_s} s waiting for {what}")
-        await asyncio.sleep(0.2)
-
-
+# On the shared stack: it only produces to, trains from and serves its own lane.
 async def test_events_reach_a_served_version_that_ranks_clicked_items_first(
-    stack: EmbeddedStack, settings_for: Callable[..., UpdaterSettings]
+    lane: Lane, settings_for: Callable[..., UpdaterSettings]
 ) -> None:
     start = now_ms() - 60_000
     records, expected_samples = traffic(400, start)
@@ -35,18 +27,14 @@ async def test_events_reach_a_served_version_that_ranks_clicked_items_first(
     records += [(None, b"{not json"), (b"u1", b""), (b"u1", b'{"type":"click"}')]
     records.append(event("click", start + 100, "u1", "never-shown", "hot", "orphan"))
     records.append(records[0])  # a duplicated Kafka record
-    await send(stack.addresses.bootstrap, records)
+    await lane.send(records)
 
-    updater = Updater.from_settings(settings_for(stack))
+    updater = Updater.from_settings(settings_for(lane))
     async with updater:
         await wait_for(lambda: updater.learner.samples_trained >= expected_samples, 60, "all samples trained")
-        trained = updater.learner.samples_trained
-        await wait_for(
-            lambda: updater.last_export.get("version") is not None and updater._published_samples >= trained,
-            60,
-            "a version with every sample",
-        )
-        await wait_for(lambda: not updater._export_task or updater._export_task.done(), 60, "the export")
+        # Every click learned is served, no export running. The closer's window emits the last
+        # samples (clicks among them) in one step, so that version has every sample.
+        await wait_for(lambda: updater.freshness_settled, 60, "a served version with every sample")
         status = updater.status()
 
     assert status["samples_trained"] == expected_samples
@@ -61,7 +49,7 @@ async def test_events_reach_a_served_version_that_ranks_clicked_items_first(
     live = status["live_version"]
     assert live is not None and live >= 1
 
-    async with TritonModel(stack.addresses.triton_grpc) as triton:
+    async with TritonModel(lane.triton_grpc, model=lane.model_name) as triton:
         assert await triton.served_version() == live
         ranking = await triton.rank(
             "u1", "red shoes", [Candidate(i, "shoes", "acme", 49.0) for i in ("cold", "f3", "hot", "f7")]
@@ -73,7 +61,7 @@ async def test_events_reach_a_served_version_that_ranks_clicked_items_first(
     assert order[0] == "hot" and order[-1] == "cold", scores
     assert scores["hot"] > 2 * scores["cold"], scores
 
-    async with Registry(stack.addresses.pg_dsn) as registry:
+    async with Registry(lane.pg_dsn, model=lane.model_name) as registry:
         versions = await registry.versions()
         dead = await registry.dead_letters()
     newest = versions[0]
@@ -85,15 +73,16 @@ async def test_events_reach_a_served_version_that_ranks_clicked_items_first(
     assert any(d["raw"] == b"{not json" for d in dead)
 
 
+# On the shared stack: two updaters in turn on one lane (its state directory, database, topic).
 async def test_a_restarted_updater_resumes_from_its_checkpoint(
-    stack: EmbeddedStack, settings_for: Callable[..., UpdaterSettings]
+    lane: Lane, settings_for: Callable[..., UpdaterSettings]
 ) -> None:
     start = now_ms() - 120_000
     first, first_samples = traffic(200, start, seed=1, prefix="a")
+    # Not counted in first_samples: the closer stays pending until the next window closes.
     first.append(event("impression", start + 10_000, "u0", "closer1", "x", "closer1"))
-    first_samples += 0  # the closer stays pending until the next window closes
-    await send(stack.addresses.bootstrap, first)
-    settings = settings_for(stack)
+    await lane.send(first)
+    settings = settings_for(lane)
 
     updater = Updater.from_settings(settings)
     async with updater:
@@ -104,12 +93,12 @@ async def test_a_restarted_updater_resumes_from_its_checkpoint(
 
     second, second_samples = traffic(200, start + 20_000, seed=2, prefix="b")
     second.append(event("impression", start + 60_000, "u0", "closer2", "x", "closer2"))
-    await send(stack.addresses.bootstrap, second)
+    await lane.send(second)
     resumed = Updater.from_settings(settings)
     async with resumed:
         # Restored, not retrained: the count starts where the first run stopped.
         assert resumed.learner.samples_trained == first_samples
-        assert resumed.counters.events_consumed == len(first)
+        assert resumed.status()["events_consumed"] == len(first)
         total = first_samples + 1 + second_samples  # + closer1, closed by the second half
         await wait_for(lambda: resumed.learner.samples_trained >= total, 60, "second half trained")
         await asyncio.sleep(1.0)

@@ -7,14 +7,15 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from exporter.publish import Publisher
 from exporter.triton import TritonModel
 from freshrank.stack import EmbeddedStack
-from tests.e2e.conftest import event, now_ms, send, traffic
-from tests.e2e.test_loop import wait_for
+from tests.e2e.helpers import event, now_ms, send, traffic, wait_for
 from updater.registry import Registry
 from updater.service import Updater
 from updater.settings import UpdaterSettings
@@ -53,6 +54,7 @@ class Traffic:
         self.records += 1
 
 
+# A stack of its own: it stops PostgreSQL, freezes the broker and kills Triton.
 async def test_updater_rides_out_outages_of_every_dependency(
     stack: EmbeddedStack, settings_for: Callable[..., UpdaterSettings]
 ) -> None:
@@ -61,37 +63,43 @@ async def test_updater_rides_out_outages_of_every_dependency(
     producer = asyncio.create_task(load.run())
     updater = Updater.from_settings(settings_for(stack))
     timeline: dict[str, Any] = {}
+
+    def health(dependency: str) -> dict[str, Any]:
+        return dict(updater.status()["dependencies"][dependency])
+
     try:
         async with updater:
-            await wait_for(lambda: updater.live_version is not None, 60, "a first live version")
+            await wait_for(lambda: updater.status()["live_version"] is not None, 60, "a first live version")
 
             # 1. PostgreSQL stopped for 30 s: training and publishing go on, writes wait on disk.
             trained = updater.learner.samples_trained
-            published = updater.counters.versions_published
+            published = updater.status()["versions_published"]
             await asyncio.to_thread(stack.postgres.stop)
             await asyncio.sleep(OUTAGE_S)
             status = updater.status()
             assert status["dependencies"]["postgres"]["ok"] is False
             assert status["registry_outbox"]["pending"] > 0
             assert updater.learner.samples_trained > trained
-            assert updater.counters.versions_published > published
+            assert updater.status()["versions_published"] > published
             await asyncio.to_thread(stack.postgres.start)
-            await wait_for(lambda: len(updater.outbox) == 0, 30, "the outbox to drain")
-            assert updater.health["postgres"].ok is True
-            timeline["postgres_longest_outage_s"] = updater.health["postgres"].longest_outage_s
+            await wait_for(
+                lambda: updater.status()["registry_outbox"]["pending"] == 0, 30, "the outbox to drain"
+            )
+            assert health("postgres")["ok"] is True
+            timeline["postgres_longest_outage_s"] = health("postgres")["longest_outage_s"]
 
             # 2. The broker frozen (SIGSTOP) for 30 s.
             broker = stack.broker.process.proc
             assert broker is not None
-            consumed = updater.counters.events_consumed
+            consumed = updater.status()["events_consumed"]
             os.kill(broker.pid, signal.SIGSTOP)
             await asyncio.sleep(OUTAGE_S)
             os.kill(broker.pid, signal.SIGCONT)
             await wait_for(
-                lambda: updater.counters.events_consumed > consumed + 500, 60, "consumption to resume"
+                lambda: updater.status()["events_consumed"] > consumed + 500, 60, "consumption to resume"
             )
-            assert updater.health["kafka"].outages >= 1  # commits timed out and it said so
-            timeline["kafka_longest_outage_s"] = updater.health["kafka"].longest_outage_s
+            assert health("kafka")["outages"] >= 1  # commits timed out and it said so
+            timeline["kafka_longest_outage_s"] = health("kafka")["longest_outage_s"]
 
             # 3. Triton killed and restarted: the newest published version is served again.
             triton = stack.triton.process.proc  # type: ignore[union-attr]
@@ -99,13 +107,13 @@ async def test_updater_rides_out_outages_of_every_dependency(
             os.killpg(triton.pid, signal.SIGKILL)
             triton.wait()
             await asyncio.sleep(5)
-            assert updater.health["triton"].ok is False
+            assert health("triton")["ok"] is False
             restarted = time.monotonic()
             await asyncio.to_thread(stack.triton.start)
             await wait_for(
                 lambda: (
                     updater.served_version is not None
-                    and updater.served_version == updater.publisher.versions()[-1]
+                    and updater.served_version == Publisher(Path(a.repository)).versions()[-1]
                 ),
                 60,
                 "Triton to serve the newest version again",
@@ -116,7 +124,7 @@ async def test_updater_rides_out_outages_of_every_dependency(
             await producer
             await wait_for(
                 lambda: (
-                    updater.counters.events_consumed == load.records
+                    updater.status()["events_consumed"] == load.records
                     and updater.learner.samples_trained == load.samples
                 ),
                 90,

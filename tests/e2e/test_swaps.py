@@ -20,7 +20,7 @@ from exporter.triton import TritonModel
 from freshrank.stack import EmbeddedStack
 from rankcore.features import Vocabularies, encode
 from rankcore.sample import Sample
-from tests.e2e.conftest import SMALL_MODEL
+from tests.e2e.helpers import SMALL_MODEL
 from updater.learner import Learner
 
 pytestmark = pytest.mark.e2e
@@ -95,6 +95,7 @@ class Load:
             client.close()
 
 
+# A stack of its own: it measures Triton's memory, which other tests' models would add to.
 async def test_hundred_swaps_under_load_drop_no_request(stack: EmbeddedStack, tmp_path: Path) -> None:
     a = stack.addresses
     learner, vocabs = Learner(SMALL_MODEL, device="cpu"), Vocabularies(SMALL_MODEL)

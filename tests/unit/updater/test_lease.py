@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import asyncpg
@@ -29,6 +30,7 @@ class FakePostgres:
         self.fail: dict[str, BaseException] = {}
         self.connects = 0
         self.sessions: list[FakeConnection] = []
+        self.latency_s = 0.0
 
     async def connect(self, dsn: str, **kwargs: Any) -> FakeConnection:
         assert dsn == DSN
@@ -56,6 +58,7 @@ class FakeConnection:
         self.server_closed = False  # the server ended the session
         self.client_closed = False  # closed or terminated on our side
         self.queries: list[str] = []
+        self.busy = False
 
     def is_closed(self) -> bool:
         return self.client_closed or self.server_closed
@@ -70,6 +73,14 @@ class FakeConnection:
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
         self.queries.append(sql)
+        if self.busy:
+            # As asyncpg does: one query at a time per connection.
+            raise pg.InterfaceError("cannot perform operation: another operation is in progress")
+        self.busy = True
+        try:
+            await asyncio.sleep(self.server.latency_s)
+        finally:
+            self.busy = False
         if self.server_closed or not self.server.up:
             raise pg.ConnectionDoesNotExistError("connection was closed in the middle of operation")
         for fragment, exc in self.server.fail.items():
@@ -103,6 +114,18 @@ async def test_takes_the_lease_with_token_1(postgres: FakePostgres) -> None:
     assert lease.token == 1 and postgres.token == 1
     assert postgres.lock_holder is postgres.sessions[0]
     assert await lease.confirm() is True  # same session, same token
+    assert postgres.connects == 1
+
+
+async def test_concurrent_confirms_share_one_session(postgres: FakePostgres) -> None:
+    # The release task and the checkpoint both confirm; run at once on one connection they made
+    # asyncpg refuse the second query, the lease re-took itself (token 2) and the other confirm
+    # then read token 1 under the new holder: LeaseLost for the only updater (seen end to end).
+    lease = WriterLease(DSN, MODEL, timeout_s=1.0)
+    assert await lease.try_acquire() is True
+    postgres.latency_s = 0.02
+    assert await asyncio.gather(lease.confirm(), lease.confirm(), lease.confirm()) == [True, True, True]
+    assert lease.token == 1 and postgres.token == 1
     assert postgres.connects == 1
 
 

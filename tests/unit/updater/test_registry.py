@@ -18,6 +18,7 @@ UNAVAILABLE: list[tuple[BaseException, str | None]] = [
     (pg.TooManyConnectionsError("sorry, too many clients already"), "53300"),
     (pg.SerializationError("could not serialize access due to concurrent update"), "40001"),
     (pg.DeadlockDetectedError("deadlock detected"), "40P01"),
+    (pg.QueryCanceledError("canceling statement due to statement timeout"), "57014"),
     (OSError(111, "Connection refused"), None),
     (ConnectionResetError(104, "Connection reset by peer"), None),
     (TimeoutError(), None),

@@ -1,0 +1,183 @@
+"""Helpers the end-to-end tests share: known traffic, a producer, polling, status files."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from freshrank.stack import EmbeddedStack
+from rankcore.model import RankerConfig
+
+TOPIC = "events"
+SMALL_MODEL = RankerConfig(
+    user_capacity=2_000,
+    token_capacity=500,
+    item_capacity=2_000,
+    category_capacity=50,
+    brand_capacity=50,
+    dim=8,
+    hidden=16,
+)
+
+Record = tuple[bytes | None, bytes | None]
+
+
+@dataclass
+class Lane:
+    """One test's isolated slice of the shared stack: its own topic, PostgreSQL database, state
+    directory, consumer group and model name (one directory of the shared model repository, one
+    model in the shared Triton)."""
+
+    stack: EmbeddedStack
+    topic: str
+    pg_dsn: str
+    state_dir: Path
+    group: str
+    model_name: str
+
+    @property
+    def bootstrap(self) -> str:
+        return self.stack.addresses.bootstrap
+
+    @property
+    def triton_grpc(self) -> str:
+        return self.stack.addresses.triton_grpc
+
+    @property
+    def triton_http(self) -> str:
+        return self.stack.addresses.triton_http
+
+    @property
+    def repository(self) -> str:
+        return self.stack.addresses.repository
+
+    async def send(self, records: list[Record]) -> None:
+        await send(self.bootstrap, records, self.topic)
+
+
+async def wait_for(predicate: Callable[[], bool], limit_s: float, what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + limit_s
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {limit_s} s waiting for {what}")
+        await asyncio.sleep(0.2)
+
+
+def read_status(path: Path) -> dict[str, Any]:
+    """An updater's status file, or {} while there is none (or it is being replaced)."""
+    try:
+        return dict(json.loads(path.read_text()))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+@cache
+def cli_has_flag(command: str, flag: str) -> bool:
+    """Whether ``freshrank <command> --help`` lists ``flag``."""
+    done = subprocess.run(
+        [sys.executable, "-m", "freshrank.cli", command, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", done.stdout) is not None
+
+
+def updater_command(target: EmbeddedStack | Lane, state_dir: Path, *extra: str) -> list[str]:
+    """``freshrank updater`` against a stack of its own or a lane, as a separate process
+    (nothing held out)."""
+    if isinstance(target, Lane):
+        if not cli_has_flag("updater", "--model-name"):
+            raise AssertionError("expected 'freshrank updater --model-name' for a lane of the shared stack")
+        a = target.stack.addresses
+        lane_args = ["--topic", target.topic, "--group", target.group, "--model-name", target.model_name]
+        dsn = target.pg_dsn
+    else:
+        a = target.addresses
+        lane_args = []
+        dsn = a.pg_dsn
+    return [
+        sys.executable, "-m", "freshrank.cli", "updater",
+        "--bootstrap", a.bootstrap, "--pg-dsn", dsn, "--model-repository", a.repository,
+        "--triton-grpc", a.triton_grpc, "--state-dir", str(state_dir), "--holdout-every", "0",
+        *lane_args, *extra,
+    ]  # fmt: skip
+
+
+async def send(bootstrap: str, records: list[Record], topic: str = TOPIC) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, key=k, value=v) for k, v in records]
+        for f in futures:
+            await f
+    finally:
+        await producer.stop()
+
+
+def event(
+    etype: str,
+    ts: int,
+    user: str,
+    request: str,
+    item: str,
+    eid: str,
+    query: str = "red shoes",
+    position: int = 0,
+    category: str = "shoes",
+) -> tuple[bytes, bytes]:
+    body: dict[str, Any] = {
+        "event_id": eid,
+        "type": etype,
+        "ts": ts,
+        "user_id": user,
+        "request_id": request,
+        "query": query,
+        "item_id": item,
+        "item": {"category": category, "brand": "acme", "price": 49.0},
+    }
+    if etype == "impression":
+        body["position"] = position
+    return user.encode(), orjson.dumps(body)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def traffic(requests: int, start_ms: int, seed: int = 0, prefix: str = "a") -> tuple[list[Any], int]:
+    """Each request shows "hot" (always clicked), "cold" (never) and three fillers (sometimes).
+
+    Returns the records and the number of labelled samples they make.
+    """
+    rng = random.Random(seed)
+    records: list[Any] = []
+    samples = 0
+    for r in range(requests):
+        ts = start_ms + r * 20
+        user, request = f"u{rng.randint(0, 40)}", f"{prefix}r{r}"
+        shown = ["hot", "cold", *(f"f{rng.randint(0, 30)}" for _ in range(3))]
+        shown = list(dict.fromkeys(shown))
+        rng.shuffle(shown)
+        for pos, item in enumerate(shown):
+            records.append(
+                event("impression", ts, user, request, item, f"{prefix}{r}-{item}-imp", position=pos)
+            )
+            samples += 1
+            if item == "hot" or (item.startswith("f") and rng.random() < 0.2):
+                records.append(event("click", ts + 5, user, request, item, f"{prefix}{r}-{item}-clk"))
+    return records, samples
