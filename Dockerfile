@@ -9,6 +9,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 
 COPY pyproject.toml README.md ./
+COPY rankcore ./rankcore
 COPY updater ./updater
 COPY exporter ./exporter
 COPY freshrank ./freshrank

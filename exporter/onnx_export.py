@@ -2,7 +2,7 @@
 
 Clients send raw string ids; ``ai.onnx.ml.LabelEncoder`` maps them to embedding rows with
 the vocabulary that matches these weights, so a version's ids and weights cannot disagree.
-The graph restates :meth:`updater.model.Ranker.forward` op for op; the parity check in
+The graph restates :meth:`rankcore.model.Ranker.forward` op for op; the parity check in
 :mod:`exporter.check` compares the two on real samples before anything is published.
 """
 

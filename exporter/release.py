@@ -8,7 +8,9 @@ rollback check -> gate -> build -> check -> publish -> load -> probe -> record -
 same task reconciles the server with what it should serve (it restarted, a load failed, an
 operator pinned a version). ``freshrank pin``/``unpin``/``rollback`` go through
 :meth:`ReleaseManager.apply_serving` too, so every load is followed by a probe and recorded
-the same way, under one lock.
+the same way. Within a process one lock orders the loads; between the CLI and a running
+updater the registry's serving row is the decision (the CLI writes it before it loads), and
+the updater's reconcile follows it.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ DEFAULT_WATCH_S = 2.0
 DEFAULT_CLOSE_TIMEOUT_S = 60.0
 # After a load that moves to another version, Triton can answer with the old one for a moment
 # while it swaps; the probe asks again until the expected version answers, this long at most.
-PROBE_SETTLE_S = 5.0
+DEFAULT_PROBE_SETTLE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,7 @@ class ReleaseManager:
         confirm_writer: Callable[[], Awaitable[bool]] | None = None,
         writer_token: Callable[[], int | None] = lambda: None,
         watch_s: float = DEFAULT_WATCH_S,
+        probe_settle_s: float = DEFAULT_PROBE_SETTLE_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.publisher = publisher
@@ -179,6 +182,7 @@ class ReleaseManager:
         self._confirm_writer = confirm_writer
         self._writer_token = writer_token
         self.watch_s = watch_s
+        self.probe_settle_s = probe_settle_s
         self.clock = clock
         self.health = Health("triton")
         self.freshness = Freshness()
@@ -488,8 +492,9 @@ class ReleaseManager:
         self.serving = Serving("rolled_back", previous.version, reason)
         # The bad version and everything served after the target leave the history.
         self.live = previous
-        while self.history and self.history[-1].version >= previous.version:
-            self.history.pop()
+        kept = [m for m in self.history if m.version < previous.version]
+        self.history.clear()
+        self.history.extend(kept)
         self.last_rollback = {
             "from": live.version,
             "to": previous.version,
@@ -514,7 +519,7 @@ class ReleaseManager:
         async with self._lock:
             config = self.publisher.config_text() if version is not None else None
             load_s = await self.server.load(version=version, config_text=config)
-            deadline = time.monotonic() + PROBE_SETTLE_S
+            deadline = time.monotonic() + self.probe_settle_s
             while True:
                 served = await self.server.probe()
                 if expect is None or served == expect or time.monotonic() >= deadline:
@@ -549,6 +554,13 @@ class ReleaseManager:
         wanted = self.wanted()
         if wanted is None or served == wanted:
             return
+        try:
+            # The index can still list a version that is unloading: ask the server itself.
+            if await self.server.probe() == wanted:
+                self.served_version = wanted
+                return
+        except DependencyError:
+            pass  # nothing answers (a restarted server has no model loaded): load it
         try:
             _, answered, _ = await self._load(self.serving.held, expect=wanted)
         except DependencyError as exc:

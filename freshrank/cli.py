@@ -478,8 +478,8 @@ def cmd_versions(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serving_release(args: argparse.Namespace) -> tuple[Any, Any, Any]:
-    """The release manager the serving commands share with the updater, on this repository."""
+def _serving_release(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The release manager the serving commands share with the updater (None without a repository)."""
     from exporter.publish import Publisher
     from exporter.records import ListSink
     from exporter.release import ReleaseManager
@@ -488,38 +488,59 @@ def _serving_release(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     stack = _stack_file(args.state_dir)
     triton_url = args.triton_grpc or stack.get("triton_grpc")
     repository = args.model_repository or (Path(stack["repository"]) if "repository" in stack else None)
-    if repository is None:
-        raise FreshrankError("expected --model-repository DIR (or a running 'freshrank up' in --state-dir)")
     sink = ListSink()
+    if repository is None:
+        if triton_url:
+            raise FreshrankError(
+                "expected --model-repository DIR to load a version into Triton"
+                " (or a running 'freshrank up' in --state-dir)"
+            )
+        return None, sink  # the decision alone: the running updater applies it
+    if not (Path(repository) / args.model_name).is_dir():
+        raise FreshrankError(f"expected a model {args.model_name!r} in {repository}, found none")
     server = TritonModel(triton_url, args.model_name) if triton_url else None
-    publisher = Publisher(repository, model=args.model_name)
-    return ReleaseManager(publisher, sink, server=server), sink, server
+    return ReleaseManager(Publisher(repository, model=args.model_name), sink, server=server), sink
 
 
 def _set_serving(args: argparse.Namespace, serving: Any, check: Any = None) -> int:
-    """Record the serving decision (the running updater follows it) and apply it to Triton now.
+    """Record the serving decision (the running updater follows it), then apply it to Triton now.
 
-    ``check(release, registry)`` may validate against the registry first, or pick the version.
+    ``check(release, registry)`` may pick the version (a rollback to the one served before).
     """
-    from exporter.records import Serving
+    from exporter.records import Serving, SetServing
     from updater.registry import Registry
 
-    release, sink, server = _serving_release(args)
+    release, sink = _serving_release(args)
 
     async def main() -> tuple[Serving, int | None]:
         async with Registry(_registry_dsn(args), args.model_name) as registry:
-            wanted = serving if check is None else await check(release, registry)
-            if wanted.held is not None:
-                known = {v["version"]: v for v in await registry.versions(limit=100_000)}
-                if wanted.held not in known or known[wanted.held]["status"] in ("rejected", "rolled_back"):
-                    raise FreshrankError(f"expected a published version, got {wanted.held}")
             try:
-                served = await release.apply_serving(wanted)
+                wanted = serving if check is None else await check(release, registry)
+                if wanted.held is not None:
+                    known = {v["version"]: v for v in await registry.versions(limit=100_000)}
+                    if wanted.held not in known or known[wanted.held]["status"] in (
+                        "rejected",
+                        "rolled_back",
+                    ):
+                        raise FreshrankError(f"expected a published version, got {wanted.held}")
+                    if release is not None and wanted.held not in release.publisher.versions():
+                        raise FreshrankError(
+                            f"version {wanted.held} is no longer in {release.publisher.model_dir}"
+                            " (retention removed it)"
+                        )
+                # The decision first: a running updater follows it within seconds (until then its
+                # reconcile would put the newest version back).
+                await registry.apply_ops([SetServing.of(wanted)])
+                served = None
+                if release is not None and release.server is not None:
+                    try:
+                        served = await release.apply_serving(wanted)
+                    finally:
+                        await registry.apply_ops(sink.ops)  # what was done is recorded, even if a load failed
+                return wanted, served
             finally:
-                await registry.apply_ops(sink.ops)  # what was done is recorded, even if a load failed
-                if server is not None:
-                    await server.close()
-            return wanted, served
+                if release is not None and release.server is not None:
+                    await release.server.close()
 
     wanted, served = asyncio.run(main())
     print(
@@ -558,11 +579,13 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     async def previous(release: Any, registry: Any) -> Serving:
         # What answers now, not the registry's "live" row: that lags while the updater's writes
         # wait in its outbox (after its own rollback, say), and would name the served version.
-        served = await release.server.probe() if release.server is not None else await registry.live_version()
+        server = release.server if release is not None else None
+        served = await server.probe() if server is not None else await registry.live_version()
         if served is None:
             raise FreshrankError("nothing is served yet; name a version with --to V")
         rows = [(v["version"], v["status"]) for v in await registry.versions(limit=100_000)]
-        target = rollback_target(served, rows, release.publisher.versions())
+        present = release.publisher.versions() if release is not None else [v for v, _ in rows]
+        target = rollback_target(served, rows, present)
         if target is None:
             raise FreshrankError(
                 f"no version served before {served} is left to roll back to; name one with --to V"

@@ -386,8 +386,17 @@ class EmbeddedStack:
             raise
 
     def stop(self) -> None:
+        """Stop every part, in reverse order, even if one of them fails to stop (then raise that)."""
+        failure: BaseException | None = None
         while self._started:
-            self._started.pop().stop()
+            part = self._started.pop()
+            try:
+                part.stop()
+            except Exception as exc:  # noqa: BLE001 - the other parts must still be stopped
+                log.error("stopping %s failed: %s", type(part).__name__, exc)  # noqa: TRY400
+                failure = failure or exc
+        if failure is not None:
+            raise failure
 
     async def __aenter__(self) -> EmbeddedStack:
         await asyncio.to_thread(self.start)

@@ -19,6 +19,10 @@ class PermanentError(FreshrankError):
     """A remote component refused a request for good (a constraint, bad data); retrying will not help."""
 
 
+class RejectedRequest(PermanentError):
+    """A remote refused this one request for good (bad data, a violated constraint); others may pass."""
+
+
 class CheckFailed(FreshrankError):
     """A candidate version failed a pre-publish check or the gate; it must not be served."""
 

@@ -1,4 +1,4 @@
-"""Cleaning: validation and normalisation (see :mod:`updater.events`) plus dedup by ``event_id``."""
+"""Cleaning: validation and normalisation (see :mod:`rankcore.events`) plus dedup by ``event_id``."""
 
 from __future__ import annotations
 

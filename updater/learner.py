@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rankcore.errors import ConfigError
 from rankcore.features import Batch, score
 from rankcore.metrics import Prequential
 from rankcore.model import Ranker, RankerConfig
@@ -90,8 +91,10 @@ class Learner:
 
     def restore(self, state: dict[str, Any]) -> None:
         if state["config"] != self.config.to_dict():
-            raise ValueError(
-                f"checkpoint model config {state['config']} differs from {self.config.to_dict()}"
+            raise ConfigError(
+                f"expected the model settings the checkpoint was made with, {state['config']}"
+                " (pass the same --model-* flags, or start from an empty --state-dir),"
+                f" got {self.config.to_dict()}"
             )
         self.model.load_state_dict(state["model"])
         self.sparse_opt.load_state_dict(state["sparse_opt"])

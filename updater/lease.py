@@ -26,6 +26,7 @@ from updater.registry import POSTGRES_ERRORS, is_unavailable, translate
 log = logging.getLogger(__name__)
 
 DEFAULT_LEASE_TIMEOUT_S = 5.0
+DEFAULT_POLL_S = 2.0
 
 
 def _away(exc: BaseException) -> bool:
@@ -40,10 +41,13 @@ def _lock_key(model: str) -> str:
 
 
 class WriterLease:
-    def __init__(self, dsn: str, model: str, timeout_s: float = DEFAULT_LEASE_TIMEOUT_S) -> None:
+    def __init__(
+        self, dsn: str, model: str, timeout_s: float = DEFAULT_LEASE_TIMEOUT_S, poll_s: float = DEFAULT_POLL_S
+    ) -> None:
         self.dsn = dsn
         self.model = model
         self.timeout_s = timeout_s
+        self.poll_s = poll_s
         self.holder = f"{socket.gethostname()}:{os.getpid()}"
         self.token: int | None = None
         self._conn: asyncpg.Connection | None = None
@@ -98,7 +102,7 @@ class WriterLease:
         log.info("writer lease for %r taken with token %d", self.model, self.token)
         return True
 
-    async def wait(self, stopping: asyncio.Event, poll_s: float = 2.0) -> bool:
+    async def wait(self, stopping: asyncio.Event) -> bool:
         """Standby until the lease is ours (True) or ``stopping`` is set (False)."""
         first = True
         log.info("taking the writer lease for %r", self.model)
@@ -109,7 +113,7 @@ class WriterLease:
                 log.warning("another updater is the writer for %r; waiting as standby", self.model)
                 first = False
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(poll_s):
+                async with asyncio.timeout(self.poll_s):
                     await stopping.wait()
         return False
 

@@ -21,14 +21,18 @@ from exporter.records import (
     from_dict,
     to_dict,
 )
-from rankcore.errors import DependencyError, FreshrankError, PermanentError
+from rankcore.errors import DependencyError, FreshrankError, PermanentError, RejectedRequest
 from updater.ingest import DeadLetter
 
 # SQLSTATE classes of a passing fault: connection exception (08), operator intervention
 # (57P: shutdown, crash, cannot connect now; 57014: a statement cancelled by a timeout),
-# insufficient resources (53), transaction rollback (40: serialization failure, deadlock).
-# Every other server error is permanent.
-TRANSIENT_SQLSTATE_PREFIXES = ("08", "57P", "57014", "53", "40")
+# insufficient resources (53), transaction rollback (40: serialization failure, deadlock), and a
+# server that is read-only for now (25006: a standby, or mid-failover). Every other is permanent.
+TRANSIENT_SQLSTATE_PREFIXES = ("08", "57P", "57014", "53", "40", "25006")
+# Refusals of one operation's data: a data exception (22) or a violated constraint (23). Other
+# permanent errors (no such table, no privilege, bad password) refuse every write alike.
+REJECTED_SQLSTATE_PREFIXES = ("22", "23")
+DEFAULT_TIMEOUT_S = 5.0
 
 
 def is_unavailable(exc: BaseException) -> bool:
@@ -48,12 +52,17 @@ def is_unavailable(exc: BaseException) -> bool:
 
 
 def translate(exc: BaseException) -> FreshrankError:
-    """The one error style of the adapters: DependencyError (retry may help) or PermanentError."""
+    """The one error style of the adapters: DependencyError (retry may help), RejectedRequest (this
+    request's data is refused for good) or PermanentError (every request is, until someone acts)."""
     detail = f"PostgreSQL: {type(exc).__name__}: {exc}"
     if is_unavailable(exc):
         return DependencyError(detail)
     sqlstate = getattr(exc, "sqlstate", None)
-    return PermanentError(f"{detail} (SQLSTATE {sqlstate})" if sqlstate else detail)
+    if sqlstate is None:
+        return PermanentError(detail)
+    if str(sqlstate).startswith(REJECTED_SQLSTATE_PREFIXES):
+        return RejectedRequest(f"{detail} (SQLSTATE {sqlstate})")
+    return PermanentError(f"{detail} (SQLSTATE {sqlstate})")
 
 
 # What a registry call can raise through asyncpg; :func:`translate` sorts it.
@@ -160,7 +169,7 @@ class Registry:
     and :class:`PermanentError` when it refused the request for good.
     """
 
-    def __init__(self, dsn: str, model: str = MODEL_NAME, timeout_s: float = 30.0) -> None:
+    def __init__(self, dsn: str, model: str = MODEL_NAME, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self.dsn = dsn
         self.model = model
         self.timeout_s = timeout_s
@@ -197,13 +206,13 @@ class Registry:
                 raise
         self._pool = pool
 
-    async def stop(self, timeout_s: float = 10.0) -> None:
-        """Close the pool gently, then at once if connections are not released in ``timeout_s``."""
+    async def stop(self) -> None:
+        """Close the pool gently, then at once if connections are not released in time."""
         pool, self._pool = self._pool, None
         if pool is None:
             return
         try:
-            async with asyncio.timeout(timeout_s):
+            async with asyncio.timeout(self.timeout_s):
                 await pool.close()
         except POSTGRES_ERRORS:
             pool.terminate()
@@ -231,7 +240,7 @@ class Registry:
                 try:
                     op = from_dict(data)
                 except (TypeError, ValueError) as exc:
-                    raise PermanentError(f"not a registry operation: {exc}") from exc
+                    raise RejectedRequest(f"not a registry operation: {exc}") from exc
                 await self._apply_one(conn, op)
 
     async def apply_ops(self, ops: list[RegistryOp]) -> None:
@@ -342,7 +351,12 @@ class Registry:
             row = await self.pool.fetchrow(
                 "SELECT mode, version, reason FROM serving WHERE model = $1", self.model
             )
-        return Serving(row["mode"], row["version"], row["reason"]) if row is not None else Serving()
+        if row is None:
+            return Serving()
+        try:
+            return Serving(row["mode"], row["version"], row["reason"])
+        except ValueError as exc:
+            raise RejectedRequest(f"the registry's serving row is not a serving decision: {exc}") from exc
 
     async def live_version(self) -> int | None:
         async with postgres_errors():

@@ -18,17 +18,16 @@ from collections.abc import Callable
 from typing import Any
 
 from exporter.records import RegistryOp, Serving, to_dict
-from rankcore.errors import DependencyError, PermanentError
+from rankcore.errors import DependencyError, PermanentError, RejectedRequest
 from rankcore.health import Health
 from updater.ingest import DeadLetter
 from updater.outbox import Outbox
 from updater.ports import RegistryStore
-from updater.registry import dead_letters_op
+from updater.registry import DEFAULT_TIMEOUT_S, dead_letters_op
 
 log = logging.getLogger(__name__)
 
 OUTBOX_CHUNK = 200
-DEFAULT_TIMEOUT_S = 5.0
 FLUSH_EVERY_S = 1.0
 READ_SERVING_EVERY_S = 2.0
 
@@ -40,11 +39,15 @@ class RegistrySync:
         registry: RegistryStore,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         on_serving: Callable[[Serving], None] = lambda serving: None,
+        on_max_version: Callable[[int], None] = lambda version: None,
     ) -> None:
         self.outbox = outbox
         self.registry = registry
         self.timeout_s = timeout_s
         self.on_serving = on_serving
+        self.on_max_version = on_max_version
+        # Why PostgreSQL refuses every write for now (no table, no privilege): the writes wait.
+        self.refused: str | None = None
         self.health = Health("postgres")
         self.set_aside = 0
         self.last_set_aside: dict[str, Any] = {}
@@ -74,6 +77,17 @@ class RegistrySync:
         self.health.mark(False, str(exc))
         self.registry.terminate()  # a fresh pool once it is back
 
+    def _refuses(self, exc: PermanentError) -> None:
+        """PostgreSQL refuses every write (not one operation's data): keep them all, say so loudly."""
+        if self.refused is None:
+            log.error("PostgreSQL refuses the registry writes until someone acts: %s", exc)
+        self.refused = str(exc)
+        self.health.mark(False, f"refuses registry writes: {exc}")
+
+    def reset_baseline(self) -> None:
+        """Read the baseline again at the next connect (a standby that became the writer)."""
+        self.baseline_published = None
+
     async def connect(self) -> bool:
         """Connect if needed (and read the baseline once); False while PostgreSQL is away."""
         if self.registry.connected and self.baseline_published is not None:
@@ -84,8 +98,12 @@ class RegistrySync:
                 if self.baseline_published is None:
                     self.max_version = max(self.max_version, await self.registry.max_version())
                     self.baseline_published = await self.registry.count_published()
+                    self.on_max_version(self.max_version)
         except (DependencyError, TimeoutError) as exc:
             self._down(exc)
+            return False
+        except PermanentError as exc:
+            self._refuses(exc)
             return False
         self.health.mark(True)
         return True
@@ -99,18 +117,25 @@ class RegistrySync:
             try:
                 async with asyncio.timeout(self.timeout_s):
                     await self.registry.apply(chunk)
-            except PermanentError as exc:
+            except RejectedRequest as exc:
                 # Not a passing fault: find the operation PostgreSQL refuses and set it aside.
                 try:
                     await self._apply_one_by_one(chunk, exc)
                 except (DependencyError, TimeoutError) as lost:
                     self._down(lost)
                     return
+                except PermanentError as refused:
+                    self._refuses(refused)
+                    return
             except (DependencyError, TimeoutError) as exc:
                 self._down(exc)
                 return
+            except PermanentError as exc:
+                self._refuses(exc)
+                return
             else:
                 self.outbox.drop(len(chunk))
+            self.refused = None
             self.health.mark(True)
 
     async def _apply_one_by_one(self, chunk: list[dict[str, Any]], error: Exception) -> None:
@@ -118,7 +143,7 @@ class RegistrySync:
             try:
                 async with asyncio.timeout(self.timeout_s):
                     await self.registry.apply([op])
-            except PermanentError as exc:
+            except RejectedRequest as exc:
                 log.error(  # noqa: TRY400 - a refused row, not a crash: no traceback
                     "registry refused a %s operation for good (%s); set aside in %s",
                     op.get("op"),
@@ -155,6 +180,8 @@ class RegistrySync:
                 async with asyncio.timeout(FLUSH_EVERY_S):
                     await self._wanted.wait()
             self._wanted.clear()
+            if self.baseline_published is None:
+                await self.connect()  # the baseline is owed (PostgreSQL was away), even with nothing to write
             await self.flush_once()
             if time.monotonic() - self._last_serving_read >= READ_SERVING_EVERY_S:
                 self._last_serving_read = time.monotonic()
@@ -177,5 +204,6 @@ class RegistrySync:
             "pending": len(self.outbox),
             "bytes": self.outbox.size_bytes,
             "set_aside": self.set_aside,
+            "refused": self.refused,
             "last_set_aside": self.last_set_aside,
         }

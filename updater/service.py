@@ -90,7 +90,11 @@ class Updater:
         self.state = ModelState(self.learner, self.vocabs, self.ingest, self.holdout)
         self.checkpointer = Checkpointer(CheckpointStore(s.state_dir))
         self.registry = RegistrySync(
-            Outbox(s.state_dir, s.outbox_max_bytes), registry, s.timeouts.registry_s, self._follow_serving
+            Outbox(s.state_dir, s.outbox_max_bytes),
+            registry,
+            s.timeouts.registry_s,
+            on_serving=lambda serving: self.release.follow(serving),
+            on_max_version=lambda version: self.release.raise_version_floor(version),
         )
         self.release = ReleaseManager(
             Publisher(s.repository, model=s.model_name, keep=s.keep_versions),
@@ -100,6 +104,7 @@ class Updater:
             confirm_writer=self._confirm_writer,
             writer_token=lambda: self.lease.token,
             watch_s=s.timeouts.triton_watch_s,
+            probe_settle_s=s.timeouts.probe_settle_s,
             clock=self.clock.time,
         )
         self.trainer = Trainer(
@@ -119,6 +124,7 @@ class Updater:
         self._fenced = False
         self._started = False
         self._holds_lease = False
+        self._fetch_failed = False
         self._last_publish = 0.0
         self._last_checkpoint = self.clock.monotonic()
         source.positions = self.ingest.ledger.positions
@@ -134,10 +140,16 @@ class Updater:
         )
         return cls(
             settings,
-            source=KafkaSource(s.bootstrap, s.topic, s.group, commit_timeout_s=t.commit_s),
+            source=KafkaSource(
+                s.bootstrap,
+                s.topic,
+                s.group,
+                commit_timeout_s=t.commit_s,
+                session_timeout_s=t.kafka_session_s,
+            ),
             server=server,
             registry=Registry(s.pg_dsn, s.model_name, timeout_s=t.registry_s),
-            lease=WriterLease(s.pg_dsn, s.model_name, timeout_s=t.lease_s),
+            lease=WriterLease(s.pg_dsn, s.model_name, timeout_s=t.lease_s, poll_s=t.lease_poll_s),
             clock=clock,
         )
 
@@ -175,10 +187,13 @@ class Updater:
         if not await self.lease.wait(self._stopping):
             return
         self._holds_lease = True
+        # Read what the registry holds now (a standby may have waited for hours; PostgreSQL may
+        # have been away at the first try): version numbers must go on from the newest.
+        self.registry.reset_baseline()
+        await self.registry.connect()
         self.registry.outbox.open()
         self.release.publisher.remove_orphans()
         self._restore()
-        self.release.raise_version_floor(self.registry.max_version)
         await self.source.start()
         self.kafka.mark(True)
         self.trainer.start()
@@ -274,8 +289,12 @@ class Updater:
                 records = await self.source.fetch(s.timeouts.fetch_ms, s.fetch_max_records)
             except DependencyError as exc:
                 self.kafka.mark(False, str(exc))
+                self._fetch_failed = True
                 await asyncio.sleep(s.timeouts.fetch_ms / 1000)
                 continue
+            if self._fetch_failed:  # a commit failure is cleared by the next commit, not a fetch
+                self._fetch_failed = False
+                self.kafka.mark(True)
             ingested = self.ingest.process(records, int(self.clock.time() * 1000))
             self.holdout.extend(ingested.held_out)
             self._recent.extend(ingested.trained[-PARITY_SAMPLES:])
@@ -320,6 +339,9 @@ class Updater:
             and not self.release.busy
             # While the server is down, versions would pile up unserved; the reconcile loads on return.
             and not self.release.server_down
+            # Version numbers go on from the registry's newest (rejected ones leave no directory):
+            # it must have been read once, after the lease was taken.
+            and self.registry.baseline_published is not None
             and trained_soon >= max(self.release.samples_released, 0) + s.min_samples_per_version
         )
         if not (checkpoint_due or publish_due):
@@ -417,15 +439,12 @@ class Updater:
         r.versions_rejected = counters.get("versions_rejected", 0)
         r.export_failures = counters.get("export_failures", 0)
         r.rollbacks = counters.get("rollbacks", 0)
-        self._published_samples = self.learner.samples_trained
+        self.release.samples_released = self.learner.samples_trained  # no version of what is served
         log.info(
             "resumed from checkpoint: %d samples trained, offsets %s",
             self.learner.samples_trained,
             self.positions,
         )
-
-    def _follow_serving(self, serving: Any) -> None:
-        self.release.follow(serving)
 
     # ----------------------------------------------------------------- status
 

@@ -16,6 +16,8 @@ from typing import Any
 
 from exporter.gate import GateSettings
 from exporter.publish import DEFAULT_KEEP_VERSIONS, MODEL_NAME
+from exporter.release import DEFAULT_CLOSE_TIMEOUT_S, DEFAULT_PROBE_SETTLE_S, DEFAULT_WATCH_S
+from exporter.triton import DEFAULT_CALL_TIMEOUT_S, DEFAULT_LOAD_TIMEOUT_S
 from rankcore.errors import ConfigError
 from rankcore.holdout import DEFAULT_HOLDOUT_EVERY
 from rankcore.model import RankerConfig
@@ -23,7 +25,11 @@ from updater.batcher import DEFAULT_BATCH_SIZE, DEFAULT_MAX_WAIT_S
 from updater.clean import DEFAULT_DEDUP_CAPACITY
 from updater.joiner import DEFAULT_MAX_PENDING, DEFAULT_WINDOW_MS
 from updater.learner import DEFAULT_DENSE_LR, DEFAULT_SPARSE_LR
+from updater.lease import DEFAULT_LEASE_TIMEOUT_S, DEFAULT_POLL_S
 from updater.outbox import DEFAULT_MAX_BYTES
+from updater.registry import DEFAULT_TIMEOUT_S as DEFAULT_REGISTRY_TIMEOUT_S
+from updater.source import DEFAULT_COMMIT_TIMEOUT_S, DEFAULT_SESSION_TIMEOUT_S
+from updater.trainer import DEFAULT_PAUSE_AFTER_S
 
 DEFAULT_STATE_DIR = Path(".freshrank")
 DEFAULT_UPDATER_STATE_DIR = DEFAULT_STATE_DIR / "updater"
@@ -35,6 +41,8 @@ DEFAULT_CHECKPOINT_INTERVAL_S = 10.0
 DEFAULT_FETCH_MAX_RECORDS = 2_000
 DEFAULT_MIN_SAMPLES_PER_VERSION = 1
 DEFAULT_HOLDOUT_WINDOW = 5_000
+DEFAULT_FETCH_MS = 200
+DEFAULT_STOP_S = 60.0
 
 
 def _knob(default: Any, help: str, **meta: Any) -> Any:
@@ -45,19 +53,28 @@ def _knob(default: Any, help: str, **meta: Any) -> Any:
 class Timeouts:
     """How long the updater waits for each thing before it gives up on it (seconds unless named)."""
 
-    fetch_ms: int = _knob(200, "longest wait of one Kafka fetch, in milliseconds")
+    fetch_ms: int = _knob(DEFAULT_FETCH_MS, "longest wait of one Kafka fetch, in milliseconds")
     # A full queue first just blocks the consumer (aiokafka prefetches at most one response
     # per partition); only a trainer stalled this long pauses the partitions, because a pause
     # makes aiokafka drop what it had buffered for them and fetch it again on resume.
-    pause_after_s: float = _knob(0.5, "a trainer behind for this long pauses the partitions")
-    stop_s: float = _knob(60.0, "the final drain and checkpoint at stop")
-    export_stop_s: float = _knob(60.0, "an export still running at stop")
-    registry_s: float = _knob(5.0, "one PostgreSQL registry call")
-    lease_s: float = _knob(5.0, "one writer-lease query")
-    commit_s: float = _knob(10.0, "one Kafka offset commit")
-    triton_call_s: float = _knob(10.0, "one Triton control or inference call")
-    triton_load_s: float = _knob(60.0, "one Triton model load")
-    triton_watch_s: float = _knob(2.0, "interval between checks of what Triton serves")
+    pause_after_s: float = _knob(
+        DEFAULT_PAUSE_AFTER_S, "a trainer behind for this long pauses the partitions"
+    )
+    stop_s: float = _knob(DEFAULT_STOP_S, "the final drain and checkpoint at stop")
+    export_stop_s: float = _knob(DEFAULT_CLOSE_TIMEOUT_S, "an export still running at stop")
+    registry_s: float = _knob(DEFAULT_REGISTRY_TIMEOUT_S, "one PostgreSQL registry call")
+    lease_s: float = _knob(DEFAULT_LEASE_TIMEOUT_S, "one writer-lease query")
+    lease_poll_s: float = _knob(DEFAULT_POLL_S, "how often a standby asks for the writer lease")
+    commit_s: float = _knob(DEFAULT_COMMIT_TIMEOUT_S, "one Kafka offset commit")
+    kafka_session_s: float = _knob(
+        DEFAULT_SESSION_TIMEOUT_S, "consumer-group session: a dead member's partitions move on after it"
+    )
+    triton_call_s: float = _knob(DEFAULT_CALL_TIMEOUT_S, "one Triton control or inference call")
+    triton_load_s: float = _knob(DEFAULT_LOAD_TIMEOUT_S, "one Triton model load")
+    triton_watch_s: float = _knob(DEFAULT_WATCH_S, "interval between checks of what Triton serves")
+    probe_settle_s: float = _knob(
+        DEFAULT_PROBE_SETTLE_S, "after a load, how long to wait for the new version to answer"
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -21,6 +21,8 @@ from rankcore.errors import DependencyError
 log = logging.getLogger(__name__)
 
 DEFAULT_COMMIT_TIMEOUT_S = 10.0
+# A crashed member's partitions move on after 6 s instead of Kafka's default 45 s.
+DEFAULT_SESSION_TIMEOUT_S = 6.0
 
 
 def offset_key(tp: TopicPartition) -> str:
@@ -86,6 +88,7 @@ class KafkaSource:
         positions: Callable[[], Mapping[str, int]] = dict,
         max_partition_fetch_bytes: int = 4 << 20,
         commit_timeout_s: float = DEFAULT_COMMIT_TIMEOUT_S,
+        session_timeout_s: float = DEFAULT_SESSION_TIMEOUT_S,
     ) -> None:
         self.topic = topic
         self.bootstrap = bootstrap
@@ -98,9 +101,8 @@ class KafkaSource:
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=max_partition_fetch_bytes,
             fetch_max_bytes=16 << 20,
-            # A crashed member's partitions move on after 6 s instead of Kafka's default 45 s.
-            session_timeout_ms=6_000,
-            heartbeat_interval_ms=2_000,
+            session_timeout_ms=round(session_timeout_s * 1000),
+            heartbeat_interval_ms=max(100, round(session_timeout_s * 1000 / 3)),
         )
         self._started = False
         self.paused = False

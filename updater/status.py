@@ -60,6 +60,7 @@ class Status:
     ledger: dict[str, Any] = field(default_factory=dict)
     last_checkpoint: dict[str, Any] = field(default_factory=dict)
     last_export: dict[str, Any] = field(default_factory=dict)
+    last_release: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,7 +70,10 @@ def collect(u: Updater) -> Status:
     """The status of a running updater, read off its parts."""
     m, c, i, r = u.learner.metrics, u.counters, u.ingest.counts, u.release
     published = (u.registry.baseline_published or 0) + r.counters.published_here
-    live = r.live.version if r.live is not None else r.served_version
+    # What answers requests (probed after each load); the gate's live model can be older when
+    # the server serves a version this process did not build (one from before a restart).
+    live = r.served_version if r.served_version is not None else (r.live.version if r.live else None)
+    outcome = r.last_outcome
     return Status(
         updated_at=u.clock.time(),
         pid=os.getpid(),
@@ -110,6 +114,7 @@ def collect(u: Updater) -> Status:
         ledger=u.ingest.ledger.state(),
         last_checkpoint=u.last_checkpoint,
         last_export=r.last_export,
+        last_release=asdict(outcome) if outcome is not None else {},
     )
 
 

@@ -17,6 +17,8 @@ from rankcore.errors import TrainingFailed
 from rankcore.features import Batch
 from updater.learner import Learner
 
+DEFAULT_PAUSE_AFTER_S = 0.5
+
 
 class Pausable(Protocol):
     def pause(self) -> None: ...
@@ -29,7 +31,7 @@ class Trainer:
         learner: Learner,
         queue_batches: int,
         on_learned: Callable[[Batch], None] = lambda batch: None,
-        pause_after_s: float = 0.5,
+        pause_after_s: float = DEFAULT_PAUSE_AFTER_S,
     ) -> None:
         self.learner = learner
         self.on_learned = on_learned

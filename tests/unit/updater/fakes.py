@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from exporter.records import Serving
-from rankcore.errors import DependencyError, LeaseLost, PermanentError
+from rankcore.errors import DependencyError, LeaseLost, RejectedRequest
 from rankcore.model import RankerConfig
 from updater.ingest import Record
 from updater.settings import Timeouts, UpdaterSettings
@@ -145,7 +145,7 @@ class InMemorySource:
 
 
 class FakeRegistry:
-    """The registry's tables as lists; ``down`` raises DependencyError, ``refuse`` PermanentError."""
+    """The registry's tables as lists; ``down`` raises DependencyError, ``refuse`` RejectedRequest."""
 
     def __init__(self, log: Log) -> None:
         self.log = log
@@ -171,7 +171,7 @@ class FakeRegistry:
         if self.down:
             raise DependencyError("PostgreSQL: ConnectionResetError")
         if self.refuse is not None and any(op["op"] == self.refuse for op in ops):
-            raise PermanentError("PostgreSQL: CheckViolationError (SQLSTATE 23514)")
+            raise RejectedRequest("PostgreSQL: CheckViolationError (SQLSTATE 23514)")
         self.applied.extend(ops)
 
     async def serving(self) -> Serving:

@@ -6,7 +6,7 @@ import asyncpg
 import asyncpg.exceptions as pg
 import pytest
 
-from rankcore.errors import DependencyError, PermanentError
+from rankcore.errors import DependencyError, PermanentError, RejectedRequest
 from updater.registry import is_unavailable, postgres_errors, translate
 
 UNAVAILABLE: list[tuple[BaseException, str | None]] = [
@@ -19,6 +19,7 @@ UNAVAILABLE: list[tuple[BaseException, str | None]] = [
     (pg.SerializationError("could not serialize access due to concurrent update"), "40001"),
     (pg.DeadlockDetectedError("deadlock detected"), "40P01"),
     (pg.QueryCanceledError("canceling statement due to statement timeout"), "57014"),
+    (pg.ReadOnlySQLTransactionError("cannot execute INSERT in a read-only transaction"), "25006"),
     (OSError(111, "Connection refused"), None),
     (ConnectionResetError(104, "Connection reset by peer"), None),
     (TimeoutError(), None),
@@ -52,7 +53,9 @@ def test_refusals_are_permanent(exc: BaseException, sqlstate: str) -> None:
     assert getattr(type(exc), "sqlstate", None) == sqlstate
     assert is_unavailable(exc) is False
     err = translate(exc)
-    assert type(err) is PermanentError
+    # A data exception (22) or a violated constraint (23) refuses that one operation; anything
+    # else (no such table or column, a bad password) refuses every write alike.
+    assert type(err) is (RejectedRequest if sqlstate[:2] in ("22", "23") else PermanentError)
     assert str(err) == f"PostgreSQL: {type(exc).__name__}: {exc} (SQLSTATE {sqlstate})"
 
 

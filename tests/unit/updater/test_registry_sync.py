@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from exporter.records import AddVersion, MarkLive, RegistryOp, Serving, SetServing, SetStatus, to_dict
-from rankcore.errors import DependencyError, PermanentError
+from rankcore.errors import DependencyError, PermanentError, RejectedRequest
 from updater.outbox import Outbox
 from updater.registry_sync import RegistrySync
 
@@ -17,7 +17,7 @@ class FakeStore:
     """A :class:`updater.ports.RegistryStore` in memory.
 
     ``down``: every call raises DependencyError (PostgreSQL away). ``refuse``: operation kinds
-    it refuses for good (PermanentError), rolling back the whole chunk as a transaction would.
+    it refuses for good (RejectedRequest), rolling back the whole chunk as a transaction would.
     """
 
     def __init__(self, *, max_version: int = 0, published: int = 0) -> None:
@@ -30,6 +30,7 @@ class FakeStore:
         self.published = published
         self._connected = False
         self.calls: dict[str, int] = {}
+        self.refuse_all: PermanentError | None = None  # every write refused (no table, no privilege)
 
     def _call(self, name: str) -> None:
         self.calls[name] = self.calls.get(name, 0) + 1
@@ -54,9 +55,11 @@ class FakeStore:
 
     async def apply(self, ops: list[dict[str, Any]]) -> None:
         self._call("apply")
+        if self.refuse_all is not None:
+            raise self.refuse_all
         for op in ops:
             if op["op"] in self.refuse:
-                raise PermanentError(f"PostgreSQL: CheckViolationError: refused {op['op']} (SQLSTATE 23514)")
+                raise RejectedRequest(f"PostgreSQL: CheckViolationError: refused {op['op']} (SQLSTATE 23514)")
         self.applied.extend(ops)
         self.chunks.append(len(ops))
 
@@ -259,3 +262,37 @@ async def test_flush_remaining_applies_what_it_can_and_leaves_the_rest(tmp_path:
     sync.record(OPS[2])
     await sync.flush_remaining(timeout_s=1.0)
     assert sync.outbox.pending() == [to_dict(OPS[2])]  # waits for the next start
+
+
+async def test_a_registry_refusing_every_write_keeps_them_all(tmp_path: Path) -> None:
+    # A table dropped, a privilege revoked: not one operation's data. Nothing is set aside (that
+    # would empty the outbox into the rejected file); the writes wait and the status says why.
+    store = FakeStore()
+    sync = make(tmp_path, store)
+    for op in OPS:
+        sync.record(op)
+    store.refuse_all = PermanentError(
+        'PostgreSQL: UndefinedTableError: relation "model_versions" does not exist (SQLSTATE 42P01)'
+    )
+    await sync.flush_once()
+    assert sync.outbox.pending() == [to_dict(op) for op in OPS]
+    assert sync.set_aside == 0 and not sync.outbox.rejected_path.exists()
+    assert sync.health.ok is False and "refuses registry writes" in (sync.health.error or "")
+    assert sync.to_dict()["refused"] is not None and "42P01" in sync.to_dict()["refused"]
+    store.refuse_all = None  # an operator recreated it
+    await sync.flush_once()
+    assert store.applied == [to_dict(op) for op in OPS] and sync.to_dict()["refused"] is None
+    assert sync.health.ok is True
+
+
+async def test_the_version_floor_follows_each_baseline_read(tmp_path: Path) -> None:
+    store = FakeStore(max_version=7, published=5)
+    floors: list[int] = []
+    sync = make(tmp_path, store, on_max_version=floors.append)
+    store.down = True
+    assert await sync.connect() is False and floors == []  # PostgreSQL away at the start
+    store.down = False
+    assert await sync.connect() is True and floors == [7]
+    store.max_version_value = 12  # another writer went on while we were a standby
+    sync.reset_baseline()
+    assert await sync.connect() is True and floors == [7, 12]

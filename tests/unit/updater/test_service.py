@@ -282,3 +282,41 @@ async def test_status_uses_the_injected_clock(tmp_path: Path) -> None:
         status = updater.status()
     assert status["updated_at"] == pytest.approx(clock.time(), abs=5)
     assert status["updated_at"] < 1_000_000  # the fake epoch, not the wall clock
+
+
+async def test_a_restart_publishes_nothing_new_without_new_samples(tmp_path: Path) -> None:
+    values, samples = traffic(40, now_ms())
+    updater, _, registry, *_ = build(tmp_path, values)
+    async with updater:
+        await wait_for(lambda: updater.learner.samples_trained == samples, what="every sample learned")
+        await wait_for(lambda: updater.freshness_settled and registry.ops("mark_live"), what="settled")
+    published = len(registry.ops("add_version"))
+    again, _, registry2, *_ = build(tmp_path, values)
+    registry2.applied = list(registry.applied)  # the same PostgreSQL
+    async with again:
+        await asyncio.sleep(1.0)  # several publish intervals
+    assert len(registry2.ops("add_version")) == published
+
+
+async def test_versions_go_on_from_the_registry_even_if_it_was_away_at_start(tmp_path: Path) -> None:
+    values, _ = traffic(30, now_ms())
+    updater, _, registry, *_ = build(tmp_path, values)
+    # Another writer published (and the gate rejected) up to version 40 before; no directory shows it.
+    registry.applied = [
+        {
+            "op": "add_version",
+            "version": 40,
+            "status": "rejected",
+            "offsets": {},
+            "samples_seen": 0,
+            "metrics": {},
+        }
+    ]
+    registry.down = True
+    await updater.start()
+    try:
+        registry.down = False
+        await wait_for(lambda: len(registry.ops("add_version")) > 1, what="a version")
+        assert registry.ops("add_version")[1]["version"] == 41
+    finally:
+        await updater.stop()
