@@ -26,9 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from exporter.check import check_parity
+from exporter.freshness import Freshness, percentile
 from exporter.gate import GateSettings, judge, should_roll_back
 from exporter.onnx_export import build_onnx, write_onnx
 from exporter.publish import Published, Publisher
@@ -43,7 +42,6 @@ from rankcore.sample import Sample
 
 log = logging.getLogger(__name__)
 
-FRESHNESS_MEMORY = 50_000
 DEFAULT_WATCH_S = 2.0
 DEFAULT_CLOSE_TIMEOUT_S = 60.0
 # After a load that moves to another version, Triton can answer with the old one for a moment
@@ -94,50 +92,8 @@ class ReleaseCounters:
     rollbacks: int = 0
 
 
-def percentile(values: Iterable[float], q: float) -> float | None:
-    arr = np.asarray(list(values), dtype=np.float64)
-    return float(np.percentile(arr, q)) if arr.size else None
-
-
 def _finite(x: Any) -> Any:
     return None if isinstance(x, float) and math.isnan(x) else x
-
-
-class Freshness:
-    """Time from an action to the first response of a version that learned it.
-
-    The trainer reports the action times it learned (:meth:`learned`); a snapshot takes them
-    (:meth:`take`); when its version serves, each gets its freshness (:meth:`served`), and when
-    it does not, they wait for a later version (:meth:`requeue`).
-    """
-
-    def __init__(self, memory: int = FRESHNESS_MEMORY) -> None:
-        self._pending: deque[int] = deque(maxlen=memory)
-        # (action time, freshness) in seconds: percentiles of the second, benchmarks pick the
-        # actions of a chosen period by the first.
-        self.by_action: deque[tuple[float, float]] = deque(maxlen=memory)
-
-    def __len__(self) -> int:
-        return len(self._pending)
-
-    def learned(self, action_ts_ms: Iterable[int]) -> None:
-        self._pending.extend(action_ts_ms)
-
-    def take(self) -> list[int]:
-        out = list(self._pending)
-        self._pending.clear()
-        return out
-
-    def requeue(self, action_ts_ms: list[int]) -> None:
-        self._pending.extendleft(reversed(action_ts_ms))
-
-    def served(self, action_ts_ms: list[int], served_at: float) -> list[float]:
-        fresh = [served_at - ts / 1000.0 for ts in action_ts_ms]
-        self.by_action.extend((ts / 1000.0, f) for ts, f in zip(action_ts_ms, fresh, strict=True))
-        return fresh
-
-    def percentile(self, q: float) -> float | None:
-        return percentile((f for _, f in self.by_action), q)
 
 
 def rollback_target(served: int, history: Iterable[tuple[int, str]], available: Iterable[int]) -> int | None:

@@ -14,7 +14,6 @@ import itertools
 import shutil
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -34,10 +33,6 @@ pytestmark = pytest.mark.e2e
 
 UNLOAD_TIMEOUT_S = 30.0
 _lanes = itertools.count(1)
-
-
-def settings_have(name: str) -> bool:
-    return any(f.name == name for f in fields(UpdaterSettings))
 
 
 @pytest.fixture
@@ -86,13 +81,12 @@ def _unload(url: str, model: str) -> None:
 async def lane(shared_stack: EmbeddedStack, tmp_path: Path) -> AsyncIterator[Lane]:
     """A fresh topic, database, consumer group, state directory and model on the shared stack.
 
-    The model is ``ranker_<n>`` once the updater takes a model name, else ``ranker`` (removed from
-    Triton and the repository after each test, so the next starts clean either way).
+    The model is ``ranker_<n>``, unloaded from Triton and removed from the repository afterwards.
     """
     n = next(_lanes)
     a = shared_stack.addresses
     database = f"lane_{n}"
-    model = f"{MODEL_NAME}_{n}" if settings_have("model_name") else MODEL_NAME
+    model = f"{MODEL_NAME}_{n}"
     topic = f"{TOPIC}_{n}"
     await ensure_topic(a.bootstrap, topic, partitions=3)
     admin = await asyncpg.connect(a.pg_dsn)
@@ -127,10 +121,12 @@ def settings_for(tmp_path: Path) -> Callable[..., UpdaterSettings]:
         if isinstance(target, Lane):
             a = target.stack.addresses
             lane: dict[str, Any] = dict(
-                pg_dsn=target.pg_dsn, topic=target.topic, group=target.group, state_dir=target.state_dir
+                pg_dsn=target.pg_dsn,
+                topic=target.topic,
+                group=target.group,
+                state_dir=target.state_dir,
+                model_name=target.model_name,
             )
-            if target.model_name != MODEL_NAME:  # only when the settings have model_name
-                lane["model_name"] = target.model_name
         else:
             a = target.addresses
             lane = dict(pg_dsn=a.pg_dsn, topic=TOPIC, state_dir=tmp_path / "updater")

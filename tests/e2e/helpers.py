@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import random
-import re
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -76,33 +72,10 @@ async def wait_for(predicate: Callable[[], bool], limit_s: float, what: str) -> 
         await asyncio.sleep(0.2)
 
 
-def read_status(path: Path) -> dict[str, Any]:
-    """An updater's status file, or {} while there is none (or it is being replaced)."""
-    try:
-        return dict(json.loads(path.read_text()))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
-
-
-@cache
-def cli_has_flag(command: str, flag: str) -> bool:
-    """Whether ``freshrank <command> --help`` lists ``flag``."""
-    done = subprocess.run(
-        [sys.executable, "-m", "freshrank.cli", command, "--help"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", done.stdout) is not None
-
-
 def updater_command(target: EmbeddedStack | Lane, state_dir: Path, *extra: str) -> list[str]:
     """``freshrank updater`` against a stack of its own or a lane, as a separate process
     (nothing held out)."""
     if isinstance(target, Lane):
-        if not cli_has_flag("updater", "--model-name"):
-            raise AssertionError("expected 'freshrank updater --model-name' for a lane of the shared stack")
         a = target.stack.addresses
         lane_args = ["--topic", target.topic, "--group", target.group, "--model-name", target.model_name]
         dsn = target.pg_dsn

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import Lane, event, now_ms, read_status, traffic, updater_command
+from tests.e2e.helpers import Lane, event, now_ms, traffic, updater_command
+from updater.status import read_status
 
 pytestmark = pytest.mark.e2e
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import Lane, event, now_ms, read_status, traffic, updater_command, wait_for
+from tests.e2e.helpers import Lane, event, now_ms, traffic, updater_command, wait_for
 from updater.registry import Registry
+from updater.status import read_status
 
 pytestmark = pytest.mark.e2e
 
