@@ -124,8 +124,13 @@ def _sigmoid(x: float) -> float:
 class ShopSimulator:
     """Generates events of the freshrank contract for requests at given times."""
 
-    def __init__(self, config: SimulatorConfig, start_ms: int) -> None:
+    def __init__(
+        self, config: SimulatorConfig, start_ms: int, truth: dict[tuple[str, str], float] | None = None
+    ) -> None:
         self.config = config
+        # When given, the hidden click probability of every impression, by (request_id, item_id):
+        # the benchmarks' oracle. It never travels with the events.
+        self.truth = truth
         self.rng = random.Random(config.seed)
         self.start_ms = start_ms
         self.brands = [f"brand{b:02d}" for b in range(config.brands)]
@@ -253,7 +258,10 @@ class ShopSimulator:
         events = []
         for position, item in enumerate(shown):
             events.append(self._event("impression", now_ms, user, request_id, query, item, position))
-            clicked = rng.random() < self.click_probability(user, query_words, item, position, now_ms)
+            p = self.click_probability(user, query_words, item, position, now_ms)
+            if self.truth is not None:
+                self.truth[(request_id, item.item_id)] = p
+            clicked = rng.random() < p
             if self.poisoned(now_ms):
                 clicked = not clicked
             if clicked:
@@ -328,15 +336,21 @@ class ShopSimulator:
 
 
 def generate(
-    config: SimulatorConfig, rate: float, duration_s: float, start_ms: int, step_ms: int = 20
+    config: SimulatorConfig,
+    rate: float,
+    duration_s: float,
+    start_ms: int,
+    step_ms: int = 20,
+    truth: dict[tuple[str, str], float] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """The events ``produce`` would send, on a simulated clock: the same stream in no time.
 
     Benchmarks replay it to every model in the same order; it is deterministic for a seed.
+    With ``truth``, the hidden click probability of each impression is recorded there.
     """
     if rate <= 0 or duration_s <= 0:
         raise ValueError(f"expected a positive rate and duration, got {rate!r} and {duration_s!r}")
-    sim = ShopSimulator(config, start_ms)
+    sim = ShopSimulator(config, start_ms, truth)
     emitted = 0
     end_ms = start_ms + int(duration_s * 1000)
     for now_ms in range(start_ms, end_ms, step_ms):

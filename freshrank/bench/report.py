@@ -20,17 +20,14 @@ def _load(directory: Path, name: str) -> dict[str, Any] | None:
 
 
 def _quality_targets(targets: dict[str, Any]) -> str:
-    return "vs static +0.05 {} · ≥ retrain {} · ≥ VW {} · ≥ River {}".format(
-        *(
-            _met(targets.get(k))
-            for k in (
-                "freshrank_beats_static_by_0.05_auc",
-                "freshrank_at_least_retrain",
-                "freshrank_at_least_vw",
-                "freshrank_at_least_river",
-            )
-        )
+    text = "vs static +0.05 {} · best baseline +0.01 {}".format(
+        _met(targets.get("freshrank_beats_static_by_0.05_auc")),
+        _met(targets.get("freshrank_beats_best_baseline_by_0.01")),
     )
+    share = targets.get("freshrank_share_of_oracle_lift_0.9")
+    if share is not None:
+        text += f" · ≥ 0.90 of the oracle's lift {_met(share)} ({share.get('share')})"
+    return text
 
 
 def _met(target: dict[str, Any] | None) -> str:

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from freshrank.simulator import ShopSimulator, SimulatorConfig, encode_event
+from freshrank.simulator import ShopSimulator, SimulatorConfig, encode_event, generate
 from rankcore.events import Event, parse_event
 
 START = 1_800_000_000_000
@@ -56,3 +56,14 @@ def test_poisoning_inverts_clicks_only_inside_its_window() -> None:
         return clicks / impressions
 
     assert click_rate(0, 9) < 0.4 < click_rate(10, 15)
+
+
+def test_the_truth_is_recorded_beside_the_stream_without_changing_it() -> None:
+    config = SimulatorConfig(seed=3, items=200, users=50)
+    plain = list(generate(config, rate=200, duration_s=5, start_ms=1_700_000_000_000))
+    truth: dict[tuple[str, str], float] = {}
+    told = list(generate(config, rate=200, duration_s=5, start_ms=1_700_000_000_000, truth=truth))
+    assert told == plain  # the same events; the truth never travels with them
+    impressions = [e for e in plain if e.get("type") == "impression"]
+    assert len(truth) == len(impressions) > 0
+    assert all(0.0 < truth[(e["request_id"], e["item_id"])] < 1.0 for e in impressions)

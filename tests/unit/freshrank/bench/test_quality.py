@@ -9,10 +9,13 @@ from freshrank.bench.quality import (
     compare,
     impression_schedule,
     known_at_ms,
+    oracle_share,
     region_metrics,
     retrain_plan,
     retrain_times,
     river_features,
+    run_oracle,
+    run_popularity,
     target_report,
     vw_line,
     windowed_metrics,
@@ -254,3 +257,61 @@ def test_compare_runs_end_to_end_on_a_tiny_stream() -> None:
     assert result["models"]["freshrank"]["learned"] == len(samples)
     assert result["models"]["static"]["learned"] == result["static_learned_samples"]
     assert set(result["targets"]) >= {"freshrank_beats_static_by_0.05_auc"}
+
+
+def _imp(item: str, ts: int, label: int, request: str) -> Sample:
+    return Sample("u", "q", item, "c", "b", 1.0, label, ts, ts + 100 if label else 0, request)
+
+
+def test_popularity_counts_clicks_only_once_known_and_decays() -> None:
+    # A click on "a" at 0 (known at 100); then impressions of "a" at 50 (before it is known),
+    # at 1,000 and at 61,000 (one half-life later); "b" was never clicked.
+    samples = [
+        _imp("a", 0, 1, "r0"),
+        _imp("a", 50, 0, "r1"),
+        _imp("a", 1_000, 0, "r2"),
+        _imp("b", 1_000, 0, "r3"),
+        _imp("a", 61_000, 0, "r4"),
+    ]
+    impression = np.array([s.impression_ts_ms for s in samples])
+    known = known_at_ms(samples, 10_000)
+    run = run_popularity(
+        samples, lambda _: None, impression_ms=impression, known_ms=known, half_life_ms=60_000
+    )
+    c_at_1000 = 2 ** (-900 / 60_000)  # one click, counted at 100, decayed to 1,000
+    c_at_61000 = 2 ** (-60_900 / 60_000)
+    assert run.scores[0] == 0.0 and run.scores[1] == 0.0  # the click was not known yet
+    assert run.scores[2] == pytest.approx(c_at_1000 / (c_at_1000 + 1))
+    assert run.scores[3] == 0.0
+    assert run.scores[4] == pytest.approx(c_at_61000 / (c_at_61000 + 1))
+    assert run.scored.all()
+    with pytest.raises(ValueError, match="positive half-life"):
+        run_popularity(samples, lambda _: None, impression_ms=impression, known_ms=known, half_life_ms=0)
+
+
+def test_the_oracle_scores_by_the_truth_and_the_share_of_its_lift() -> None:
+    samples = [_imp("a", 0, 1, "r0"), _imp("b", 0, 0, "r0"), _imp("c", 0, 0, "r9")]
+    run = run_oracle(samples, lambda _: None, truth={("r0", "a"): 0.8, ("r0", "b"): 0.1})
+    assert run.scores[:2].tolist() == [0.8, 0.1] and np.isnan(run.scores[2])
+    assert run.scored.tolist() == [True, True, False]
+    assert oracle_share(0.7, 0.9) == pytest.approx(0.5)
+    assert oracle_share(0.5, 0.9) == 0.0
+    assert oracle_share(None, 0.9) is None and oracle_share(0.7, 0.5) is None
+
+
+def test_targets_against_the_best_baseline_and_the_oracle() -> None:
+    after = {
+        "static": {"auc": 0.60},
+        "retrain": {"auc": 0.66},
+        "freshrank": {"auc": 0.705},
+        "vw": {"auc": 0.70},
+        "river": {"auc": None},
+        "popularity": {"auc": 0.68},
+        "oracle": {"auc": 0.80},
+    }
+    report = target_report(after)
+    best = report["freshrank_beats_best_baseline_by_0.01"]
+    assert best["best_baseline"] == "vw" and best["delta"] == pytest.approx(0.005) and best["met"] is False
+    share = report["freshrank_share_of_oracle_lift_0.9"]
+    assert share["share"] == pytest.approx(0.6833, abs=1e-4) and share["met"] is False
+    assert report["freshrank_at_least_popularity"]["met"] is True
