@@ -49,4 +49,4 @@ bench: $(VENV)/.installed-bench
 	@$(BIN)/freshrank bench all --out bench-results $(ARGS)
 
 clean:
-	rm -rf $(VENV) .freshrank bench-results .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .freshrank bench-results .pytest_cache .mypy_cache .ruff_cache .import_linter_cache .hypothesis
