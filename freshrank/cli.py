@@ -415,8 +415,8 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
                 from aiokafka import AIOKafkaProducer
 
                 producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
-                await producer.start()
                 try:
+                    await producer.start()
                     for letter in letters:
                         await producer.send_and_wait(args.topic, value=letter["raw"], key=letter["key"])
                 finally:

@@ -628,8 +628,8 @@ async def produce_replay(
     stop = stop or asyncio.Event()
     stats = ReplayStats()
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=256 * 1024)
-    await producer.start()
     try:
+        await producer.start()
         events = make_events(int(time.time() * 1000))
         started = last_report = time.monotonic()
         upcoming = next(events, None)

@@ -404,8 +404,8 @@ async def produce(
     stats = stats or ProduceStats()
     stop = stop or asyncio.Event()
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=256 * 1024)
-    await producer.start()
     try:
+        await producer.start()
         start_ms = int(time.time() * 1000)
         sim = ShopSimulator(config, start_ms)
         if on_start is not None:

@@ -189,11 +189,9 @@ class RegistrySync:
 
     async def flush_remaining(self, timeout_s: float) -> None:
         """A last flush at stop, at most ``timeout_s``; the rest waits in the outbox for the next start."""
-        try:
+        with contextlib.suppress(TimeoutError):  # what is left is logged below and kept
             async with asyncio.timeout(timeout_s):
                 await self.flush_once()
-        except TimeoutError:
-            pass
         if len(self.outbox):
             log.warning(
                 "%d registry writes stay in %s for the next start", len(self.outbox), self.outbox.path

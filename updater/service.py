@@ -60,7 +60,6 @@ DEAD_LETTER_BATCH = 1_000
 @dataclass
 class Counters:
     checkpoints: int = 0
-    backpressure_pauses: int = 0
 
 
 class Updater:
@@ -323,7 +322,6 @@ class Updater:
         if samples:
             batch = encode(samples, self.vocabs, self.settings.model.max_tokens)
             await self.trainer.put(batch, self.source)
-            self.counters.backpressure_pauses = self.trainer.pauses
 
     async def _drain(self) -> None:
         await self._enqueue(self.batcher.flush())
@@ -421,7 +419,7 @@ class Updater:
         r = self.release.counters
         return {
             "checkpoints": self.counters.checkpoints,
-            "backpressure_pauses": self.counters.backpressure_pauses,
+            "backpressure_pauses": self.trainer.pauses,
             "versions_rejected": r.versions_rejected,
             "export_failures": r.export_failures,
             "rollbacks": r.rollbacks,
@@ -433,8 +431,8 @@ class Updater:
             return
         serving, counters = self.state.restore(saved)
         self.release.serving = serving
-        self.counters = Counters(counters.get("checkpoints", 0), counters.get("backpressure_pauses", 0))
-        self.trainer.pauses = self.counters.backpressure_pauses
+        self.counters = Counters(counters.get("checkpoints", 0))
+        self.trainer.pauses = counters.get("backpressure_pauses", 0)
         r = self.release.counters
         r.versions_rejected = counters.get("versions_rejected", 0)
         r.export_failures = counters.get("export_failures", 0)

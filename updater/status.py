@@ -87,7 +87,7 @@ def collect(u: Updater) -> Status:
         versions_rejected=r.counters.versions_rejected,
         checkpoints=c.checkpoints,
         export_failures=r.counters.export_failures,
-        backpressure_pauses=c.backpressure_pauses,
+        backpressure_pauses=u.trainer.pauses,
         rollbacks=r.counters.rollbacks,
         samples_trained=u.learner.samples_trained,
         positives_trained=m.positives,

@@ -93,8 +93,8 @@ def updater_command(target: EmbeddedStack | Lane, state_dir: Path, *extra: str) 
 
 async def send(bootstrap: str, records: list[Record], topic: str = TOPIC) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
-    await producer.start()
     try:
+        await producer.start()
         futures = [await producer.send(topic, key=k, value=v) for k, v in records]
         for f in futures:
             await f

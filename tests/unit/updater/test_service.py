@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from exporter.records import Serving
@@ -279,8 +280,11 @@ async def test_a_refused_registry_write_is_set_aside_not_an_outage(tmp_path: Pat
         assert status["dependencies"]["postgres"]["ok"] is True
         assert status["dependencies"]["postgres"]["outages"] == 0
         assert registry.ops("add_version")  # the rest went through
-    rejected = (tmp_path / "state" / "registry-rejected.jsonl").read_text()
-    assert "not json at all" in rejected or "dead_letters" in rejected
+    lines = (tmp_path / "state" / "registry-rejected.jsonl").read_bytes().splitlines()
+    assert len(lines) == 1
+    kept = orjson.loads(lines[0])
+    assert kept["op"]["op"] == "dead_letters" and "SQLSTATE 23514" in kept["error"]
+    assert [row[3] for row in kept["op"]["rows"]] == ["not_json"]  # the dead letter's reason
 
 
 async def test_status_uses_the_injected_clock(tmp_path: Path) -> None:
