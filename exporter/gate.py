@@ -1,24 +1,41 @@
 """The publishing gate: a candidate version must not be worse than the live one on held-out traffic.
 
-Pure: scores come from the torch snapshots (:func:`rankcore.holdout.evaluate`; the parity check
-makes ONNX equal to them), the decision from :func:`decide`. Held-out samples are never trained
-on; see ``holdout_every``.
+Candidate and live are scored on the *same* held-out samples and compared with paired
+statistics (:func:`rankcore.metrics.paired_auc_delta`, DeLong's test for two correlated AUCs,
+and the per-sample logloss difference): what the two versions share cancels, so the gate
+rejects a candidate only when it is worse by more than the margin *with the configured
+confidence*, not whenever two noisy estimates happen to differ. With fixed margins on
+unpaired metrics it rejected 16 of 39 candidates of a clean 90 s demo (``bench gate``
+measures both rules).
+
+Pure: scores come from the torch snapshots (:func:`rankcore.holdout.holdout_scores`; the
+parity check makes ONNX equal to them), the decision from :func:`decide`. Held-out samples
+are never trained on; see ``holdout_every``.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Any
+
+import numpy as np
 
 from rankcore.errors import ConfigError
 from rankcore.features import Vocabularies
-from rankcore.holdout import HoldoutMetrics, evaluate
+from rankcore.holdout import HoldoutMetrics, holdout_scores, summarize
+from rankcore.metrics import paired_auc_delta, paired_logloss_delta
 from rankcore.model import Ranker
 from rankcore.sample import Sample
 
-DEFAULT_AUC_MARGIN = 0.02
-DEFAULT_LOGLOSS_MARGIN = 0.02
+# Chosen with `bench gate` on the simulator (seed 7, batches of 128): with 0.005 the paired
+# test rejected 31% of a clean stream's candidates, with 0.01 8%, with 0.02 2%. Versions a
+# few seconds apart really do differ on a drifting stream, and the held-out window is the
+# recent past, where a candidate that follows the newest trend looks a little worse.
+DEFAULT_AUC_MARGIN = 0.01
+DEFAULT_LOGLOSS_MARGIN = 0.01
+DEFAULT_CONFIDENCE = 0.95
 DEFAULT_MIN_HOLDOUT = 300
 DEFAULT_ROLLBACK_AUC_DROP = 0.05
 DEFAULT_ROLLBACK_HISTORY = 5
@@ -28,6 +45,8 @@ DEFAULT_ROLLBACK_HISTORY = 5
 class GateSettings:
     auc_margin: float = DEFAULT_AUC_MARGIN
     logloss_margin: float = DEFAULT_LOGLOSS_MARGIN
+    # One-sided: a candidate is rejected when it is worse by more than the margin at this level.
+    confidence: float = DEFAULT_CONFIDENCE
     min_samples: int = DEFAULT_MIN_HOLDOUT
     rollback_auc_drop: float = DEFAULT_ROLLBACK_AUC_DROP
     # How many earlier served versions are kept (in memory) as rollback targets.
@@ -38,10 +57,35 @@ class GateSettings:
             value = getattr(self, name)
             if not isinstance(value, int | float) or value < 0:
                 raise ConfigError(f"expected gate {name} to be a number >= 0, got {value!r}")
+        if not isinstance(self.confidence, int | float) or not 0.5 <= self.confidence < 1:
+            raise ConfigError(f"expected gate confidence in [0.5, 1), got {self.confidence!r}")
         for name in ("min_samples", "rollback_history"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"expected gate {name} to be a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Paired:
+    """Candidate minus live on the same held-out samples, each with its standard error."""
+
+    auc_delta: float
+    auc_se: float
+    logloss_delta: float
+    logloss_se: float
+
+    @classmethod
+    def of(cls, candidate: np.ndarray, live: np.ndarray, labels: np.ndarray) -> Paired:
+        return cls(*paired_auc_delta(candidate, live, labels), *paired_logloss_delta(candidate, live, labels))
+
+    def to_dict(self) -> dict[str, float | None]:
+        values = {
+            "gate_auc_delta": self.auc_delta,
+            "gate_auc_se": self.auc_se,
+            "gate_logloss_delta": self.logloss_delta,
+            "gate_logloss_se": self.logloss_se,
+        }
+        return {k: round(v, 5) if math.isfinite(v) else None for k, v in values.items()}
 
 
 @dataclass(frozen=True)
@@ -60,27 +104,52 @@ def judge(
     settings: GateSettings,
 ) -> Verdict:
     """Score the candidate and the live version on the same held-out window, then :func:`decide`."""
-    candidate = evaluate(model, vocabs, holdout)
-    live_metrics = evaluate(*live, holdout) if live is not None else None
+    scores, labels = holdout_scores(model, vocabs, holdout)
+    candidate = summarize(scores, labels)
     metrics: dict[str, Any] = dict(candidate.to_dict())
-    if live_metrics is not None:
-        shown = live_metrics.to_dict()
-        metrics["live_holdout_auc"] = shown["holdout_auc"]
-        metrics["live_holdout_logloss"] = shown["holdout_logloss"]
-    return Verdict(metrics, decide(candidate, live_metrics, settings))
+    if live is None:
+        return Verdict(metrics, decide(candidate, None, None, settings))
+    live_scores, _ = holdout_scores(*live, holdout)
+    live_metrics = summarize(live_scores, labels)
+    shown = live_metrics.to_dict()
+    metrics["live_holdout_auc"] = shown["holdout_auc"]
+    metrics["live_holdout_logloss"] = shown["holdout_logloss"]
+    paired = None
+    if candidate.finite and live_metrics.finite and len(labels):
+        paired = Paired.of(scores, live_scores, labels)
+        metrics.update(paired.to_dict())
+    return Verdict(metrics, decide(candidate, live_metrics, paired, settings))
 
 
-def decide(candidate: HoldoutMetrics, live: HoldoutMetrics | None, settings: GateSettings) -> str | None:
-    """None when the candidate may be published, else the reason it may not."""
+def decide(
+    candidate: HoldoutMetrics,
+    live: HoldoutMetrics | None,
+    paired: Paired | None,
+    settings: GateSettings,
+) -> str | None:
+    """None when the candidate may be published, else the reason it may not.
+
+    Rejected: non-finite scores; a held-out AUC below the live one's by more than
+    ``auc_margin``, or a logloss above it by more than ``logloss_margin``, each at the
+    one-sided ``confidence`` of its paired difference (the bound, not the point estimate,
+    must pass the margin).
+    """
     if not candidate.finite:
         return "non-finite scores on the held-out window"
-    if live is None or candidate.samples < settings.min_samples or math.isnan(candidate.auc):
+    if live is None or paired is None or candidate.samples < settings.min_samples:
         return None  # nothing to compare with yet
-    if not math.isnan(live.auc) and candidate.auc < live.auc - settings.auc_margin:
-        return f"held-out AUC {candidate.auc:.4f} < live {live.auc:.4f} - {settings.auc_margin}"
-    if not math.isnan(live.logloss) and candidate.logloss > live.logloss + settings.logloss_margin:
+    z = NormalDist().inv_cdf(settings.confidence)
+    level = f"{settings.confidence:.0%}"
+    if paired.auc_delta + z * paired.auc_se < -settings.auc_margin:
         return (
-            f"held-out logloss {candidate.logloss:.4f} > live {live.logloss:.4f} + {settings.logloss_margin}"
+            f"held-out AUC {candidate.auc:.4f} vs live {live.auc:.4f}: {paired.auc_delta:+.4f}"
+            f" (standard error {paired.auc_se:.4f}) is below -{settings.auc_margin} at {level}"
+        )
+    if paired.logloss_delta - z * paired.logloss_se > settings.logloss_margin:
+        return (
+            f"held-out logloss {candidate.logloss:.4f} vs live {live.logloss:.4f}:"
+            f" {paired.logloss_delta:+.4f} (standard error {paired.logloss_se:.4f}) is above"
+            f" +{settings.logloss_margin} at {level}"
         )
     return None
 

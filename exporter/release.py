@@ -153,6 +153,11 @@ class ReleaseManager:
         self._unloaded: LiveModel | None = None
         self.last_export: dict[str, Any] = {}
         self.last_rollback: dict[str, Any] = {}
+        # The live version's AUC and logloss on the latest held-out window, from each round of the
+        # gate: samples never trained on, all scored by one model, so unlike the trainer's
+        # prequential window it has no start-up skew (positives are learned at once, negatives
+        # only when the window closes, so the two are scored by different model states).
+        self.served_holdout: dict[str, Any] = {}
         self.last_outcome: ReleaseOutcome | None = None
         # Samples trained in the newest snapshot that was judged (skipped or failed ones are retried).
         self.samples_released = -1
@@ -288,6 +293,8 @@ class ReleaseManager:
         live = (self.live.model, self.live.vocabs) if self.live is not None else None
         verdict = await asyncio.to_thread(judge, snap.model, snap.vocabs, live, snap.holdout, self.gate)
         metrics.update(verdict.metrics)
+        if self.live is not None and "live_holdout_auc" in verdict.metrics:
+            self._served_holdout(self.live.version, verdict.metrics, "live_")
         self._version_floor = max(self._version_floor, version)
         if verdict.reason is not None:
             return self._reject(snap, version, metrics, f"gate: {verdict.reason}")
@@ -337,6 +344,7 @@ class ReleaseManager:
         if served == version:
             fresh = self.freshness.served(snap.fresh_action_ts_ms, served_at)
             self._go_live(candidate)
+            self._served_holdout(version, metrics, "")
             if self.serving.mode == "rolled_back":
                 # A candidate passed the gate against the version rolled back to: back to the newest.
                 self.sink.record(SetServing.of(Serving()))
@@ -363,6 +371,14 @@ class ReleaseManager:
             snap.samples_trained,
         )
         return ReleaseOutcome("live" if served == version else "published", version, served)
+
+    def _served_holdout(self, version: int, metrics: dict[str, Any], prefix: str) -> None:
+        self.served_holdout = {
+            "version": version,
+            "auc": metrics.get(f"{prefix}holdout_auc"),
+            "logloss": metrics.get(f"{prefix}holdout_logloss"),
+            "samples": metrics.get("holdout_samples"),
+        }
 
     def _reject(self, snap: Snapshot, version: int, metrics: dict[str, Any], reason: str) -> ReleaseOutcome:
         self.counters.versions_rejected += 1

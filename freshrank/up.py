@@ -81,6 +81,7 @@ def _summary(updater: Updater, produced: ProduceStats, served: int | None, start
         "versions_published",
         "versions_rejected",
         "live_version",
+        "served_holdout_auc",
         "prequential_auc",
         "prequential_logloss",
         "freshness_p50_s",

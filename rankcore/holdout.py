@@ -41,17 +41,31 @@ class HoldoutMetrics:
         }
 
 
-def evaluate(model: Ranker, vocabs: Vocabularies, samples: list[Sample]) -> HoldoutMetrics:
-    """Score held-out samples with ``model`` (ids it never saw map to the unknown row)."""
+def holdout_scores(
+    model: Ranker, vocabs: Vocabularies, samples: list[Sample]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``model``'s scores of held-out samples (ids it never saw map to the unknown row), and
+    their labels."""
     if not samples:
-        return HoldoutMetrics(0, 0, math.nan, math.nan, True)
+        return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.float32)
     batch = encode(samples, vocabs, model.config.max_tokens, grow=False)
-    scores = score(model, batch)
+    return score(model, batch), batch.label
+
+
+def summarize(scores: np.ndarray, labels: np.ndarray) -> HoldoutMetrics:
+    """AUC and logloss of scores of held-out samples (NaN where they are not finite)."""
+    if len(scores) == 0:
+        return HoldoutMetrics(0, 0, math.nan, math.nan, True)
     finite = bool(np.all(np.isfinite(scores)))
     return HoldoutMetrics(
-        samples=len(samples),
-        positives=int(batch.label.sum()),
-        auc=auc(scores, batch.label) if finite else math.nan,
-        logloss=logloss(scores, batch.label) if finite else math.nan,
+        samples=len(scores),
+        positives=int(labels.sum()),
+        auc=auc(scores, labels) if finite else math.nan,
+        logloss=logloss(scores, labels) if finite else math.nan,
         finite=finite,
     )
+
+
+def evaluate(model: Ranker, vocabs: Vocabularies, samples: list[Sample]) -> HoldoutMetrics:
+    """Score held-out samples with ``model`` and summarize them."""
+    return summarize(*holdout_scores(model, vocabs, samples))

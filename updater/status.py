@@ -41,6 +41,7 @@ class Status:
     served_version: int | None
     prequential_auc: float | None
     prequential_logloss: float | None
+    served_holdout_auc: float | None
     freshness_p50_s: float | None
     freshness_p95_s: float | None
     consumer_lag: int | None
@@ -61,6 +62,7 @@ class Status:
     last_checkpoint: dict[str, Any] = field(default_factory=dict)
     last_export: dict[str, Any] = field(default_factory=dict)
     last_release: dict[str, Any] = field(default_factory=dict)
+    served_holdout: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -95,6 +97,7 @@ def collect(u: Updater) -> Status:
         served_version=r.served_version,
         prequential_auc=_finite(m.auc()),
         prequential_logloss=_finite(m.logloss()),
+        served_holdout_auc=r.served_holdout.get("auc"),
         freshness_p50_s=r.freshness.percentile(50),
         freshness_p95_s=r.freshness.percentile(95),
         consumer_lag=u.source.lag() if u._holds_lease else None,
@@ -115,6 +118,7 @@ def collect(u: Updater) -> Status:
         last_checkpoint=u.last_checkpoint,
         last_export=r.last_export,
         last_release=asdict(outcome) if outcome is not None else {},
+        served_holdout=r.served_holdout,
     )
 
 

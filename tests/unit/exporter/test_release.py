@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 
@@ -142,13 +143,17 @@ async def test_gate_rejects_a_clearly_worse_candidate(tmp_path: Path) -> None:
 
     outcome = await r.release.release(bad)
 
-    reason = "gate: held-out AUC 0.0000 < live 1.0000 - 0.02"
+    reason = outcome.reason or ""
+    assert reason.startswith("gate: held-out AUC 0.0000 vs live 1.0000: -1.0000"), reason
     assert outcome == ReleaseOutcome("rejected", 2, 1, reason)
     rejected = r.ops[-1]
     assert isinstance(rejected, AddVersion)
     assert (rejected.version, rejected.status, rejected.reason) == (2, "rejected", reason)
     assert (rejected.path, rejected.size_bytes, rejected.sha256) == (None, None, None)
     assert rejected.metrics["holdout_auc"] == 0.0 and rejected.metrics["live_holdout_auc"] == 1.0
+    assert rejected.metrics["gate_auc_delta"] == -1.0
+    # The served version's held-out figures are the live one's: the candidate never served.
+    assert r.release.served_holdout == {"version": 1, "auc": 1.0, "logloss": ANY, "samples": ANY}
     # No version directory, not even a half-written one; nothing loaded; version 1 still live.
     assert sorted(p.name for p in r.publisher.model_dir.iterdir()) == ["1", "config.pbtxt"]
     assert r.server.loads == [Load(None, None)] and r.server.current == 1

@@ -1,0 +1,287 @@
+"""The publishing gate's noise: how often it rejects candidates on a clean stream, whether it
+still catches poisoning, and what its rejections cost in freshness and served quality.
+
+The updater's loop replayed on stream time, without the I/O: the simulator's events go
+through the updater's consumer path (:class:`updater.ingest.Ingest`: every
+``DEFAULT_HOLDOUT_EVERY``-th request held out), its learner learns the rest in batches of
+``DEFAULT_BATCH_SIZE``, and every ``DEFAULT_PUBLISH_INTERVAL_S`` of stream time a candidate
+is cut and put through the release side's decisions on the latest ``DEFAULT_HOLDOUT_WINDOW``
+held-out samples: the rollback check (:func:`exporter.gate.should_roll_back` against the
+versions served before), then the gate. Exporting and loading take no time here, so the
+figures isolate the gate's decisions from Triton's.
+
+Two rules judge the same sequence of candidates, each keeping its own live version:
+
+- ``paired``: :func:`exporter.gate.judge` with the defaults (DeLong's paired test for AUC and
+  the paired logloss difference; rejected when worse by more than the margin at the
+  one-sided confidence);
+- ``unpaired``: the rule before it, rejecting when the candidate's held-out AUC is below the
+  live one's by more than 0.02 or its logloss above by more than 0.02, point estimates.
+
+Each rule reports its rejection rate, rollbacks, how old its live version was at each
+impression (stream time since that version's candidate was cut: the freshness cost of
+rejections) and its *served* AUC: every impression scored by the version that rule had live
+at its impression time, the number a shop sees. Streams: the simulator's seed 7 clean, and
+with every click decision inverted for ``POISON_FOR_S`` from ``POISON_AT_S``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from exporter.gate import GateSettings, judge, should_roll_back
+from freshrank.bench.common import Progress, percentiles
+from freshrank.simulator import SimulatorConfig, encode_event, generate
+from rankcore.features import Vocabularies, encode, score
+from rankcore.holdout import DEFAULT_HOLDOUT_EVERY, HoldoutMetrics, evaluate
+from rankcore.metrics import auc
+from rankcore.model import Ranker, RankerConfig
+from rankcore.sample import Sample
+from updater.batcher import DEFAULT_BATCH_SIZE
+from updater.ingest import Ingest, Record
+from updater.joiner import DEFAULT_WINDOW_MS
+from updater.learner import Learner
+from updater.settings import DEFAULT_HOLDOUT_WINDOW, DEFAULT_PUBLISH_INTERVAL_S
+
+SEED = 7
+RATE = 330.0
+DURATION_S = 360.0
+START_MS = 1_700_000_000_000
+POISON_AT_S = 150.0
+POISON_FOR_S = 30.0
+# Impressions before this are left out of the served AUC: nothing is live yet.
+WARMUP_S = 30.0
+UNPAIRED_AUC_MARGIN = 0.02
+UNPAIRED_LOGLOSS_MARGIN = 0.02
+# Capacities sized to the simulator (3,000 users, ~1,600 items, ~100 tokens), so that every
+# version a rule served can be kept to score the impressions it served.
+CONFIG = RankerConfig(
+    user_capacity=4_096, token_capacity=1_024, item_capacity=4_096, category_capacity=64, brand_capacity=128
+)
+
+
+def unpaired(
+    model: Ranker, vocabs: Vocabularies, live: tuple[Ranker, Vocabularies] | None, holdout: list[Sample]
+) -> str | None:
+    """The rule before the paired gate: point estimates against fixed margins."""
+    candidate = evaluate(model, vocabs, holdout)
+    if not candidate.finite:
+        return "non-finite scores on the held-out window"
+    if live is None or candidate.samples < GateSettings().min_samples or math.isnan(candidate.auc):
+        return None
+    current = evaluate(*live, holdout)
+    if not math.isnan(current.auc) and candidate.auc < current.auc - UNPAIRED_AUC_MARGIN:
+        return "held-out AUC below live by more than the margin"
+    if not math.isnan(current.logloss) and candidate.logloss > current.logloss + UNPAIRED_LOGLOSS_MARGIN:
+        return "held-out logloss above live by more than the margin"
+    return None
+
+
+@dataclass
+class Version:
+    number: int
+    cut_ms: int
+    model: Ranker
+    vocabs: Vocabularies
+
+
+@dataclass
+class Rule:
+    """One gate rule's own release state: what is live, what was served before, its counts."""
+
+    name: str
+    decide: Callable[[Version, Version | None, list[Sample]], str | None]
+    settings: GateSettings
+    window: int = DEFAULT_HOLDOUT_WINDOW
+    live: Version | None = None
+    history: deque[Version] = field(default_factory=deque)
+    timeline: list[tuple[int, Version]] = field(default_factory=list)  # (from stream ms, live version)
+    candidates: int = 0
+    rejected: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+    rollbacks: list[dict[str, Any]] = field(default_factory=list)
+
+    def go_live(self, version: Version, at_ms: int) -> None:
+        if self.live is not None:
+            self.history.appendleft(self.live)
+            while len(self.history) > self.settings.rollback_history:
+                self.history.pop()
+        self.live = version
+        self.timeline.append((at_ms, version))
+
+    def release(self, candidate: Version, holdout: list[Sample], now_ms: int) -> None:
+        """The release side's order: the rollback check, then the gate."""
+        settings = self.settings
+        holdout = holdout[-self.window :]
+        if self.live is not None and self.history and holdout:
+            scored = [(v, evaluate(v.model, v.vocabs, holdout)) for v in (self.live, *self.history)]
+            previous, prev_m = max(scored[1:], key=lambda pair: _auc_or_low(pair[1]))
+            reason = should_roll_back(scored[0][1], prev_m, settings)
+            if reason is not None:
+                at_s = round((now_ms - START_MS) / 1000, 1)
+                self.rollbacks.append({"at_s": at_s, "from": self.live.number, "to": previous.number})
+                self.history = deque(v for v in self.history if v.number < previous.number)
+                self.live = previous
+                self.timeline.append((now_ms, previous))
+                return  # as the release side: a rollback ends this round
+        self.candidates += 1
+        reason = self.decide(candidate, self.live, holdout)
+        if reason is not None:
+            self.rejected += 1
+            kind = reason.split(" ")[1] if reason.startswith("held-out") else reason
+            self.reasons[kind] = self.reasons.get(kind, 0) + 1
+            return
+        self.go_live(candidate, now_ms)
+
+
+def _auc_or_low(metrics: HoldoutMetrics) -> float:
+    return -1.0 if math.isnan(metrics.auc) else metrics.auc
+
+
+def stream(config: SimulatorConfig) -> Iterator[tuple[int, list[Sample], list[Sample]]]:
+    """``(stream ms, trained samples, held-out samples)`` as the updater's consumer path emits them."""
+    ingest = Ingest(window_ms=DEFAULT_WINDOW_MS, holdout_every=DEFAULT_HOLDOUT_EVERY)
+    events = generate(config, rate=RATE, duration_s=DURATION_S, start_ms=START_MS)
+    for offset, event in enumerate(events):
+        now_ms = int(event["ts"]) if isinstance(event.get("ts"), int) else START_MS
+        record = Record(topic="bench", partition=0, offset=offset, key=None, value=encode_event(event)[1])
+        out = ingest.process([record], now_ms)
+        if out.trained or out.held_out:
+            yield now_ms, out.trained, out.held_out
+    last = ingest.drain()
+    yield START_MS + int(DURATION_S * 1000), last.trained, last.held_out
+
+
+def paired_rule(name: str, settings: GateSettings, window: int = DEFAULT_HOLDOUT_WINDOW) -> Rule:
+    def decide(candidate: Version, live: Version | None, holdout: list[Sample]) -> str | None:
+        pair = (live.model, live.vocabs) if live is not None else None
+        return judge(candidate.model, candidate.vocabs, pair, holdout, settings).reason
+
+    return Rule(name, decide, settings, window)
+
+
+def unpaired_rule(name: str = "unpaired") -> Rule:
+    def decide(candidate: Version, live: Version | None, holdout: list[Sample]) -> str | None:
+        pair = (live.model, live.vocabs) if live is not None else None
+        return unpaired(candidate.model, candidate.vocabs, pair, holdout)
+
+    return Rule(name, decide, GateSettings())
+
+
+def replay(config: SimulatorConfig, progress: Progress, rules: list[Rule]) -> dict[str, Any]:
+    """Learn the stream once; judge every candidate under each rule; score what each served."""
+    learner = Learner(CONFIG, seed=0)
+    vocabs = Vocabularies(CONFIG)
+    holdout: deque[Sample] = deque(maxlen=DEFAULT_HOLDOUT_WINDOW)
+    seen: list[Sample] = []
+
+    pending: list[Sample] = []
+    interval_ms = int(DEFAULT_PUBLISH_INTERVAL_S * 1000)
+    next_cut = START_MS + interval_ms
+    number = 0
+    started = time.perf_counter()
+    for now_ms, trained, held_out in stream(config):
+        seen += trained
+        seen += held_out
+        holdout.extend(held_out)
+        pending += trained
+        while len(pending) >= DEFAULT_BATCH_SIZE:
+            learner.learn(encode(pending[:DEFAULT_BATCH_SIZE], vocabs, CONFIG.max_tokens))
+            del pending[:DEFAULT_BATCH_SIZE]
+        while now_ms >= next_cut:
+            number += 1
+            candidate = Version(number, next_cut, learner.frozen_copy(), vocabs.copy())
+            window = list(holdout)
+            for rule in rules:
+                rule.release(candidate, window, next_cut)
+            next_cut += interval_ms
+            if number % 30 == 0:
+                counts = (f"{r.name} rejected {r.rejected} rolled back {len(r.rollbacks)}" for r in rules)
+                progress(f"  {number} candidates, " + ", ".join(counts))
+    progress(f"  {number} candidates in {time.perf_counter() - started:.0f} s")
+    return {rule.name: served(rule, seen, number) for rule in rules}
+
+
+def served(rule: Rule, samples: list[Sample], candidates: int) -> dict[str, Any]:
+    """The rule's decisions, and every impression scored by the version it had live then."""
+    impressions = np.fromiter((s.impression_ts_ms for s in samples), dtype=np.int64, count=len(samples))
+    labels = np.fromiter((s.label for s in samples), dtype=np.float32, count=len(samples))
+    scores = np.full(len(samples), np.nan)
+    age_s = np.full(len(samples), np.nan)
+    starts = np.array([at for at, _ in rule.timeline], dtype=np.int64)
+    which = np.searchsorted(starts, impressions, side="right") - 1
+    for k, (_, version) in enumerate(rule.timeline):
+        rows = np.flatnonzero(which == k)
+        if rows.size:
+            batch = encode([samples[r] for r in rows], version.vocabs, CONFIG.max_tokens, grow=False)
+            scores[rows] = score(version.model, batch)
+            age_s[rows] = (impressions[rows] - version.cut_ms) / 1000
+    live = np.isfinite(scores) & (impressions >= START_MS + WARMUP_S * 1000)
+    poison_end = START_MS + int((POISON_AT_S + POISON_FOR_S) * 1000)
+    after_poison = live & (impressions >= poison_end) & (impressions < poison_end + 60_000)
+    return {
+        "candidates": rule.candidates,
+        "rejected": rule.rejected,
+        "rejection_rate": round(rule.rejected / rule.candidates, 4) if rule.candidates else None,
+        "rejected_by": rule.reasons,
+        "rollbacks": rule.rollbacks,
+        "versions_served": len({v.number for _, v in rule.timeline}),
+        "served_auc": _rounded(auc(scores[live], labels[live])),
+        "served_auc_60s_after_poison_window": _rounded(auc(scores[after_poison], labels[after_poison])),
+        "live_age_s": percentiles(age_s[live].tolist()),
+        "live_age_mean_s": round(float(age_s[live].mean()), 2),
+        "candidates_cut": candidates,
+    }
+
+
+def _rounded(value: float) -> float | None:
+    return None if not math.isfinite(value) else round(value, 4)
+
+
+def run(out: Path, progress: Progress) -> dict[str, Any]:
+    settings = GateSettings()
+    streams = {
+        "clean": SimulatorConfig(seed=SEED),
+        "poisoned": SimulatorConfig(seed=SEED, poison_start_s=POISON_AT_S, poison_duration_s=POISON_FOR_S),
+    }
+    results: dict[str, Any] = {}
+    for name, config in streams.items():
+        progress(f"{name} stream: {DURATION_S:g} s at {RATE:g} events/s, seed {SEED}")
+        results[name] = replay(config, progress, [paired_rule("paired", settings), unpaired_rule()])
+    clean = results["clean"]["paired"]
+    poisoned = results["poisoned"]["paired"]
+    return {
+        "stream": {"seed": SEED, "rate": RATE, "duration_s": DURATION_S, "warmup_s": WARMUP_S},
+        "poison": {"at_s": POISON_AT_S, "for_s": POISON_FOR_S},
+        "batch_size": DEFAULT_BATCH_SIZE,
+        "publish_interval_s": DEFAULT_PUBLISH_INTERVAL_S,
+        "holdout_every": DEFAULT_HOLDOUT_EVERY,
+        "holdout_window": DEFAULT_HOLDOUT_WINDOW,
+        "gate": {
+            "auc_margin": settings.auc_margin,
+            "logloss_margin": settings.logloss_margin,
+            "confidence": settings.confidence,
+            "rollback_auc_drop": settings.rollback_auc_drop,
+        },
+        "unpaired_rule": {"auc_margin": UNPAIRED_AUC_MARGIN, "logloss_margin": UNPAIRED_LOGLOSS_MARGIN},
+        "streams": results,
+        "targets": {
+            "clean_rejection_rate_at_most_0.10": {
+                "met": clean["rejection_rate"] is not None and clean["rejection_rate"] <= 0.10,
+                "rejection_rate": clean["rejection_rate"],
+            },
+            "poisoning_caught": {
+                "met": bool(poisoned["rollbacks"]) or poisoned["rejected"] > clean["rejected"],
+                "rollbacks": len(poisoned["rollbacks"]),
+                "rejected": poisoned["rejected"],
+            },
+        },
+    }
