@@ -85,7 +85,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         last.update(t=now, events=s["events_consumed"])
         line = (
             f"[{s['duration_s']:6.0f}s] events/s {rate:7.0f}  consumed {s['events_consumed']:>9}  "
-            f"trained {s['samples_trained']:>9}  AUC {_fmt(s['prequential_auc'], '.3f')}  "
+            f"trained {s['samples_trained']:>9}  served AUC {_fmt(s['served_holdout_auc'], '.3f')}  "
             f"live v{_fmt(s['live_version'])}  freshness p50 {_fmt(s['freshness_p50_s'], '.2f')} s  "
             f"dead {s['dead_letters']}  lag {_fmt(s['consumer_lag'])}"
         )
@@ -136,12 +136,22 @@ def cmd_updater(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from freshrank.simulator import SimulatorConfig, produce
+    from freshrank.simulator import SimulatorConfig, generate, produce, write_events
     from rankcore.errors import ConfigError
     from updater.source import ensure_topic
 
     if args.items < 10 or args.users < 1:
         raise ConfigError(f"expected --items >= 10 and --users >= 1, got {args.items} and {args.users}")
+    _one_destination(args)
+    config = SimulatorConfig(seed=args.seed, bad_rate=args.bad_rate, items=args.items, users=args.users)
+    if args.to_file is not None:
+        if args.duration <= 0:
+            raise ConfigError("expected --duration > 0 with --to-file (the history's length)")
+        # The history ends now, in simulated time: no waiting, no Kafka.
+        start_ms = int(time.time() * 1000) - int(args.duration * 1000)
+        count = write_events(generate(config, args.rate, args.duration, start_ms), args.to_file)
+        print(_dump({"events_written": count, "file": str(args.to_file)}))
+        return 0
 
     async def main() -> None:
         import signal
@@ -157,7 +167,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             args.topic,
             args.rate,
             args.duration,
-            SimulatorConfig(seed=args.seed, bad_rate=args.bad_rate, items=args.items, users=args.users),
+            config,
             stop=stop,
             catalogue_path=args.catalogue,
         )
@@ -165,6 +175,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     asyncio.run(main())
     return 0
+
+
+def _one_destination(args: argparse.Namespace) -> None:
+    from rankcore.errors import ConfigError
+
+    if (args.bootstrap is None) == (args.to_file is None):
+        raise ConfigError("expected either --bootstrap HOST:PORT (produce to Kafka) or --to-file FILE")
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -207,8 +224,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 speedup=speedup,
             )
 
+    _one_destination(args)
     # A dry pass in original time: the speedup at which the log takes --rate events/s.
     speedup = fit_speedup(convert(int(time.time() * 1000), 1.0), args.rate)
+    if args.to_file is not None:
+        from freshrank.simulator import write_events
+
+        count = write_events(convert(int(time.time() * 1000), speedup), args.to_file)
+        print(_dump({"dataset": args.dataset, "events_written": count, "file": str(args.to_file)}))
+        return 0
     print(f"replaying {args.dataset} at {speedup:.0f}x its original pace", file=sys.stderr, flush=True)
 
     async def main() -> dict[str, Any]:
@@ -363,6 +387,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             "samples_trained",
             "dead_letters",
             "consumer_lag",
+            "served_holdout_auc",
             "prequential_auc",
             "freshness_p50_s",
             "status_age_s",
@@ -687,8 +712,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_updater_arguments(upd)
     upd.set_defaults(func=cmd_updater)
 
-    sim = sub.add_parser("simulate", help="produce simulated shop traffic to Kafka")
-    sim.add_argument("--bootstrap", required=True, metavar="HOST:PORT")
+    sim = sub.add_parser("simulate", help="produce simulated shop traffic to Kafka, or write it to a file")
+    sim.add_argument("--bootstrap", metavar="HOST:PORT", help="the Kafka to produce to")
+    sim.add_argument(
+        "--to-file",
+        type=Path,
+        metavar="FILE",
+        help="instead, write --duration seconds of traffic ending now as JSON lines, at once "
+        "(a history for 'freshrank updater --warm-start')",
+    )
     sim.add_argument("--topic", default=DEFAULT_TOPIC)
     sim.add_argument("--rate", type=float, default=1000.0, metavar="N", help="events per second")
     sim.add_argument("--duration", type=float, default=60.0, metavar="S", help="seconds; 0 runs until Ctrl-C")
@@ -716,7 +748,14 @@ def build_parser() -> argparse.ArgumentParser:
         "start now and the log is compressed to take about --rate events/s. Progress goes to stderr.",
     )
     rep.add_argument("dataset", choices=["diginetica", "complete-journey"])
-    rep.add_argument("--bootstrap", required=True, metavar="HOST:PORT")
+    rep.add_argument("--bootstrap", metavar="HOST:PORT", help="the Kafka to produce to")
+    rep.add_argument(
+        "--to-file",
+        type=Path,
+        metavar="FILE",
+        help="instead, write the events as JSON lines at once "
+        "(a history for 'freshrank updater --warm-start')",
+    )
     rep.add_argument("--topic", default=DEFAULT_TOPIC)
     rep.add_argument(
         "--rate", type=float, default=1000.0, metavar="N", help="events per second (default 1000)"

@@ -17,7 +17,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -370,6 +370,22 @@ def encode_event(event: dict[str, Any]) -> tuple[bytes | None, bytes]:
         return None, raw
     user = event.get("user_id")
     return (str(user).encode() if user is not None else None), orjson.dumps(event)
+
+
+def write_events(events: Iterable[dict[str, Any]], path: Path) -> int:
+    """Write events as JSON lines (the record values Kafka would carry), atomically; the count.
+
+    What ``--warm-start`` reads: ``freshrank simulate --to-file`` and ``freshrank replay
+    --to-file`` write history this way.
+    """
+    tmp = path.with_name(f"{path.name}.tmp")
+    count = 0
+    with open(tmp, "wb") as fh:
+        for event in events:
+            fh.write(encode_event(event)[1] + b"\n")
+            count += 1
+    tmp.replace(path)
+    return count
 
 
 def write_catalogue(sim: ShopSimulator, path: Path) -> None:

@@ -23,6 +23,7 @@ import logging
 import os
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -50,6 +51,7 @@ from updater.state import Checkpointer, ModelState
 from updater.status import STATUS_FILE, Status, collect, write_status
 from updater.supervisor import Supervisor
 from updater.trainer import Trainer
+from updater.warm import learn_history, read_lines
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +128,8 @@ class Updater:
         self._fetch_failed = False
         self._last_publish = 0.0
         self._last_checkpoint = self.clock.monotonic()
+        # What a warm start learned (``--warm-start``), recorded with every version cut since.
+        self._warm: dict[str, Any] | None = None
         source.positions = self.ingest.ledger.positions
 
     @classmethod
@@ -192,7 +196,8 @@ class Updater:
         await self.registry.connect()
         self.registry.outbox.open()
         self.release.publisher.remove_orphans()
-        self._restore()
+        if not self._restore() and s.warm_start is not None:
+            await asyncio.to_thread(self._warm_start, s.warm_start)
         await self.source.start()
         self.kafka.mark(True)
         self.trainer.start()
@@ -365,6 +370,7 @@ class Updater:
                 "prequential_auc": self.learner.metrics.auc(),
                 "prequential_logloss": self.learner.metrics.logloss(),
                 "ledger": self.ingest.ledger.state(),
+                **({"warm_start": self._warm} if self._warm is not None else {}),
             },
             parity_samples=list(self._recent),
             holdout=list(self.holdout),
@@ -425,10 +431,25 @@ class Updater:
             "rollbacks": r.rollbacks,
         }
 
-    def _restore(self) -> None:
+    def _warm_start(self, path: Path) -> None:
+        s = self.settings
+        warm = learn_history(
+            read_lines(path),
+            self.learner,
+            self.vocabs,
+            source=str(path),
+            batch_size=s.batch_size,
+            window_ms=s.window_ms,
+            holdout_every=s.holdout_every,
+        )
+        self.holdout.extend(warm.held_out)
+        self._warm = warm.to_dict()
+
+    def _restore(self) -> bool:
+        """Resume from the checkpoint; False when there is none."""
         saved = self.checkpointer.load()
         if saved is None:
-            return
+            return False
         serving, counters = self.state.restore(saved)
         self.release.serving = serving
         self.counters = Counters(counters.get("checkpoints", 0))
@@ -443,6 +464,7 @@ class Updater:
             self.learner.samples_trained,
             self.positions,
         )
+        return True
 
     # ----------------------------------------------------------------- status
 

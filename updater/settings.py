@@ -140,6 +140,12 @@ class UpdaterSettings:
         metavar="N",
     )
     holdout_window: int = _knob(DEFAULT_HOLDOUT_WINDOW, "latest held-out samples the gate judges on")
+    warm_start: Path | None = _knob(  # noqa: RUF009
+        None,
+        "with no checkpoint in --state-dir, learn this file of contract events (JSON lines) before "
+        "the first fetch; the first version published carries it",
+        metavar="FILE",
+    )
     model: RankerConfig = field(default_factory=RankerConfig, metadata={"prefix": "model"})
     gate: GateSettings = field(default_factory=GateSettings, metadata={"prefix": "gate"})
     timeouts: Timeouts = field(default_factory=Timeouts, metadata={"prefix": "timeout"})
@@ -147,6 +153,8 @@ class UpdaterSettings:
     def __post_init__(self) -> None:
         self.repository = Path(self.repository)
         self.state_dir = Path(self.state_dir)
+        if self.warm_start is not None:
+            self.warm_start = Path(self.warm_start)
         for name in (
             "batch_size",
             "queue_batches",
@@ -190,8 +198,9 @@ _HELP = {
     "model__hidden": "hidden units of the MLP",
     "model__max_tokens": "query tokens read per request",
     "model__prior_ctr": "click rate the output bias starts from",
-    "gate__auc_margin": "reject a candidate whose held-out AUC is below the live one's by more",
+    "gate__auc_margin": "reject a candidate whose held-out AUC is below the live one's by more (paired)",
     "gate__logloss_margin": "reject a candidate whose held-out logloss is above the live one's by more",
+    "gate__confidence": "one-sided confidence the paired difference must pass the margin at",
     "gate__min_samples": "held-out samples needed before the gate compares",
     "gate__rollback_auc_drop": "roll back when the live AUC falls this far below an earlier version's",
     "gate__rollback_history": "earlier served versions kept as rollback targets",

@@ -57,14 +57,16 @@ from typing import Any
 import numpy as np
 
 from freshrank.bench.common import Progress, labelled, save_figure
-from freshrank.simulator import SimulatorConfig, generate
+from freshrank.simulator import SimulatorConfig, encode_event, generate
 from rankcore.features import Batch, Vocabularies, encode
+from rankcore.holdout import DEFAULT_HOLDOUT_EVERY
 from rankcore.metrics import auc, logloss
 from rankcore.model import RankerConfig
 from rankcore.sample import Sample
 from updater.batcher import DEFAULT_BATCH_SIZE
 from updater.joiner import DEFAULT_WINDOW_MS
 from updater.learner import Learner
+from updater.warm import learn_history
 
 # The simulated stream: 12 minutes of stream time, about 200k labelled samples. The rate is
 # low enough that the trends (90 s period) and launches (every 4 s) move within few samples.
@@ -81,6 +83,10 @@ STATIC_FRACTION = 0.25
 RETRAIN_EVERY_MS = 120_000
 RETRAIN_EPOCHS = 2
 METRIC_WINDOW_MS = 30_000
+# Warm start: the first WARM_HISTORY_S of the stream are the history, the rest is live; AUC over
+# the first minutes live.
+WARM_HISTORY_S = 360.0
+WARM_FIRST_MINUTES = (1, 2, 5)
 
 MODELS = ("static", "retrain", "freshrank", "vw", "river", "popularity")
 # The targets: freshrank beats the static model by this much AUC after the drift...
@@ -355,15 +361,17 @@ def run_online(
     batch_size: int = DEFAULT_BATCH_SIZE,
     device: str = "auto",
     seed: int = 0,
+    start: tuple[Learner, Vocabularies] | None = None,
 ) -> Run:
     """freshrank (``learn=None``: learns every sample) or the static model (learns where
-    ``learn`` holds, then scores the rest frozen), following :func:`impression_schedule`."""
-    config = config or RankerConfig()
+    ``learn`` holds, then scores the rest frozen), following :func:`impression_schedule`;
+    from ``start`` (a learner and its vocabularies, a warm start) when given."""
+    config = start[0].config if start is not None else config or RankerConfig()
     scores = np.full(len(samples), np.nan)
     scored = np.zeros(len(samples), dtype=bool)
     started = time.perf_counter()
-    learner = Learner(config, device=device, seed=seed)
-    vocabs = Vocabularies(config)
+    learner, vocabs = start if start is not None else (Learner(config, device=device, seed=seed), None)
+    vocabs = vocabs if vocabs is not None else Vocabularies(config)
     total = len(samples) if learn is None else int(learn.sum())
     report = next_report = max(total // 4, 1)
     learned = 0
@@ -786,6 +794,57 @@ def _simulated(
     return samples, counts, truth
 
 
+def warm_vs_cold(progress: Progress, seed: int = SEED) -> dict[str, Any]:
+    """The updater with ``--warm-start`` against a cold one over the first minutes live.
+
+    The simulator's stream is cut in two at ``WARM_HISTORY_S``: the first part is the history
+    (learned through :func:`updater.warm.learn_history`, the updater's own warm start, every
+    ``DEFAULT_HOLDOUT_EVERY``-th request held out as live), the rest goes live. Both learners
+    then score at impression time and learn when labels are known, as above.
+    """
+    events = list(generate(SimulatorConfig(seed=seed), rate=RATE, duration_s=DURATION_S, start_ms=START_MS))
+    cut = START_MS + int(WARM_HISTORY_S * 1000)
+    history = [e for e in events if isinstance(e.get("ts"), int) and e["ts"] < cut]
+    live_events = [e for e in events if not (isinstance(e.get("ts"), int) and e["ts"] < cut)]
+    config = RankerConfig()
+    learner = Learner(config, seed=seed)
+    vocabs = Vocabularies(config)
+    warm = learn_history(
+        (encode_event(e)[1] for e in history),
+        learner,
+        vocabs,
+        source=f"simulator seed {seed}, first {WARM_HISTORY_S:g} s",
+        batch_size=DEFAULT_BATCH_SIZE,
+        window_ms=DEFAULT_WINDOW_MS,
+        holdout_every=DEFAULT_HOLDOUT_EVERY,
+        progress=progress,
+    )
+    samples, _ = labelled(live_events, window_ms=DEFAULT_WINDOW_MS)
+    impression_ms = np.fromiter((s.impression_ts_ms for s in samples), dtype=np.int64, count=len(samples))
+    known_ms = known_at_ms(samples, DEFAULT_WINDOW_MS)
+    labels = np.fromiter((s.label for s in samples), dtype=np.float64, count=len(samples))
+    out: dict[str, Any] = {"history": warm.to_dict(), "live_samples": len(samples)}
+    origin = int(impression_ms.min())
+    for name, start in (("cold", None), ("warm", (learner, vocabs))):
+        run = run_online(
+            samples, progress, impression_ms=impression_ms, known_ms=known_ms, seed=seed, start=start
+        )
+        first = {}
+        for minutes in WARM_FIRST_MINUTES:
+            mask = impression_ms < origin + minutes * 60_000
+            first[f"first_{minutes}_min"] = region_metrics(run.scores, labels, mask, run.scored)["auc"]
+        everything = np.ones(len(samples), dtype=bool)
+        out[name] = {
+            **first,
+            "all_live": region_metrics(run.scores, labels, everything, run.scored)["auc"],
+            "windows": windowed_metrics(
+                impression_ms, run.scores, labels, origin, METRIC_WINDOW_MS, run.scored
+            ),
+        }
+        progress(f"{name}: AUC over the first minutes live {first}")
+    return out
+
+
 def run(out: Path, progress: Progress) -> dict[str, Any]:
     """The comparison on the simulator's drifting stream (seed ``SEED``, at the top level),
     and again on seed ``HOLDOUT_SEED``, which nothing was tuned on (under ``seeds``, with the
@@ -827,5 +886,6 @@ def run(out: Path, progress: Progress) -> dict[str, Any]:
         },
         **results[SEED],
         "seeds": seeds,
+        "warm_start": warm_vs_cold(progress),
         "figure": figure,
     }

@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from exporter.records import Serving
-from rankcore.errors import DependencyError, LeaseLost, TrainingFailed
+from rankcore.errors import ConfigError, DependencyError, LeaseLost, TrainingFailed
 from tests.unit.updater.fakes import (
     FakeRegistry,
     InMemorySource,
@@ -332,3 +332,31 @@ async def test_versions_go_on_from_the_registry_even_if_it_was_away_at_start(tmp
         assert registry.ops("add_version")[1]["version"] == 41
     finally:
         await updater.stop()
+
+
+async def test_a_warm_start_learns_the_history_once_and_its_first_version_says_so(tmp_path: Path) -> None:
+    history, samples = traffic(50, now_ms() - 3_600_000)
+    learned = samples + 1  # the file is the whole history: its last open window is closed too
+    path = tmp_path / "history.jsonl"
+    path.write_bytes(b"\n".join([*history, b"{not json"]) + b"\n")
+    updater, _, registry, *_ = build(tmp_path, [], warm_start=path, holdout_every=0)
+    async with updater:
+        assert updater.learner.samples_trained == learned  # before the first fetch
+        assert updater.positions == {}  # the file's offsets are not Kafka's
+        await wait_for(lambda: registry.ops("add_version"), what="a version")
+    first = registry.ops("add_version")[0]
+    warm = first["metrics"]["warm_start"]
+    assert warm["samples_trained"] == learned and warm["events"] == len(history) + 1
+    assert warm["dead_letters_by_reason"] == {"not_json": 1}
+    assert first["samples_seen"] == learned
+    # A restart resumes from the checkpoint: the history is not learned twice.
+    again, *_ = build(tmp_path, [], warm_start=path, holdout_every=0)
+    async with again:
+        assert again.learner.samples_trained == learned
+
+
+async def test_a_missing_warm_start_file_fails_the_start_clearly(tmp_path: Path) -> None:
+    updater, *_ = build(tmp_path, [], warm_start=tmp_path / "nope.jsonl")
+    with pytest.raises(ConfigError, match="warm-start"):
+        async with updater:
+            pass
