@@ -18,6 +18,8 @@ from rankcore.model import Ranker
 from rankcore.sample import Sample
 
 DEFAULT_HOLDOUT_EVERY = 10
+# The gate judges on the held-out impressions of the last this-many seconds of stream time.
+DEFAULT_RECENT_S = 20.0
 
 
 def is_holdout(request_id: str, every: int) -> bool:
@@ -39,6 +41,23 @@ class HoldoutMetrics:
             "holdout_auc": None if math.isnan(self.auc) else round(self.auc, 5),
             "holdout_logloss": None if math.isnan(self.logloss) else round(self.logloss, 5),
         }
+
+
+def recent(samples: list[Sample], seconds: float, at_least: int) -> list[Sample]:
+    """The held-out samples impressed in the last ``seconds`` of stream time (measured back
+    from the newest impression), or the newest ``at_least`` when that is more.
+
+    A drifting shop is judged on what it is like now: scored on older traffic, a candidate
+    that has followed a trend looks worse than the version before it (``bench gate``: with
+    the newest 5,000 samples, about 70 s at 1,000 events/s, the gate rejected 59% of a clean
+    stream's candidates; with the last 20 s, 19%, and served a better AUC than no gate).
+    ``samples`` are in arrival order, roughly impression order.
+    """
+    if not samples:
+        return []
+    cut = max(s.impression_ts_ms for s in samples) - int(seconds * 1000)
+    picked = [s for s in samples if s.impression_ts_ms >= cut]
+    return picked if len(picked) >= at_least else samples[-at_least:]
 
 
 def holdout_scores(

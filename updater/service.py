@@ -35,6 +35,7 @@ from exporter.triton import TritonModel
 from rankcore.errors import DependencyError, LeaseLost, TrainingFailed
 from rankcore.features import Vocabularies, encode
 from rankcore.health import Health
+from rankcore.holdout import recent
 from rankcore.sample import Sample
 from updater.batcher import Batcher
 from updater.checkpoint import CheckpointStore
@@ -361,6 +362,7 @@ class Updater:
         await self._checkpoint()
 
     def _snapshot(self) -> Snapshot:
+        s = self.settings
         return Snapshot(
             model=self.learner.frozen_copy(),
             vocabs=self.vocabs.copy(),
@@ -373,7 +375,7 @@ class Updater:
                 **({"warm_start": self._warm} if self._warm is not None else {}),
             },
             parity_samples=list(self._recent),
-            holdout=list(self.holdout),
+            holdout=recent(list(self.holdout), s.holdout_recent_s, s.gate.min_samples),
         )
 
     # ----------------------------------------------------------------- checkpoints

@@ -19,7 +19,7 @@ from exporter.publish import DEFAULT_KEEP_VERSIONS, MODEL_NAME
 from exporter.release import DEFAULT_CLOSE_TIMEOUT_S, DEFAULT_PROBE_SETTLE_S, DEFAULT_WATCH_S
 from exporter.triton import DEFAULT_CALL_TIMEOUT_S, DEFAULT_LOAD_TIMEOUT_S
 from rankcore.errors import ConfigError
-from rankcore.holdout import DEFAULT_HOLDOUT_EVERY
+from rankcore.holdout import DEFAULT_HOLDOUT_EVERY, DEFAULT_RECENT_S
 from rankcore.model import RankerConfig
 from updater.batcher import DEFAULT_BATCH_SIZE, DEFAULT_MAX_WAIT_S
 from updater.clean import DEFAULT_DEDUP_CAPACITY
@@ -132,14 +132,21 @@ class UpdaterSettings:
     seed: int = _knob(0, "seed of the model's initial weights")
     sparse_lr: float = _knob(DEFAULT_SPARSE_LR, "learning rate of the embedding rows (SparseAdam)")
     dense_lr: float = _knob(DEFAULT_DENSE_LR, "learning rate of the dense layers (Adam)")
-    # The gate: every holdout_every-th request is held out from training (0: none) and each
-    # candidate is compared with the live version on the latest holdout_window of them.
+    # The gate: every holdout_every-th request is held out from training (0: none), the latest
+    # holdout_window of them are kept, and each candidate is compared with the live version on
+    # those impressed in the last holdout_recent_s seconds.
     holdout_every: int = _knob(
         DEFAULT_HOLDOUT_EVERY,
         "hold every N-th request out of training for the publishing gate (0 turns the comparison off)",
         metavar="N",
     )
-    holdout_window: int = _knob(DEFAULT_HOLDOUT_WINDOW, "latest held-out samples the gate judges on")
+    holdout_window: int = _knob(DEFAULT_HOLDOUT_WINDOW, "latest held-out samples kept, at most")
+    holdout_recent_s: float = _knob(
+        DEFAULT_RECENT_S,
+        "the gate and the rollback judge on held-out impressions of the last S seconds "
+        "(at least --gate-min-samples of the newest)",
+        flag="--holdout-recent",
+    )
     warm_start: Path | None = _knob(  # noqa: RUF009
         None,
         "with no checkpoint in --state-dir, learn this file of contract events (JSON lines) before "
@@ -169,7 +176,14 @@ class UpdaterSettings:
             "holdout_window",
         ):
             _positive(name, getattr(self, name), integer=True)
-        for name in ("max_wait_s", "publish_interval_s", "checkpoint_interval_s", "sparse_lr", "dense_lr"):
+        for name in (
+            "max_wait_s",
+            "publish_interval_s",
+            "checkpoint_interval_s",
+            "sparse_lr",
+            "dense_lr",
+            "holdout_recent_s",
+        ):
             _positive(name, getattr(self, name))
         if not isinstance(self.holdout_every, int) or self.holdout_every < 0 or self.holdout_every == 1:
             raise ConfigError(

@@ -10,19 +10,24 @@ held-out samples: the rollback check (:func:`exporter.gate.should_roll_back` aga
 versions served before), then the gate. Exporting and loading take no time here, so the
 figures isolate the gate's decisions from Triton's.
 
-Two rules judge the same sequence of candidates, each keeping its own live version:
+Three rules judge the same sequence of candidates, each keeping its own live version:
 
 - ``paired``: :func:`exporter.gate.judge` with the defaults (DeLong's paired test for AUC and
   the paired logloss difference; rejected when worse by more than the margin at the
-  one-sided confidence);
-- ``unpaired``: the rule before it, rejecting when the candidate's held-out AUC is below the
-  live one's by more than 0.02 or its logloss above by more than 0.02, point estimates.
+  one-sided confidence) on the held-out impressions of the last ``DEFAULT_RECENT_S``
+  seconds (:func:`rankcore.holdout.recent`), as the updater does;
+- ``paired_newest_5000``: the same test on the newest 5,000 held-out samples, whatever their age;
+- ``unpaired``: the rule before both, on the newest 5,000, rejecting when the candidate's
+  held-out AUC is below the live one's by more than 0.02 or its logloss above by more than
+  0.02, point estimates.
 
 Each rule reports its rejection rate, rollbacks, how old its live version was at each
 impression (stream time since that version's candidate was cut: the freshness cost of
 rejections) and its *served* AUC: every impression scored by the version that rule had live
-at its impression time, the number a shop sees. Streams: the simulator's seed 7 clean, and
-with every click decision inverted for ``POISON_FOR_S`` from ``POISON_AT_S``.
+at its impression time, the number a shop sees. Streams: the simulator's seed 7 clean, with
+every click decision inverted for ``POISON_FOR_S`` from ``POISON_AT_S``, and clean at the
+demo's rate (``FAST_RATE``). During the poison the served AUC is against poisoned labels, so
+``served_auc_60s_after_poison_window`` is the figure that shows recovery.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from exporter.gate import GateSettings, judge, should_roll_back
 from freshrank.bench.common import Progress, percentiles
 from freshrank.simulator import SimulatorConfig, encode_event, generate
 from rankcore.features import Vocabularies, encode, score
-from rankcore.holdout import DEFAULT_HOLDOUT_EVERY, HoldoutMetrics, evaluate
+from rankcore.holdout import DEFAULT_HOLDOUT_EVERY, DEFAULT_RECENT_S, HoldoutMetrics, evaluate, recent
 from rankcore.metrics import auc
 from rankcore.model import Ranker, RankerConfig
 from rankcore.sample import Sample
@@ -55,6 +60,8 @@ SEED = 7
 RATE = 330.0
 DURATION_S = 360.0
 START_MS = 1_700_000_000_000
+FAST_RATE = 1_000.0
+FAST_DURATION_S = 150.0
 POISON_AT_S = 150.0
 POISON_FOR_S = 30.0
 # Impressions before this are left out of the served AUC: nothing is live yet.
@@ -101,6 +108,7 @@ class Rule:
     decide: Callable[[Version, Version | None, list[Sample]], str | None]
     settings: GateSettings
     window: int = DEFAULT_HOLDOUT_WINDOW
+    recent_s: float = DEFAULT_RECENT_S
     live: Version | None = None
     history: deque[Version] = field(default_factory=deque)
     timeline: list[tuple[int, Version]] = field(default_factory=list)  # (from stream ms, live version)
@@ -121,6 +129,8 @@ class Rule:
         """The release side's order: the rollback check, then the gate."""
         settings = self.settings
         holdout = holdout[-self.window :]
+        if self.recent_s > 0:
+            holdout = recent(holdout, self.recent_s, settings.min_samples)
         if self.live is not None and self.history and holdout:
             scored = [(v, evaluate(v.model, v.vocabs, holdout)) for v in (self.live, *self.history)]
             previous, prev_m = max(scored[1:], key=lambda pair: _auc_or_low(pair[1]))
@@ -146,10 +156,12 @@ def _auc_or_low(metrics: HoldoutMetrics) -> float:
     return -1.0 if math.isnan(metrics.auc) else metrics.auc
 
 
-def stream(config: SimulatorConfig) -> Iterator[tuple[int, list[Sample], list[Sample]]]:
+def stream(
+    config: SimulatorConfig, rate: float, duration_s: float
+) -> Iterator[tuple[int, list[Sample], list[Sample]]]:
     """``(stream ms, trained samples, held-out samples)`` as the updater's consumer path emits them."""
     ingest = Ingest(window_ms=DEFAULT_WINDOW_MS, holdout_every=DEFAULT_HOLDOUT_EVERY)
-    events = generate(config, rate=RATE, duration_s=DURATION_S, start_ms=START_MS)
+    events = generate(config, rate=rate, duration_s=duration_s, start_ms=START_MS)
     for offset, event in enumerate(events):
         now_ms = int(event["ts"]) if isinstance(event.get("ts"), int) else START_MS
         record = Record(topic="bench", partition=0, offset=offset, key=None, value=encode_event(event)[1])
@@ -157,15 +169,18 @@ def stream(config: SimulatorConfig) -> Iterator[tuple[int, list[Sample], list[Sa
         if out.trained or out.held_out:
             yield now_ms, out.trained, out.held_out
     last = ingest.drain()
-    yield START_MS + int(DURATION_S * 1000), last.trained, last.held_out
+    yield START_MS + int(duration_s * 1000), last.trained, last.held_out
 
 
-def paired_rule(name: str, settings: GateSettings, window: int = DEFAULT_HOLDOUT_WINDOW) -> Rule:
+def paired_rule(name: str, settings: GateSettings, recent_s: float = DEFAULT_RECENT_S) -> Rule:
+    """The gate on the held-out impressions of the last ``recent_s`` seconds (0: the newest
+    ``DEFAULT_HOLDOUT_WINDOW`` samples, what it judged on before)."""
+
     def decide(candidate: Version, live: Version | None, holdout: list[Sample]) -> str | None:
         pair = (live.model, live.vocabs) if live is not None else None
         return judge(candidate.model, candidate.vocabs, pair, holdout, settings).reason
 
-    return Rule(name, decide, settings, window)
+    return Rule(name, decide, settings, recent_s=recent_s)
 
 
 def unpaired_rule(name: str = "unpaired") -> Rule:
@@ -173,10 +188,16 @@ def unpaired_rule(name: str = "unpaired") -> Rule:
         pair = (live.model, live.vocabs) if live is not None else None
         return unpaired(candidate.model, candidate.vocabs, pair, holdout)
 
-    return Rule(name, decide, GateSettings())
+    return Rule(name, decide, GateSettings(), recent_s=0.0)
 
 
-def replay(config: SimulatorConfig, progress: Progress, rules: list[Rule]) -> dict[str, Any]:
+def replay(
+    config: SimulatorConfig,
+    progress: Progress,
+    rules: list[Rule],
+    rate: float = RATE,
+    duration_s: float = DURATION_S,
+) -> dict[str, Any]:
     """Learn the stream once; judge every candidate under each rule; score what each served."""
     learner = Learner(CONFIG, seed=0)
     vocabs = Vocabularies(CONFIG)
@@ -188,7 +209,7 @@ def replay(config: SimulatorConfig, progress: Progress, rules: list[Rule]) -> di
     next_cut = START_MS + interval_ms
     number = 0
     started = time.perf_counter()
-    for now_ms, trained, held_out in stream(config):
+    for now_ms, trained, held_out in stream(config, rate, duration_s):
         seen += trained
         seen += held_out
         holdout.extend(held_out)
@@ -248,18 +269,30 @@ def _rounded(value: float) -> float | None:
 
 def run(out: Path, progress: Progress) -> dict[str, Any]:
     settings = GateSettings()
+    poisoned = SimulatorConfig(seed=SEED, poison_start_s=POISON_AT_S, poison_duration_s=POISON_FOR_S)
     streams = {
-        "clean": SimulatorConfig(seed=SEED),
-        "poisoned": SimulatorConfig(seed=SEED, poison_start_s=POISON_AT_S, poison_duration_s=POISON_FOR_S),
+        "clean": (SimulatorConfig(seed=SEED), RATE, DURATION_S),
+        "poisoned": (poisoned, RATE, DURATION_S),
+        # The demo's rate: 5,000 held-out samples are ~70 s here, less than one trend period.
+        "clean_fast": (SimulatorConfig(seed=SEED), FAST_RATE, FAST_DURATION_S),
     }
     results: dict[str, Any] = {}
-    for name, config in streams.items():
-        progress(f"{name} stream: {DURATION_S:g} s at {RATE:g} events/s, seed {SEED}")
-        results[name] = replay(config, progress, [paired_rule("paired", settings), unpaired_rule()])
+    for name, (config, rate, duration_s) in streams.items():
+        progress(f"{name} stream: {duration_s:g} s at {rate:g} events/s, seed {SEED}")
+        rules = [
+            paired_rule("paired", settings),
+            paired_rule("paired_newest_5000", settings, recent_s=0.0),
+            unpaired_rule(),
+        ]
+        results[name] = replay(config, progress, rules, rate, duration_s)
     clean = results["clean"]["paired"]
-    poisoned = results["poisoned"]["paired"]
+    fast = results["clean_fast"]["paired"]
+    poisoned_run = results["poisoned"]["paired"]
+    fast_rate = fast["rejection_rate"]
     return {
         "stream": {"seed": SEED, "rate": RATE, "duration_s": DURATION_S, "warmup_s": WARMUP_S},
+        "fast_stream": {"rate": FAST_RATE, "duration_s": FAST_DURATION_S},
+        "holdout_recent_s": DEFAULT_RECENT_S,
         "poison": {"at_s": POISON_AT_S, "for_s": POISON_FOR_S},
         "batch_size": DEFAULT_BATCH_SIZE,
         "publish_interval_s": DEFAULT_PUBLISH_INTERVAL_S,
@@ -275,13 +308,16 @@ def run(out: Path, progress: Progress) -> dict[str, Any]:
         "streams": results,
         "targets": {
             "clean_rejection_rate_at_most_0.10": {
-                "met": clean["rejection_rate"] is not None and clean["rejection_rate"] <= 0.10,
+                "met": all(
+                    r is not None and r <= 0.10 for r in (clean["rejection_rate"], fast["rejection_rate"])
+                ),
                 "rejection_rate": clean["rejection_rate"],
+                "rejection_rate_fast": fast_rate,
             },
             "poisoning_caught": {
-                "met": bool(poisoned["rollbacks"]) or poisoned["rejected"] > clean["rejected"],
-                "rollbacks": len(poisoned["rollbacks"]),
-                "rejected": poisoned["rejected"],
+                "met": bool(poisoned_run["rollbacks"]) or poisoned_run["rejected"] > clean["rejected"],
+                "rollbacks": len(poisoned_run["rollbacks"]),
+                "rejected": poisoned_run["rejected"],
             },
         },
     }

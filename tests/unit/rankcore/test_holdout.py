@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from rankcore.features import Vocabularies, encode
-from rankcore.holdout import evaluate, is_holdout
+from rankcore.holdout import evaluate, is_holdout, recent
+from rankcore.sample import Sample
 from tests.unit.helpers import VARIANTS, random_samples
 from updater.learner import Learner
 
@@ -43,3 +44,15 @@ def test_evaluate_scores_a_trained_model_above_an_untrained_one() -> None:
     assert good.samples == 500 and good.finite
     assert good.auc > fresh.auc + 0.1
     assert evaluate(trained.frozen_copy(), vocabs, []).samples == 0
+
+
+def test_recent_takes_the_last_seconds_or_the_newest_few() -> None:
+    samples = [
+        Sample("u", "q", f"i{t}", "c", "b", 1.0, 0, impression_ts_ms=t * 1000, action_ts_ms=0)
+        for t in range(60)
+    ]
+    # Newest impression at 59 s: the last 20 s are 39 s .. 59 s.
+    assert [s.item_id for s in recent(samples, 20, at_least=5)] == [f"i{t}" for t in range(39, 60)]
+    # Too few in that time: the newest at_least instead.
+    assert len(recent(samples, 20, at_least=30)) == 30
+    assert recent([], 20, at_least=5) == []
