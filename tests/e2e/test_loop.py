@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -106,3 +107,34 @@ async def test_a_restarted_updater_resumes_from_its_checkpoint(
     assert status["samples_trained"] == total  # nothing learned twice, nothing lost
     assert status["events_consumed"] == len(first) + len(second)
     assert status["duplicates"] == 0
+
+
+# On the shared stack: a warm start from a history file, then live traffic on its lane.
+async def test_a_warm_start_is_served_first_and_recorded_in_the_registry(
+    lane: Lane, settings_for: Callable[..., UpdaterSettings], tmp_path: Path
+) -> None:
+    start = now_ms() - 3_600_000
+    history, history_samples = traffic(300, start, seed=3, prefix="h")
+    history.append(event("impression", start + 60_000, "u0", "hcloser", "x", "hcloser"))
+    path = tmp_path / "history.jsonl"
+    path.write_bytes(b"\n".join(value for _, value in history) + b"\n")
+    settings = settings_for(lane, warm_start=path)
+
+    updater = Updater.from_settings(settings)
+    async with updater:
+        learned = updater.learner.samples_trained
+        assert learned == history_samples + 1  # the whole file, its last window closed too
+        # Nothing on the topic yet: the first version is the warm model, served by Triton.
+        await wait_for(lambda: updater.status()["live_version"] is not None, 60, "a version served")
+        live = updater.status()["live_version"]
+        async with TritonModel(lane.triton_grpc, model=lane.model_name) as triton:
+            ranking = await triton.rank(
+                "u1", "red shoes", [Candidate(i, "shoes", "acme", 49.0) for i in ("cold", "hot")]
+            )
+        assert ranking.version == live
+        assert [c.item_id for c, _ in ranking.items] == ["hot", "cold"]  # learned from the history
+    async with Registry(lane.pg_dsn, model=lane.model_name) as registry:
+        first = (await registry.versions())[-1]
+    assert first["samples_seen"] == learned and first["offsets"] == {}
+    assert first["metrics"]["warm_start"]["samples_trained"] == learned
+    assert first["metrics"]["warm_start"]["source"] == str(path)
