@@ -110,6 +110,8 @@ def test_up_runs_the_loop_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     assert summary["served_version"] == summary["live_version"]
     assert summary["events_consumed"] > 5_000 and summary["samples_trained"] > 1_000
     assert summary["prequential_auc"] > 0.5
+    # The served version's held-out AUC: scored by one model on traffic it never learned.
+    assert summary["served_holdout_auc"] is not None and summary["served_holdout_auc"] > 0.5
     assert summary["freshness_p50_s"] is not None and summary["freshness_p50_s"] > 0
     assert summary["dead_letters"] > 0  # the simulator mixes in invalid events
     # Every child process is gone: nothing listens on the ports any more.
