@@ -153,6 +153,38 @@ def rows(directory: Path) -> list[tuple[str, str, str, str]]:
             targets = d["targets"]
             target = _quality_targets(targets)
             out.append(("quality", f"AUC after the drift, simulator seed {seed} (held out)", value, target))
+        warm = qd.get("warm_start")
+        if warm:
+            minutes = [k for k in warm["warm"] if k.startswith("first_")]
+            label = " / ".join(k.split("_")[1] for k in minutes)
+            value = " · ".join(
+                f"{name} " + " / ".join(f"{warm[name][k]:.3f}" for k in minutes) for name in ("warm", "cold")
+            )
+            history = warm["history"]
+            out.append(
+                (
+                    "quality",
+                    f"warm start ({history['samples_trained']:,} samples of history) vs cold: AUC over "
+                    f"the first {label} min live",
+                    value,
+                    "",
+                )
+            )
+    gd = _load(directory, "gate")
+    if gd:
+        for stream, rules in gd["streams"].items():
+            value = " · ".join(
+                f"{name} {r['rejected']}/{r['candidates']} rejected, {len(r['rollbacks'])} rollbacks, "
+                f"served AUC {r['served_auc']}, live age mean {r['live_age_mean_s']} s"
+                for name, r in rules.items()
+            )
+            if stream == "poisoned":
+                target = f"poisoning caught {_met(gd['targets']['poisoning_caught'])}"
+            else:
+                target = f"≤ 10% rejected {_met(gd['targets']['clean_rejection_rate_at_most_0.10'])}"
+            rate = gd.get("fast_stream", {}).get("rate") if stream == "clean_fast" else gd["stream"]["rate"]
+            figure = f"{stream.replace('_fast', '')} stream at {rate:,.0f} events/s, each rule"
+            out.append(("gate", figure, value, target))
     rd = _load(directory, "replay")
     if rd:
         for name, d in rd["datasets"].items():
@@ -161,7 +193,9 @@ def rows(directory: Path) -> list[tuple[str, str, str, str]]:
                 continue
             auc = d["after_drift_auc"]
             value = " · ".join(f"{m} {auc[m]:.3f}" for m in auc)
-            out.append(("replay", f"{name}: AUC after the drift ({d['samples']:,} samples)", value, ""))
+            best = d.get("targets", {}).get("freshrank_beats_best_baseline_by_0.01")
+            target = f"best baseline +0.01 {_met(best)}" if best else ""
+            out.append(("replay", f"{name}: AUC after the drift ({d['samples']:,} samples)", value, target))
     return out
 
 
