@@ -4,9 +4,10 @@ Candidate and live are scored on the *same* held-out samples and compared with p
 statistics (:func:`rankcore.metrics.paired_auc_delta`, DeLong's test for two correlated AUCs,
 and the per-sample logloss difference): what the two versions share cancels, so the gate
 rejects a candidate only when it is worse by more than the margin *with the configured
-confidence*, not whenever two noisy estimates happen to differ. With fixed margins on
-unpaired metrics it rejected 16 of 39 candidates of a clean 90 s demo (``bench gate``
-measures both rules).
+confidence*, not whenever two noisy estimates happen to differ. The updater hands it the
+held-out impressions of the last 20 s (:func:`rankcore.holdout.recent`): on older traffic a
+fresher candidate looks worse. ``bench gate`` measures this rule against the one before it
+(point estimates, fixed margins, the newest 5,000 samples).
 
 Pure: scores come from the torch snapshots (:func:`rankcore.holdout.holdout_scores`; the
 parity check makes ONNX equal to them), the decision from :func:`decide`. Held-out samples
