@@ -177,6 +177,17 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_destination(parser: argparse.ArgumentParser, what: str) -> None:
+    """--bootstrap (produce to Kafka) or --to-file (a history for --warm-start); see _one_destination."""
+    parser.add_argument("--bootstrap", metavar="HOST:PORT", help="the Kafka to produce to")
+    parser.add_argument(
+        "--to-file",
+        type=Path,
+        metavar="FILE",
+        help=f"instead, write {what} as JSON lines, at once (a history for 'freshrank updater --warm-start')",
+    )
+
+
 def _one_destination(args: argparse.Namespace) -> None:
     from rankcore.errors import ConfigError
 
@@ -713,14 +724,7 @@ def build_parser() -> argparse.ArgumentParser:
     upd.set_defaults(func=cmd_updater)
 
     sim = sub.add_parser("simulate", help="produce simulated shop traffic to Kafka, or write it to a file")
-    sim.add_argument("--bootstrap", metavar="HOST:PORT", help="the Kafka to produce to")
-    sim.add_argument(
-        "--to-file",
-        type=Path,
-        metavar="FILE",
-        help="instead, write --duration seconds of traffic ending now as JSON lines, at once "
-        "(a history for 'freshrank updater --warm-start')",
-    )
+    _add_destination(sim, "--duration seconds of traffic ending now")
     sim.add_argument("--topic", default=DEFAULT_TOPIC)
     sim.add_argument("--rate", type=float, default=1000.0, metavar="N", help="events per second")
     sim.add_argument("--duration", type=float, default=60.0, metavar="S", help="seconds; 0 runs until Ctrl-C")
@@ -748,14 +752,7 @@ def build_parser() -> argparse.ArgumentParser:
         "start now and the log is compressed to take about --rate events/s. Progress goes to stderr.",
     )
     rep.add_argument("dataset", choices=["diginetica", "complete-journey"])
-    rep.add_argument("--bootstrap", metavar="HOST:PORT", help="the Kafka to produce to")
-    rep.add_argument(
-        "--to-file",
-        type=Path,
-        metavar="FILE",
-        help="instead, write the events as JSON lines at once "
-        "(a history for 'freshrank updater --warm-start')",
-    )
+    _add_destination(rep, "the events")
     rep.add_argument("--topic", default=DEFAULT_TOPIC)
     rep.add_argument(
         "--rate", type=float, default=1000.0, metavar="N", help="events per second (default 1000)"

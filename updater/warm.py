@@ -27,6 +27,7 @@ import orjson
 from rankcore.errors import ConfigError
 from rankcore.features import Vocabularies, encode
 from rankcore.sample import Sample
+from updater.batcher import Batcher
 from updater.ingest import Ingest, Record
 from updater.learner import Learner
 
@@ -86,15 +87,13 @@ def learn_history(
     """
     started = time.perf_counter()
     ingest = Ingest(window_ms=window_ms, holdout_every=holdout_every)
+    batcher = Batcher(batch_size)
     out = WarmStart(source)
-    pending: list[Sample] = []
     now_ms = 0
 
     def learn(samples: list[Sample]) -> None:
-        pending.extend(samples)
-        while len(pending) >= batch_size:
-            learner.learn(encode(pending[:batch_size], vocabs, learner.config.max_tokens))
-            del pending[:batch_size]
+        for batch in batcher.add(samples, 0.0):
+            learner.learn(encode(batch, vocabs, learner.config.max_tokens))
 
     for offset, value in enumerate(lines):
         now_ms = max(now_ms, _timestamp(value))
@@ -107,8 +106,9 @@ def learn_history(
     rest = ingest.drain()
     out.held_out.extend(rest.held_out)
     learn(rest.trained)
-    if pending:
-        learner.learn(encode(pending, vocabs, learner.config.max_tokens))
+    last = batcher.flush()
+    if last:
+        learner.learn(encode(last, vocabs, learner.config.max_tokens))
     out.samples_trained = learner.samples_trained
     out.dead_letters_by_reason = dict(ingest.counts.dead_letters_by_reason)
     out.seconds = time.perf_counter() - started

@@ -50,7 +50,7 @@ from rankcore.holdout import DEFAULT_HOLDOUT_EVERY, DEFAULT_RECENT_S, HoldoutMet
 from rankcore.metrics import auc
 from rankcore.model import Ranker, RankerConfig
 from rankcore.sample import Sample
-from updater.batcher import DEFAULT_BATCH_SIZE
+from updater.batcher import DEFAULT_BATCH_SIZE, Batcher
 from updater.ingest import Ingest, Record
 from updater.joiner import DEFAULT_WINDOW_MS
 from updater.learner import Learner
@@ -204,7 +204,7 @@ def replay(
     holdout: deque[Sample] = deque(maxlen=DEFAULT_HOLDOUT_WINDOW)
     seen: list[Sample] = []
 
-    pending: list[Sample] = []
+    batcher = Batcher(DEFAULT_BATCH_SIZE)
     interval_ms = int(DEFAULT_PUBLISH_INTERVAL_S * 1000)
     next_cut = START_MS + interval_ms
     number = 0
@@ -213,10 +213,8 @@ def replay(
         seen += trained
         seen += held_out
         holdout.extend(held_out)
-        pending += trained
-        while len(pending) >= DEFAULT_BATCH_SIZE:
-            learner.learn(encode(pending[:DEFAULT_BATCH_SIZE], vocabs, CONFIG.max_tokens))
-            del pending[:DEFAULT_BATCH_SIZE]
+        for batch in batcher.add(trained, 0.0):
+            learner.learn(encode(batch, vocabs, CONFIG.max_tokens))
         while now_ms >= next_cut:
             number += 1
             candidate = Version(number, next_cut, learner.frozen_copy(), vocabs.copy())
