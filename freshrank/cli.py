@@ -85,7 +85,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         last.update(t=now, events=s["events_consumed"])
         line = (
             f"[{s['duration_s']:6.0f}s] events/s {rate:7.0f}  consumed {s['events_consumed']:>9}  "
-            f"trained {s['samples_trained']:>9}  served AUC {_fmt(s['served_holdout_auc'], '.3f')}  "
+            f"trained {s['samples_trained']:>9}  AUC {_fmt(s['prequential_auc'], '.3f')} "
+            f"served {_fmt(s['served_holdout_auc'], '.3f')}  "
             f"live v{_fmt(s['live_version'])}  freshness p50 {_fmt(s['freshness_p50_s'], '.2f')} s  "
             f"dead {s['dead_letters']}  lag {_fmt(s['consumer_lag'])}"
         )

@@ -1,8 +1,9 @@
 """Features: samples become model inputs through the vocabularies, in one place.
 
-:func:`encode` maps raw ids to embedding rows (growing the vocabularies while training,
-read-only when judging), :meth:`Batch.tensors` is the one way a batch becomes the ranker's
-input tensors, and :func:`score` the one way a batch is scored outside training.
+:func:`encode` maps raw ids to embedding rows (growing the vocabularies while training, and
+naming the rows new ids took over; read-only when judging), :meth:`Batch.tensors` is the one
+way a batch becomes the ranker's input tensors, and :func:`score` the one way a batch is scored
+outside training.
 """
 
 from __future__ import annotations
@@ -17,29 +18,40 @@ from rankcore.model import FEATURES, Ranker, RankerConfig
 from rankcore.sample import Sample
 from rankcore.vocab import Vocab
 
+# Measured with vocabularies a third to a half the ids a stream brings (README, "Vocabularies"):
+# an hour of idleness, in event time, rarely evicts an id that comes back soon.
+DEFAULT_VOCAB_EXPIRE_S = 3600.0
+
 
 class Vocabularies:
-    """One :class:`Vocab` per categorical feature of the model."""
+    """One :class:`Vocab` per categorical feature of the model; full, a vocabulary gives the row
+    of an id idle for ``expire_ms`` of stream time to a new id (``None``: never)."""
 
-    def __init__(self, config: RankerConfig) -> None:
-        self.by_feature = {f: Vocab(f, config.capacity(f)) for f in FEATURES}
+    def __init__(self, config: RankerConfig, expire_ms: int | None = None) -> None:
+        self.expire_ms = expire_ms
+        self.by_feature = {f: Vocab(f, config.capacity(f), expire_ms) for f in FEATURES}
 
     def __getitem__(self, feature: str) -> Vocab:
         return self.by_feature[feature]
 
     def copy(self) -> Vocabularies:
         other = object.__new__(Vocabularies)
+        other.expire_ms = self.expire_ms
         other.by_feature = {f: v.copy() for f, v in self.by_feature.items()}
         return other
 
     def sizes(self) -> dict[str, int]:
         return {f: len(v) for f, v in self.by_feature.items()}
 
+    def evictions(self) -> dict[str, int]:
+        """Per feature, how many ids gave up their row to a new one (the vocabulary was full)."""
+        return {f: v.evictions for f, v in self.by_feature.items()}
+
     def state(self) -> dict[str, object]:
         return {f: v.state() for f, v in self.by_feature.items()}
 
     def restore(self, state: dict[str, dict[str, object]]) -> None:
-        self.by_feature = {f: Vocab.from_state(state[f]) for f in FEATURES}
+        self.by_feature = {f: Vocab.from_state(state[f], self.expire_ms) for f in FEATURES}
 
 
 @dataclass(slots=True)
@@ -54,6 +66,12 @@ class Batch:
     price: np.ndarray
     label: np.ndarray
     action_ts_ms: np.ndarray
+    impression_ts_ms: np.ndarray | None = None
+    # (request_id, item_id) per row: the key an impression-time score is found by.
+    keys: list[tuple[str, str]] | None = None
+    # Per feature, the embedding rows that new ids took over while this batch was encoded: the
+    # learner resets them before it learns the batch.
+    recycled: dict[str, list[int]] | None = None
 
     def __len__(self) -> int:
         return len(self.label)
@@ -71,21 +89,36 @@ def encode(samples: list[Sample], vocabs: Vocabularies, max_tokens: int, grow: b
     n = len(samples)
     users, items, cats, brands = vocabs["user"], vocabs["item"], vocabs["category"], vocabs["brand"]
     token_vocab = vocabs["token"]
-    look = (lambda v, k: v.add(k)) if grow else (lambda v, k: v.get(k))
+    # Growing, an id counts as seen at its impression's time (for the vocabularies' expiry).
+    look = (lambda v, k, ts: v.add(k, ts)) if grow else (lambda v, k, ts: v.get(k))
     tokens = np.zeros((n, max_tokens), dtype=np.int64)
     for row, s in enumerate(samples):
         for col, tok in enumerate(query_tokens(s.query)[:max_tokens]):
-            tokens[row, col] = look(token_vocab, tok)
-    return Batch(
-        user=np.fromiter((look(users, s.user_id) for s in samples), dtype=np.int64, count=n),
+            tokens[row, col] = look(token_vocab, tok, s.impression_ts_ms)
+    batch = Batch(
+        user=np.fromiter(
+            (look(users, s.user_id, s.impression_ts_ms) for s in samples), dtype=np.int64, count=n
+        ),
         tokens=tokens,
-        item=np.fromiter((look(items, s.item_id) for s in samples), dtype=np.int64, count=n),
-        category=np.fromiter((look(cats, s.category) for s in samples), dtype=np.int64, count=n),
-        brand=np.fromiter((look(brands, s.brand) for s in samples), dtype=np.int64, count=n),
+        item=np.fromiter(
+            (look(items, s.item_id, s.impression_ts_ms) for s in samples), dtype=np.int64, count=n
+        ),
+        category=np.fromiter(
+            (look(cats, s.category, s.impression_ts_ms) for s in samples), dtype=np.int64, count=n
+        ),
+        brand=np.fromiter(
+            (look(brands, s.brand, s.impression_ts_ms) for s in samples), dtype=np.int64, count=n
+        ),
         price=np.fromiter((s.price for s in samples), dtype=np.float32, count=n),
         label=np.fromiter((s.label for s in samples), dtype=np.float32, count=n),
         action_ts_ms=np.fromiter((s.action_ts_ms for s in samples), dtype=np.int64, count=n),
+        impression_ts_ms=np.fromiter((s.impression_ts_ms for s in samples), dtype=np.int64, count=n),
+        keys=[(s.request_id, s.item_id) for s in samples],
     )
+    if grow:
+        recycled = {f: rows for f, v in vocabs.by_feature.items() if (rows := v.take_recycled())}
+        batch.recycled = recycled or None
+    return batch
 
 
 @torch.no_grad()

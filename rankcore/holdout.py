@@ -18,6 +18,9 @@ from rankcore.model import Ranker
 from rankcore.sample import Sample
 
 DEFAULT_HOLDOUT_EVERY = 10
+# One trained request in this many has its impressions scored on arrival for the prequential
+# metrics (each costs a second encoding and a forward pass; see the README for the figures).
+DEFAULT_MEASURE_EVERY = 4
 # The gate judges on the held-out impressions of the last this-many seconds of stream time.
 DEFAULT_RECENT_S = 20.0
 
@@ -25,6 +28,12 @@ DEFAULT_RECENT_S = 20.0
 def is_holdout(request_id: str, every: int) -> bool:
     """Stable choice of every ``every``-th request (by hash), the same in every process."""
     return every > 0 and zlib.crc32(request_id.encode()) % every == 0
+
+
+def is_measured(request_id: str, every: int) -> bool:
+    """Stable choice of every ``every``-th request for the prequential metrics (by a salted
+    hash, so independent of :func:`is_holdout`)."""
+    return every > 0 and zlib.crc32(b"prequential:" + request_id.encode()) % every == 0
 
 
 @dataclass(frozen=True)

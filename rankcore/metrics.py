@@ -3,11 +3,16 @@ prequential (test-then-train) window, where every sample is scored before it is 
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
 DEFAULT_WINDOW = 10_000
+# As many as the join state holds by default (updater.joiner.DEFAULT_MAX_PENDING).
+DEFAULT_MAX_EXPECTED = 500_000
 _EPS = 1e-7
 
 
@@ -79,24 +84,94 @@ def paired_logloss_delta(a: np.ndarray, b: np.ndarray, labels: np.ndarray) -> tu
 
 
 class Prequential:
-    """Running logloss over everything, AUC over a sliding window of recent samples."""
+    """Test-then-train metrics: running logloss over everything, AUC over the last ``window``.
 
-    def __init__(self, window: int = DEFAULT_WINDOW) -> None:
+    A positive is learned at its click and a negative only when its attribution window closes,
+    so scoring each sample when it is learned compares the two classes under different model
+    states (at the start, positives under a model that has seen nothing but positives). With
+    :meth:`expect`, a sample instead counts with the score its impression got when it arrived,
+    and enters the AUC window once its label is final, in impression-time order: a positive
+    waits until the negatives of its impression time have come out (they come out in deadline
+    order), or until ``window`` positives wait. Once anything has been expected, only expected
+    samples count in the AUC and the logloss (the caller may score a sample of requests); before
+    that, every sample counts with the score it was learned with.
+    """
+
+    def __init__(self, window: int = DEFAULT_WINDOW, max_expected: int = DEFAULT_MAX_EXPECTED) -> None:
         self.window = window
+        self.max_expected = max_expected
         self._scores = np.zeros(window, dtype=np.float32)
         self._labels = np.zeros(window, dtype=np.float32)
         self._next = 0
+        self.filled = 0
         self.count = 0
         self.positives = 0
         self._logloss_sum = 0.0
+        self._logloss_n = 0
+        self.expecting = False  # set by the first expect(): from then on only expected samples count
+        # (request_id, item_id) -> the impression's score, oldest first.
+        self._expected: dict[tuple[str, str], float] = {}
+        self._waiting: list[tuple[int, float]] = []  # positives, a min-heap of (impression ts, score)
+        self._final_ts_ms = 0
 
-    def update(self, scores: np.ndarray, labels: np.ndarray) -> None:
+    def expect(self, keys: Sequence[tuple[str, str]], scores: np.ndarray) -> None:
+        """Remember the scores impressions got when they arrived (bounded: the oldest go first)."""
+        self.expecting = True
+        expected = self._expected
+        for key, value in zip(keys, scores.tolist(), strict=True):
+            expected[key] = value
+        excess = len(expected) - self.max_expected
+        if excess > 0:
+            for key in list(itertools.islice(expected, excess)):
+                del expected[key]
+
+    def update(
+        self,
+        scores: np.ndarray,
+        labels: np.ndarray,
+        keys: Sequence[tuple[str, str]] | None = None,
+        impression_ts_ms: np.ndarray | None = None,
+    ) -> None:
+        """Count samples scored ``scores`` as they were learned (impression-time scores win)."""
         n = len(scores)
         if n == 0:
             return
         self.count += n
         self.positives += int(labels.sum())
+        if self.expecting and keys is not None:
+            pop, missing = self._expected.pop, math.nan
+            scores = np.fromiter((pop(k, missing) for k in keys), dtype=np.float32, count=n)
+            counted = ~np.isnan(scores)
+            if not counted.all():
+                scores, labels = scores[counted], labels[counted]
+                if impression_ts_ms is not None:
+                    impression_ts_ms = impression_ts_ms[counted]
+                n = len(scores)
+                if n == 0:
+                    return
+        self._logloss_n += n
         self._logloss_sum += logloss(scores, labels) * n
+        if impression_ts_ms is None:
+            self._push(scores, labels)
+            return
+        negative = labels == 0
+        if negative.any():
+            self._final_ts_ms = max(self._final_ts_ms, int(impression_ts_ms[negative].max()))
+        for ts, value in zip(impression_ts_ms[~negative].tolist(), scores[~negative].tolist(), strict=True):
+            heapq.heappush(self._waiting, (ts, value))
+        ready: list[float] = []
+        waiting = self._waiting
+        while waiting and (waiting[0][0] <= self._final_ts_ms or len(waiting) > self.window):
+            ready.append(heapq.heappop(waiting)[1])
+        self._push(
+            np.concatenate([scores[negative], np.asarray(ready, dtype=np.float32)]),
+            np.concatenate([labels[negative], np.ones(len(ready), dtype=np.float32)]),
+        )
+
+    def _push(self, scores: np.ndarray, labels: np.ndarray) -> None:
+        n = len(scores)
+        if n == 0:
+            return
         if n >= self.window:
             scores, labels = scores[-self.window :], labels[-self.window :]
             n = self.window
@@ -104,13 +179,18 @@ class Prequential:
         self._scores[idx] = scores
         self._labels[idx] = labels
         self._next = int((self._next + n) % self.window)
+        self.filled = min(self.filled + n, self.window)
+
+    @property
+    def expected(self) -> int:
+        return len(self._expected)
 
     def auc(self) -> float:
-        filled = min(self.count, self.window)
+        filled = self.filled
         return auc(self._scores[:filled], self._labels[:filled]) if filled else math.nan
 
     def logloss(self) -> float:
-        return self._logloss_sum / self.count if self.count else math.nan
+        return self._logloss_sum / self._logloss_n if self._logloss_n else math.nan
 
     def state(self) -> dict[str, object]:
         return {
@@ -118,9 +198,15 @@ class Prequential:
             "scores": self._scores.copy(),
             "labels": self._labels.copy(),
             "next": self._next,
+            "filled": self.filled,
             "count": self.count,
             "positives": self.positives,
             "logloss_sum": self._logloss_sum,
+            "logloss_n": self._logloss_n,
+            "expecting": self.expecting,
+            "expected": [(r, i, v) for (r, i), v in self._expected.items()],
+            "waiting": list(self._waiting),
+            "final_ts_ms": self._final_ts_ms,
         }
 
     def restore(self, state: dict[str, object]) -> None:
@@ -131,3 +217,11 @@ class Prequential:
         self.count = int(state["count"])  # type: ignore[call-overload]
         self.positives = int(state["positives"])  # type: ignore[call-overload]
         self._logloss_sum = float(state["logloss_sum"])  # type: ignore[arg-type]
+        # Checkpoints before impression-time scoring filled the window in order and held no more.
+        self.filled = int(state.get("filled", min(self.count, self.window)))  # type: ignore[call-overload]
+        self._logloss_n = int(state.get("logloss_n", self.count))  # type: ignore[call-overload]
+        self.expecting = bool(state.get("expecting", False))
+        self._expected = {(r, i): float(v) for r, i, v in state.get("expected", [])}  # type: ignore[attr-defined]
+        self._waiting = [(int(t), float(v)) for t, v in state.get("waiting", [])]  # type: ignore[attr-defined]
+        heapq.heapify(self._waiting)
+        self._final_ts_ms = int(state.get("final_ts_ms", 0))  # type: ignore[call-overload]

@@ -80,6 +80,19 @@ class Ranker(nn.Module):
                 math.log(config.prior_ctr / (1 - config.prior_ctr))
             )
 
+    @torch.no_grad()
+    def reset_rows(self, feature: str, rows: list[int]) -> None:
+        """Zero the rows a new id took over (so it starts neutral, owing nothing to the old id)."""
+        index = torch.tensor(rows, dtype=torch.long, device=self.item_bias.weight.device)
+        self.table(feature).weight.index_fill_(0, index, 0.0)
+        if feature == "item":
+            self.item_bias.weight.index_fill_(0, index, 0.0)
+
+    def table(self, feature: str) -> nn.Embedding:
+        table = self.embeddings[feature]
+        assert isinstance(table, nn.Embedding)
+        return table
+
     def tables(self) -> list[nn.Embedding]:
         return [t for t in self.embeddings.values() if isinstance(t, nn.Embedding)]
 

@@ -12,10 +12,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from rankcore.events import Event, Rejection
-from rankcore.holdout import is_holdout
+from rankcore.holdout import is_holdout, is_measured
 from rankcore.sample import Sample
 from updater.clean import DEFAULT_DEDUP_CAPACITY, Cleaner
-from updater.joiner import DEFAULT_MAX_PENDING, DEFAULT_WINDOW_MS, Joiner
+from updater.joiner import DEFAULT_MAX_PENDING, DEFAULT_WINDOW_MS, Joiner, sample_of
 from updater.ledger import Ledger
 
 MAX_DETAIL_CHARS = 500
@@ -72,15 +72,19 @@ class IngestCounts:
 
 @dataclass(slots=True)
 class Ingested:
-    """What one call made: samples to train on, samples held out, and dead letters."""
+    """What one call made: samples to train on, samples held out, dead letters, and the
+    impressions that began to wait for their labels, of trained requests chosen for the
+    prequential metrics (as label-0 samples, to be scored now)."""
 
     trained: list[Sample]
     held_out: list[Sample]
     dead: list[DeadLetter]
+    opened: list[Sample] = field(default_factory=list)
 
 
 class Ingest:
-    """Ledger, cleaner and joiner in the updater's order; ``holdout_every`` 0 holds nothing out."""
+    """Ledger, cleaner and joiner in the updater's order; ``holdout_every`` 0 holds nothing out,
+    ``measure_every`` 0 hands out no impressions to score."""
 
     def __init__(
         self,
@@ -88,8 +92,10 @@ class Ingest:
         holdout_every: int = 0,
         dedup_capacity: int = DEFAULT_DEDUP_CAPACITY,
         max_pending: int = DEFAULT_MAX_PENDING,
+        measure_every: int = 0,
     ) -> None:
         self.holdout_every = holdout_every
+        self.measure_every = measure_every
         self.ledger = Ledger()
         self.cleaner = Cleaner(dedup_capacity)
         self.joiner = Joiner(window_ms=window_ms, max_pending=max_pending)
@@ -99,6 +105,7 @@ class Ingest:
         """Clean and join ``records`` as of ``now_ms``; samples whose window closed come out too."""
         samples: list[Sample] = []
         dead: list[DeadLetter] = []
+        joiner = self.joiner
         counts = self.counts
         for rec in records:
             if not self.ledger.accept(f"{rec.topic}:{rec.partition}", rec.offset):
@@ -107,7 +114,7 @@ class Ingest:
             result = self.cleaner.clean(rec.value, now_ms)
             if isinstance(result, Event):
                 counts.events_valid += 1
-                joined = self.joiner.add(result, now_ms)
+                joined = joiner.add(result, now_ms)
                 if isinstance(joined, Rejection):
                     # Not remembered as seen: once its impression is there, a replay gets through.
                     self.cleaner.deduper.forget(result.event_id)
@@ -117,8 +124,17 @@ class Ingest:
             elif isinstance(result, Rejection):
                 dead.append(self._dead_letter(rec, result))
         counts.duplicates = self.cleaner.duplicates
-        samples.extend(self.joiner.expire())
-        return self._split(samples, dead)
+        samples.extend(joiner.expire())
+        out = self._split(samples, dead)
+        opened = joiner.take_opened()
+        if self.measure_every:
+            held, measured = self.holdout_every, self.measure_every
+            out.opened = [
+                sample_of(e, 0, 0)
+                for e in opened
+                if is_measured(e.request_id, measured) and not is_holdout(e.request_id, held)
+            ]
+        return out
 
     def drain(self) -> Ingested:
         """End of a finite stream: every impression still waiting becomes a negative now."""

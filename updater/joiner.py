@@ -49,10 +49,16 @@ class Joiner:
         self.repeated_impressions = 0
         self.extra_actions = 0
         self.forced_negatives = 0
+        self._opened: list[Event] = []
 
     @property
     def pending(self) -> int:
         return len(self._pending)
+
+    def take_opened(self) -> list[Event]:
+        """The impressions that began to wait for their labels since the last call."""
+        out, self._opened = self._opened, []
+        return out
 
     def add(self, event: Event, now_ms: int | None = None) -> list[Sample] | Rejection:
         """Take one event; return the samples it completes (possibly none) or a rejection.
@@ -76,7 +82,7 @@ class Joiner:
                     )
                 del self._pending[key]
                 self._remember_labelled(key)
-                return [_sample(impression, 1, event.ts_ms)]
+                return [sample_of(impression, 1, event.ts_ms)]
             if key in self._labelled:
                 self.extra_actions += 1
                 return []
@@ -85,6 +91,7 @@ class Joiner:
             self.repeated_impressions += 1
             return []
         self._pending[key] = event
+        self._opened.append(event)
         heapq.heappush(self._deadlines, (event.ts_ms, event.request_id, event.item_id))
         if len(self._pending) > self.max_pending:
             # Memory is bounded: close the oldest impressions early, as negatives.
@@ -99,7 +106,7 @@ class Joiner:
             _, request_id, item_id = heapq.heappop(self._deadlines)
             impression = self._pending.pop((request_id, item_id), None)
             if impression is not None:
-                out.append(_sample(impression, 0, 0))
+                out.append(sample_of(impression, 0, 0))
         return out
 
     def drain(self) -> list[Sample]:
@@ -112,7 +119,7 @@ class Joiner:
             _, request_id, item_id = heapq.heappop(self._deadlines)
             impression = self._pending.pop((request_id, item_id), None)
             if impression is not None:
-                out.append(_sample(impression, 0, 0))
+                out.append(sample_of(impression, 0, 0))
                 self.forced_negatives += 1
         return out
 
@@ -140,7 +147,8 @@ class Joiner:
         self.repeated_impressions, self.extra_actions, self.forced_negatives = state["counters"]  # type: ignore[misc]
 
 
-def _sample(impression: Event, label: int, action_ts_ms: int) -> Sample:
+def sample_of(impression: Event, label: int, action_ts_ms: int) -> Sample:
+    """The sample ``impression`` makes with ``label`` (an action at ``action_ts_ms``, 0 for none)."""
     return Sample(
         user_id=impression.user_id,
         query=impression.query,

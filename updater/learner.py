@@ -54,11 +54,13 @@ class Learner:
 
         Returns the scores the model gave before the update.
         """
+        if batch.recycled:
+            self._reset_rows(batch.recycled)
         self.model.train()
         logits = self.model(*batch.tensors(self.device))
         labels = torch.from_numpy(batch.label).to(self.device)
         scores = torch.sigmoid(logits.detach()).cpu().numpy()
-        self.metrics.update(scores, batch.label)
+        self.metrics.update(scores, batch.label, batch.keys, batch.impression_ts_ms)
         loss = self.loss_fn(logits, labels)
         self.sparse_opt.zero_grad(set_to_none=True)
         self.dense_opt.zero_grad(set_to_none=True)
@@ -69,8 +71,26 @@ class Learner:
         self.steps += 1
         return scores
 
+    def _reset_rows(self, recycled: dict[str, list[int]]) -> None:
+        """New ids took these rows over: zero their weights and their optimiser moments."""
+        model = self.model
+        for feature, rows in recycled.items():
+            model.reset_rows(feature, rows)
+            params = [model.table(feature).weight] + ([model.item_bias.weight] if feature == "item" else [])
+            index = torch.tensor(rows, dtype=torch.long, device=self.device)
+            for p in params:
+                for moment in self.sparse_opt.state.get(p, {}).values():
+                    if isinstance(moment, torch.Tensor) and moment.shape == p.shape:
+                        moment.index_fill_(0, index, 0.0)
+
     def score(self, batch: Batch) -> np.ndarray:
         return score(self.model, batch)
+
+    def expect(self, impressions: Batch) -> None:
+        """Score impressions as they arrive: their samples count with these scores when learned."""
+        if impressions.keys is None:
+            raise ValueError("expected impressions with their (request_id, item_id) keys")
+        self.metrics.expect(impressions.keys, self.score(impressions))
 
     def frozen_copy(self) -> Ranker:
         """A CPU copy of the model for export, detached from further training."""

@@ -51,7 +51,7 @@ from updater.source import KafkaSource
 from updater.state import Checkpointer, ModelState
 from updater.status import STATUS_FILE, Status, collect, write_status
 from updater.supervisor import Supervisor
-from updater.trainer import Trainer
+from updater.trainer import Impressions, Trainer
 from updater.warm import learn_history, read_lines
 
 log = logging.getLogger(__name__)
@@ -82,8 +82,10 @@ class Updater:
         self.clock = clock or SystemClock()
         self.source = source
         self.lease = lease
-        self.ingest = Ingest(s.window_ms, s.holdout_every, s.dedup_capacity, s.max_pending_impressions)
-        self.vocabs = Vocabularies(s.model)
+        self.ingest = Ingest(
+            s.window_ms, s.holdout_every, s.dedup_capacity, s.max_pending_impressions, s.measure_every
+        )
+        self.vocabs = Vocabularies(s.model, s.vocab_expire_ms)
         self.learner = Learner(
             s.model, device=s.device, sparse_lr=s.sparse_lr, dense_lr=s.dense_lr, seed=s.seed
         )
@@ -304,6 +306,10 @@ class Updater:
             self.holdout.extend(ingested.held_out)
             self._recent.extend(ingested.trained[-PARITY_SAMPLES:])
             self._keep_dead_letters(ingested.dead)
+            if ingested.opened:
+                # Scored before any of their samples can be learned (one queue, in order).
+                impressions = encode(ingested.opened, self.vocabs, s.model.max_tokens, grow=False)
+                await self.trainer.put(Impressions(impressions), self.source)
             now = self.clock.monotonic()
             for chunk in self.batcher.add(ingested.trained, now):
                 await self._enqueue(chunk)
@@ -336,7 +342,7 @@ class Updater:
     async def _maybe_snapshot(self, now: float) -> None:
         s = self.settings
         checkpoint_due = now - self._last_checkpoint >= s.checkpoint_interval_s
-        trained_soon = self.learner.samples_trained + len(self.batcher) + self.trainer.qsize() * s.batch_size
+        trained_soon = self.learner.samples_trained + len(self.batcher) + self.trainer.queued_samples
         publish_due = (
             not self._fenced
             and now - self._last_publish >= s.publish_interval_s

@@ -19,7 +19,8 @@ from exporter.publish import DEFAULT_KEEP_VERSIONS, MODEL_NAME
 from exporter.release import DEFAULT_CLOSE_TIMEOUT_S, DEFAULT_PROBE_SETTLE_S, DEFAULT_WATCH_S
 from exporter.triton import DEFAULT_CALL_TIMEOUT_S, DEFAULT_LOAD_TIMEOUT_S
 from rankcore.errors import ConfigError
-from rankcore.holdout import DEFAULT_HOLDOUT_EVERY, DEFAULT_RECENT_S
+from rankcore.features import DEFAULT_VOCAB_EXPIRE_S
+from rankcore.holdout import DEFAULT_HOLDOUT_EVERY, DEFAULT_MEASURE_EVERY, DEFAULT_RECENT_S
 from rankcore.model import RankerConfig
 from updater.batcher import DEFAULT_BATCH_SIZE, DEFAULT_MAX_WAIT_S
 from updater.clean import DEFAULT_DEDUP_CAPACITY
@@ -147,6 +148,19 @@ class UpdaterSettings:
         "(at least --gate-min-samples of the newest)",
         flag="--holdout-recent",
     )
+    vocab_expire_s: float = _knob(
+        DEFAULT_VOCAB_EXPIRE_S,
+        "once a vocabulary is full, a new id takes the row of the least recently seen id if that "
+        "one has been idle this long in event time (0: never; new ids then share one row)",
+        flag="--vocab-expire",
+        metavar="S",
+    )
+    measure_every: int = _knob(
+        DEFAULT_MEASURE_EVERY,
+        "score the impressions of every N-th trained request as they arrive, for the prequential "
+        "metrics (0: score each sample when it is learned, with the start-up skew)",
+        metavar="N",
+    )
     warm_start: Path | None = _knob(  # noqa: RUF009
         None,
         "with no checkpoint in --state-dir, learn this file of contract events (JSON lines) before "
@@ -156,6 +170,11 @@ class UpdaterSettings:
     model: RankerConfig = field(default_factory=RankerConfig, metadata={"prefix": "model"})
     gate: GateSettings = field(default_factory=GateSettings, metadata={"prefix": "gate"})
     timeouts: Timeouts = field(default_factory=Timeouts, metadata={"prefix": "timeout"})
+
+    @property
+    def vocab_expire_ms(self) -> int | None:
+        """The vocabularies' expiry in ms, ``None`` for never."""
+        return int(self.vocab_expire_s * 1000) or None
 
     def __post_init__(self) -> None:
         self.repository = Path(self.repository)
@@ -189,6 +208,17 @@ class UpdaterSettings:
             raise ConfigError(
                 f"expected holdout_every to be 0 (off) or an integer >= 2, got {self.holdout_every!r}"
             )
+        if (
+            not isinstance(self.measure_every, int)
+            or isinstance(self.measure_every, bool)
+            or self.measure_every < 0
+        ):
+            raise ConfigError(
+                f"expected measure_every to be 0 (off) or a positive integer, got {self.measure_every!r}"
+            )
+        expire = self.vocab_expire_s
+        if isinstance(expire, bool) or not isinstance(expire, int | float) or not expire >= 0:
+            raise ConfigError(f"expected vocab_expire_s >= 0 (0: never), got {expire!r}")
         if ":" not in self.bootstrap:
             raise ConfigError(f"expected bootstrap as HOST:PORT, got {self.bootstrap!r}")
         if not self.pg_dsn.startswith(("postgresql://", "postgres://")):

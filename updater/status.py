@@ -57,6 +57,8 @@ class Status:
     last_rollback: dict[str, Any] = field(default_factory=dict)
     registry_outbox: dict[str, Any] = field(default_factory=dict)
     vocab_sizes: dict[str, int] = field(default_factory=dict)
+    vocab_evictions: dict[str, int] = field(default_factory=dict)
+    vocab_overflow: dict[str, int] = field(default_factory=dict)
     offsets: dict[str, int] = field(default_factory=dict)
     ledger: dict[str, Any] = field(default_factory=dict)
     last_checkpoint: dict[str, Any] = field(default_factory=dict)
@@ -113,6 +115,8 @@ def collect(u: Updater) -> Status:
         last_rollback=r.last_rollback,
         registry_outbox=u.registry.to_dict(),
         vocab_sizes=u.vocabs.sizes(),
+        vocab_evictions=u.vocabs.evictions(),
+        vocab_overflow={f: v.overflow for f, v in u.vocabs.by_feature.items()},
         offsets=u.positions,
         ledger=u.ingest.ledger.state(),
         last_checkpoint=u.last_checkpoint,

@@ -1,7 +1,9 @@
 """The trainer: a bounded queue of encoded batches and the one task that learns them.
 
 Each batch is scored before it is learned (test-then-train, :meth:`updater.learner.Learner.learn`),
-in a worker thread so the event loop keeps consuming. A full queue is backpressure: the
+in a worker thread so the event loop keeps consuming. New impressions go through the same queue
+to be scored as they arrive (:meth:`Trainer.expect`), so the prequential metrics compare every
+sample under the model its impression met. A full queue is backpressure: the
 consumer waits, and when the trainer stays behind it pauses the partitions. A step that
 raises ends the task without ``task_done()``: that batch is not counted as learned, so no
 checkpoint can claim it, and every wait on the trainer raises :class:`TrainingFailed`.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from rankcore.errors import TrainingFailed
@@ -25,6 +28,13 @@ class Pausable(Protocol):
     def resume(self) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Impressions:
+    """Impressions to score, not learn (their samples are learned when their labels come)."""
+
+    batch: Batch
+
+
 class Trainer:
     def __init__(
         self,
@@ -37,7 +47,8 @@ class Trainer:
         self.on_learned = on_learned
         self.pause_after_s = pause_after_s
         self.pauses = 0
-        self._queue: asyncio.Queue[Batch] = asyncio.Queue(maxsize=queue_batches)
+        self.queued_samples = 0  # in batches waiting to be learned
+        self._queue: asyncio.Queue[Batch | Impressions] = asyncio.Queue(maxsize=queue_batches)
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> asyncio.Task[None]:
@@ -59,15 +70,21 @@ class Trainer:
 
     async def _run(self) -> None:
         while True:
-            batch = await self._queue.get()
-            await asyncio.to_thread(self.learner.learn, batch)
-            self.on_learned(batch)
+            job = await self._queue.get()
+            if isinstance(job, Impressions):
+                await asyncio.to_thread(self.learner.expect, job.batch)
+            else:
+                await asyncio.to_thread(self.learner.learn, job)
+                self.queued_samples -= len(job)
+                self.on_learned(job)
             self._queue.task_done()
 
-    async def put(self, batch: Batch, source: Pausable | None = None) -> None:
+    async def put(self, batch: Batch | Impressions, source: Pausable | None = None) -> None:
         """Queue ``batch``; while the trainer is behind, wait, and past ``pause_after_s`` pause ``source``."""
+        samples = len(batch) if isinstance(batch, Batch) else 0
         if not self._queue.full():
             self._queue.put_nowait(batch)
+            self.queued_samples += samples
             return
         put = asyncio.ensure_future(self._queue.put(batch))
         paused = False
@@ -77,6 +94,7 @@ class Trainer:
                 source.pause()
                 paused = True
             await self.while_training(put)
+            self.queued_samples += samples
         finally:
             put.cancel()  # a no-op once it is done
             if paused and source is not None:

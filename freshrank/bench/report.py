@@ -54,6 +54,16 @@ def rows(directory: Path) -> list[tuple[str, str, str, str]]:
                     f"≥ {target['target']} {_met(target)}",
                 )
             )
+        bare_only = t.get("without_exports_unmeasured")
+        if bare_only:
+            out.append(
+                (
+                    "throughput",
+                    "updater end to end, without exports, no impressions scored on arrival",
+                    f"{bare_only['samples_per_s']:,.0f} samples/s = {bare_only['ratio_to_bare']:.2f} of bare",
+                    "",
+                )
+            )
     f = _load(directory, "freshness")
     if f:
         for rate, r in f["rates"].items():

@@ -27,6 +27,7 @@ from freshrank.bench.common import Progress, labelled, labelled_records
 from freshrank.simulator import SimulatorConfig, encode_event, generate
 from freshrank.stack import EmbeddedStack, free_port
 from rankcore.features import Vocabularies, encode
+from rankcore.holdout import DEFAULT_MEASURE_EVERY
 from rankcore.model import RankerConfig
 from updater.batcher import DEFAULT_BATCH_SIZE
 from updater.joiner import DEFAULT_WINDOW_MS
@@ -94,7 +95,13 @@ def bare_loop(samples: list[Any], config: RankerConfig, batch_size: int) -> dict
 
 
 async def updater_run(
-    stack: EmbeddedStack, topic: str, state_dir: Path, target: int, exports: bool, progress: Progress
+    stack: EmbeddedStack,
+    topic: str,
+    state_dir: Path,
+    target: int,
+    exports: bool,
+    progress: Progress,
+    measure_every: int = DEFAULT_MEASURE_EVERY,
 ) -> dict[str, Any]:
     a = stack.addresses
     settings = UpdaterSettings(
@@ -107,6 +114,7 @@ async def updater_run(
         group=f"bench-{state_dir.name}",
         publish_interval_s=2.0 if exports else NO_EXPORTS_S,
         holdout_every=0,  # every sample trained, so the counts match the bare loop's
+        measure_every=measure_every,
     )
     proc = psutil.Process()
     peak_rss = proc.memory_info().rss
@@ -215,14 +223,22 @@ def run(out: Path, progress: Progress) -> dict[str, Any]:
             root = Path(tmp)
             progress("starting the embedded broker, PostgreSQL and Triton")
             async with EmbeddedStack(root / "stack", free_port(), free_port(), free_port()) as stack:
-                for exports in (False, True):
-                    name = "with_exports" if exports else "without_exports"
+                # The default updater without and with exports, and without the impressions
+                # scored on arrival for the prequential metrics (--measure-every 0), for their cost.
+                for name, exports, measure_every in (
+                    ("without_exports", False, DEFAULT_MEASURE_EVERY),
+                    ("with_exports", True, DEFAULT_MEASURE_EVERY),
+                    ("without_exports_unmeasured", False, 0),
+                ):
                     topic = f"throughput-{name}"
                     await ensure_topic(stack.addresses.bootstrap, topic, partitions=3)
                     progress(f"producing {len(events):,} events to {topic}")
                     produce_s = await produce_all(stack.addresses.bootstrap, topic, events)
                     progress(f"produced in {produce_s:.1f} s; updater {name.replace('_', ' ')}")
-                    run_result = await updater_run(stack, topic, root / name, target, exports, progress)
+                    run_result = await updater_run(
+                        stack, topic, root / name, target, exports, progress, measure_every
+                    )
+                    run_result["measure_every"] = measure_every
                     run_result["ratio_to_bare"] = round(
                         run_result["samples_per_s"] / bare["samples_per_s"], 3
                     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from rankcore.holdout import is_holdout
+from rankcore.holdout import is_holdout, is_measured
 from rankcore.sample import Sample
 from updater.ingest import Ingest, Record
 
@@ -165,3 +165,25 @@ def test_state_restore_round_trip_continues_identically() -> None:
     assert a.state() == b.state()
     samples = sorted(labels([s for out in outs[1] for s in out.trained + out.held_out]))
     assert samples == [("r1", "b", 1), ("r1", "c", 0), ("r1", "x", 0), ("r2", "i1", 0)]
+
+
+def test_impressions_that_begin_to_wait_are_handed_out_to_be_scored() -> None:
+    ingest = Ingest(window_ms=WINDOW_MS, holdout_every=3, measure_every=2)
+    requests = [f"r{i}" for i in range(200)]
+    held = next(r for r in requests if is_holdout(r, 3) and is_measured(r, 2))
+    kept = next(r for r in requests if not is_holdout(r, 3) and is_measured(r, 2))
+    skipped = next(r for r in requests if not is_holdout(r, 3) and not is_measured(r, 2))
+    out = ingest.process(
+        [
+            record(0, event("a", "impression", NOW, request=kept)),
+            record(1, event("b", "impression", NOW, request=held)),
+            record(2, event("c", "impression", NOW, request=kept)),  # the same impression again
+            record(3, event("d", "impression", NOW, request=skipped)),
+            record(4, event("e", "click", NOW + 10, request=kept)),
+        ],
+        NOW + 10,
+    )
+    # Only the measured, trained request's impression, once; its click follows in the same call.
+    assert [(s.request_id, s.label) for s in out.opened] == [(kept, 0)]
+    assert labels(out.trained) == [(kept, "i1", 1)]
+    assert Ingest(window_ms=WINDOW_MS).process([record(0, event("a", "impression", NOW))], NOW).opened == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import numpy as np
@@ -41,3 +42,27 @@ def test_learning_moves_scores_the_way_clicks_push() -> None:
     hot, cold = learner.score(encode(probe, vocabs, config.max_tokens, grow=False))
     assert hot > 0.8 > 0.2 > cold
     assert learner.metrics.auc() > 0.7  # prequential: includes the first, untrained batches
+
+
+def test_a_row_a_new_id_takes_over_starts_from_zero_without_the_old_ids_moments() -> None:
+    config = dataclasses.replace(VARIANTS[1], item_capacity=4)  # rows 2 and 3
+    learner, vocabs = Learner(config, device="cpu"), Vocabularies(config, expire_ms=0)
+
+    def batch_of(item: str, label: int) -> list[Sample]:
+        return [Sample(f"u{i}", "red shoes", item, "shoes", "b1", 20.0, label, 0, 0) for i in range(16)]
+
+    for _ in range(30):
+        learner.learn(encode(batch_of("hot", 1) + batch_of("cold", 0), vocabs, config.max_tokens))
+    row = vocabs["item"].get("hot")
+    learner.learn(encode(batch_of("cold", 0), vocabs, config.max_tokens))  # "hot" is now the oldest
+    table, bias = learner.model.embeddings["item"].weight.detach(), learner.model.item_bias.weight.detach()
+    assert float(bias[row]) > 0.1  # what "hot" learned
+    takeover = encode(batch_of("new", 0), vocabs, config.max_tokens)
+    assert vocabs["item"].get("new") == row and takeover.recycled == {"item": [row]}
+    learner._reset_rows(takeover.recycled)
+    assert float(table[row].abs().sum()) == 0.0 and float(bias[row]) == 0.0
+    moments = learner.sparse_opt.state[learner.model.embeddings["item"].weight]
+    assert float(moments["exp_avg"][row].abs().sum()) == 0.0
+    assert float(moments["exp_avg_sq"][row].abs().sum()) == 0.0
+    learner.learn(takeover)  # and it learns from there
+    assert float(bias[row]) < 0.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from typing import Any
 
@@ -10,10 +11,11 @@ import pytest
 
 from rankcore.errors import TrainingFailed
 from rankcore.features import Batch, Vocabularies, encode
+from rankcore.metrics import logloss
 from tests.unit.helpers import random_samples
 from tests.unit.updater.fakes import TINY
 from updater.learner import Learner
-from updater.trainer import Trainer
+from updater.trainer import Impressions, Trainer
 
 
 def batches(n: int, size: int = 16) -> list[Batch]:
@@ -81,3 +83,25 @@ async def test_a_failed_step_is_not_counted_and_every_wait_raises() -> None:
         await asyncio.wait_for(trainer.drain(), 2)
     assert isinstance(failed.value.__cause__, FloatingPointError)
     assert trainer.failed and learned == [] and learner.samples_trained == 0
+
+
+async def test_impressions_are_scored_in_queue_order_before_their_samples_are_learned() -> None:
+    vocabs = Vocabularies(TINY)
+    samples = [dataclasses.replace(s, request_id=f"r{i}") for i, s in enumerate(random_samples(32, seed=5))]
+    learner = Learner(TINY)
+    trainer = Trainer(learner, queue_batches=1)
+    task = trainer.start()
+    batch = encode(samples, vocabs, TINY.max_tokens)
+    expected = learner.score(batch)  # what the untrained model gives the impressions
+    await trainer.put(Impressions(batch))
+    for _ in range(3):  # other batches learned in between move the weights
+        await trainer.put(batches(1)[0])
+    await trainer.put(batch)
+    await trainer.drain()
+    assert learner.metrics.expected == 0 and trainer.queued_samples == 0
+    # The metrics hold the impressions' scores, not the ones the drifted model gave at learning;
+    # the batches learned in between were not scored on arrival, so they are learned, not measured.
+    assert learner.metrics.logloss() == pytest.approx(logloss(expected, batch.label), rel=1e-6)
+    assert learner.metrics.count == 32 + 48
+    task.cancel()
+    await asyncio.wait([task])
