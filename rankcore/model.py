@@ -73,6 +73,9 @@ class Ranker(nn.Module):
             with torch.no_grad():
                 table.weight[PAD].zero_()
         nn.init.zeros_(self.item_bias.weight)
+        # A new item starts neutral: on the Diginetica replay random item rows cost 0.018 AUC
+        # after the drift (0.605 against 0.622), on the simulator nothing (0.752 both).
+        nn.init.zeros_(self.table("item").weight)
         # [user, query, item, category, brand, user*item, query*item, query*category, log price]
         self.mlp = nn.Sequential(nn.Linear(8 * d + 1, config.hidden), nn.ReLU(), nn.Linear(config.hidden, 1))
         with torch.no_grad():

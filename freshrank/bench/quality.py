@@ -362,6 +362,7 @@ def run_online(
     device: str = "auto",
     seed: int = 0,
     start: tuple[Learner, Vocabularies] | None = None,
+    vocab_expire_ms: int | None = None,
 ) -> Run:
     """freshrank (``learn=None``: learns every sample) or the static model (learns where
     ``learn`` holds, then scores the rest frozen), following :func:`impression_schedule`;
@@ -371,7 +372,7 @@ def run_online(
     scored = np.zeros(len(samples), dtype=bool)
     started = time.perf_counter()
     learner, vocabs = start if start is not None else (Learner(config, device=device, seed=seed), None)
-    vocabs = vocabs if vocabs is not None else Vocabularies(config)
+    vocabs = vocabs if vocabs is not None else Vocabularies(config, vocab_expire_ms)
     total = len(samples) if learn is None else int(learn.sum())
     report = next_report = max(total // 4, 1)
     learned = 0
@@ -387,7 +388,15 @@ def run_online(
             next_report += report
     wall = time.perf_counter() - started
     return Run(
-        scores, scored, wall, {"learned": learned, "steps": learner.steps, "vocab_sizes": vocabs.sizes()}
+        scores,
+        scored,
+        wall,
+        {
+            "learned": learned,
+            "steps": learner.steps,
+            "vocab_sizes": vocabs.sizes(),
+            "vocab_evictions": vocabs.evictions(),
+        },
     )
 
 
@@ -612,12 +621,15 @@ def compare(
     models: Sequence[str] = MODELS,
     truth: dict[tuple[str, str], float] | None = None,
     popularity_half_life_ms: int = POPULARITY_HALF_LIFE_MS,
+    config: RankerConfig | None = None,
+    vocab_expire_ms: int | None = None,
 ) -> dict[str, Any]:
     """Run every model over ``samples`` (scored at impression time, learned when the label is
     known, ``attribution_window_ms`` after the impression for a negative) and compare them.
 
     Returns per-model samples/s and metrics (overall, before and after the static model's
-    cut), per-window metrics for the plot, and the targets of the issue.
+    cut), per-window metrics for the plot, and the targets of the issue. ``config`` and
+    ``vocab_expire_ms`` change freshrank's model and vocabularies (the others keep theirs).
     """
     if not 0 < static_fraction < 1:
         raise ValueError(f"expected a static fraction in (0, 1), got {static_fraction!r}")
@@ -646,7 +658,13 @@ def compare(
             seed=seed,
         ),
         "freshrank": lambda: run_online(
-            samples, progress, seed=seed, impression_ms=impression_ms, known_ms=known_ms
+            samples,
+            progress,
+            seed=seed,
+            impression_ms=impression_ms,
+            known_ms=known_ms,
+            config=config,
+            vocab_expire_ms=vocab_expire_ms,
         ),
         "vw": lambda: run_vw(samples, progress, seed=seed, impression_ms=impression_ms, known_ms=known_ms),
         "river": lambda: run_river(

@@ -206,6 +206,22 @@ def rows(directory: Path) -> list[tuple[str, str, str, str]]:
             best = d.get("targets", {}).get("freshrank_beats_best_baseline_by_0.01")
             target = f"best baseline +0.01 {_met(best)}" if best else ""
             out.append(("replay", f"{name}: AUC after the drift ({d['samples']:,} samples)", value, target))
+    vd = _load(directory, "vocab")
+    if vd:
+        for name, d in vd["streams"].items():
+            if "expiry" not in d:
+                out.append(("vocab", name, f"skipped: {d.get('skipped', '?')}", ""))
+                continue
+            caps = d["capacities"]
+            value = (
+                " · ".join(f"expiry {label} {r['auc_after_drift']:.3f}" for label, r in d["expiry"].items())
+                + f" · full capacity {d['full_capacity']['auc_after_drift']:.3f}"
+            )
+            figure = (
+                f"{name}: AUC after the drift, {caps['user_capacity']:,} user / "
+                f"{caps['item_capacity']:,} item rows"
+            )
+            out.append(("vocab", figure, value, ""))
     return out
 
 
