@@ -15,7 +15,7 @@ import orjson
 from exporter.publish import MODEL_NAME
 from freshrank.stack import DEFAULT_KAFKA_PORT, DEFAULT_TRITON_GRPC_PORT, DEFAULT_TRITON_HTTP_PORT
 from rankcore.errors import FreshrankError
-from updater.settings import DEFAULT_PUBLISH_INTERVAL_S, DEFAULT_STATE_DIR, DEFAULT_TOPIC
+from updater.settings import DEFAULT_ITEMS_TOPIC, DEFAULT_PUBLISH_INTERVAL_S, DEFAULT_STATE_DIR, DEFAULT_TOPIC
 from updater.settings import add_arguments as add_updater_arguments
 
 
@@ -42,7 +42,7 @@ def _fmt(value: Any, spec: str = "") -> str:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from freshrank.up import TOPIC, UpOptions, run_up
+    from freshrank.up import ITEMS_TOPIC, TOPIC, UpOptions, run_up
 
     opts = UpOptions(
         state_dir=args.state_dir,
@@ -65,7 +65,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         logging.getLogger("exporter").setLevel(logging.WARNING)
 
     def on_ready(addr: dict[str, str]) -> None:
-        print(f"kafka     {addr['bootstrap']}  (topic {TOPIC})", file=out)
+        print(f"kafka     {addr['bootstrap']}  (topics {TOPIC}, {ITEMS_TOPIC})", file=out)
         print(f"triton    http {addr['triton_http']}  grpc {addr['triton_grpc']}", file=out)
         print(f"postgres  {addr['pg_dsn']}", file=out)
         print(f"models    {addr['repository']}", file=out)
@@ -163,6 +163,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         if args.create_topic:
             await ensure_topic(args.bootstrap, args.topic, args.partitions)
+            if args.items_topic:
+                await ensure_topic(args.bootstrap, args.items_topic, args.partitions)
         stats = await produce(
             args.bootstrap,
             args.topic,
@@ -171,8 +173,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             config,
             stop=stop,
             catalogue_path=args.catalogue,
+            items_topic=args.items_topic or None,
         )
-        print(_dump({"events_produced": stats.events, "requests": stats.requests}))
+        produced = {"events_produced": stats.events, "requests": stats.requests}
+        print(_dump({**produced, "item_updates_produced": stats.item_updates}))
 
     asyncio.run(main())
     return 0
@@ -727,6 +731,12 @@ def build_parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("simulate", help="produce simulated shop traffic to Kafka, or write it to a file")
     _add_destination(sim, "--duration seconds of traffic ending now")
     sim.add_argument("--topic", default=DEFAULT_TOPIC)
+    sim.add_argument(
+        "--items-topic",
+        default=DEFAULT_ITEMS_TOPIC,
+        metavar="TOPIC",
+        help="publish the catalogue and each launch here ('' publishes none)",
+    )
     sim.add_argument("--rate", type=float, default=1000.0, metavar="N", help="events per second")
     sim.add_argument("--duration", type=float, default=60.0, metavar="S", help="seconds; 0 runs until Ctrl-C")
     sim.add_argument("--seed", type=int, default=7)

@@ -372,6 +372,19 @@ def encode_event(event: dict[str, Any]) -> tuple[bytes | None, bytes]:
     return (str(user).encode() if user is not None else None), orjson.dumps(event)
 
 
+def item_record(item: Item, ts_ms: int) -> tuple[bytes, bytes]:
+    """Kafka key (the item id) and value of ``item``'s update on the ``items`` topic."""
+    body = {
+        "item_id": item.item_id,
+        "ts": ts_ms,
+        "title": item.title,
+        "category": item.category,
+        "brand": item.brand,
+        "price": item.price,
+    }
+    return item.item_id.encode(), orjson.dumps(body)
+
+
 def write_events(events: Iterable[dict[str, Any]], path: Path) -> int:
     """Write events as JSON lines (the record values Kafka would carry), atomically; the count.
 
@@ -398,6 +411,7 @@ def write_catalogue(sim: ShopSimulator, path: Path) -> None:
 class ProduceStats:
     events: int = 0
     requests: int = 0
+    item_updates: int = 0
     started_at: float = 0.0
 
 
@@ -411,8 +425,10 @@ async def produce(
     catalogue_path: Path | None = None,
     stats: ProduceStats | None = None,
     on_start: Callable[[ShopSimulator], None] | None = None,
+    items_topic: str | None = None,
 ) -> ProduceStats:
-    """Produce about ``rate`` events/s for ``duration_s`` seconds (0: until ``stop``)."""
+    """Produce about ``rate`` events/s for ``duration_s`` seconds (0: until ``stop``); with
+    ``items_topic``, the catalogue first and each launch as it happens go there."""
     from aiokafka import AIOKafkaProducer
 
     if rate <= 0:
@@ -428,6 +444,7 @@ async def produce(
             on_start(sim)
         stats.started_at = time.monotonic()
         last_catalogue = 0.0
+        announced = 0
         while not stop.is_set():
             elapsed = time.monotonic() - stats.started_at
             if duration_s and elapsed >= duration_s:
@@ -438,6 +455,13 @@ async def produce(
             while stats.events + len(events) < target:
                 events.extend(sim.request(now_ms))
                 stats.requests += 1
+            if items_topic and announced < len(sim.catalogue):
+                # Before any event that shows them: the catalogue, then each launch.
+                updates = [item_record(item, item.launched_at_ms) for item in sim.catalogue[announced:]]
+                announced = len(sim.catalogue)
+                sent = [await producer.send(items_topic, value=v, key=k) for k, v in updates]
+                await asyncio.gather(*sent)
+                stats.item_updates += len(updates)
             futures = [await producer.send(topic, value=v, key=k) for k, v in map(encode_event, events)]
             if futures:
                 await asyncio.gather(*futures)

@@ -27,7 +27,7 @@ from freshrank.stack import (
 )
 from rankcore.errors import ConfigError
 from updater.service import Updater
-from updater.settings import DEFAULT_PUBLISH_INTERVAL_S, DEFAULT_TOPIC, UpdaterSettings
+from updater.settings import DEFAULT_ITEMS_TOPIC, DEFAULT_PUBLISH_INTERVAL_S, DEFAULT_TOPIC, UpdaterSettings
 from updater.source import ensure_topic
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ STATE_MARKER = ".freshrank-state"
 STACK_FILE = "stack.json"
 CATALOGUE_FILE = "catalogue.json"
 TOPIC = DEFAULT_TOPIC
+ITEMS_TOPIC = DEFAULT_ITEMS_TOPIC
 PARTITIONS = 3
 
 
@@ -130,6 +131,7 @@ async def run_up(
             if on_ready is not None:
                 on_ready(addr.__dict__)
             await ensure_topic(addr.bootstrap, TOPIC, PARTITIONS)
+            await ensure_topic(addr.bootstrap, ITEMS_TOPIC, PARTITIONS)
             settings = UpdaterSettings(
                 bootstrap=addr.bootstrap,
                 pg_dsn=addr.pg_dsn,
@@ -137,6 +139,7 @@ async def run_up(
                 state_dir=state / "updater",
                 triton_grpc=addr.triton_grpc,
                 topic=TOPIC,
+                items_topic=ITEMS_TOPIC,
                 publish_interval_s=opts.publish_interval_s,
             )
             updater = Updater.from_settings(settings)
@@ -158,6 +161,7 @@ async def run_up(
                             stop=stop,
                             catalogue_path=state / CATALOGUE_FILE,
                             stats=produced,
+                            items_topic=ITEMS_TOPIC,
                         ),
                         name="simulator",
                     )

@@ -19,6 +19,7 @@ ACTION_TYPES = frozenset(EVENT_TYPES[1:])
 MAX_RECORD_BYTES = 64 * 1024
 MAX_ID_CHARS = 256
 MAX_QUERY_CHARS = 512
+MAX_TITLE_CHARS = 512
 # Timestamps outside [2000-01-01, now + 1 hour] are treated as corrupt.
 MIN_TS_MS = 946_684_800_000
 MAX_FUTURE_MS = 3600 * 1000
@@ -55,6 +56,7 @@ class Event:
     price: float
     device: str
     country: str
+    title: str = ""  # item.title, when the event carries it (the catalogue takes it too)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +85,8 @@ def query_tokens(query: str) -> list[str]:
     return [t for t in query.split(" ") if t]
 
 
-def _parse_ts(value: Any) -> int | None:
+def parse_ts(value: Any) -> int | None:
+    """Epoch milliseconds from an int, a float or an ISO-8601 string with a zone; None if not one."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
@@ -101,7 +104,7 @@ def _parse_ts(value: Any) -> int | None:
     return None
 
 
-def _str_field(obj: dict[str, Any], name: str, required: bool, limit: int = MAX_ID_CHARS) -> str | Rejection:
+def str_field(obj: dict[str, Any], name: str, required: bool, limit: int = MAX_ID_CHARS) -> str | Rejection:
     value = obj.get(name)
     if value is None:
         return Rejection("missing_field", name) if required else ""
@@ -116,8 +119,8 @@ def _str_field(obj: dict[str, Any], name: str, required: bool, limit: int = MAX_
     return text
 
 
-def parse_event(raw: bytes | None, now_ms: int) -> Event | Rejection:
-    """Validate and normalise one record value."""
+def json_object(raw: bytes | None) -> dict[str, Any] | Rejection:
+    """One record value as a JSON object, or why it is not one (every topic's first check)."""
     if not raw:
         return Rejection("empty_record")
     if len(raw) > MAX_RECORD_BYTES:
@@ -132,6 +135,14 @@ def parse_event(raw: bytes | None, now_ms: int) -> Event | Rejection:
         return Rejection("not_json", str(exc)[:120])
     if not isinstance(obj, dict):
         return Rejection("not_object", type(obj).__name__)
+    return obj
+
+
+def parse_event(raw: bytes | None, now_ms: int) -> Event | Rejection:
+    """Validate and normalise one record value."""
+    obj = json_object(raw)
+    if isinstance(obj, Rejection):
+        return obj
     event = _well_formed(obj, now_ms)
     if event is not None:
         return event
@@ -187,8 +198,11 @@ def _well_formed(obj: dict[str, Any], now_ms: int) -> Event | None:
     price = item.get("price", 0.0)
     device = context.get("device", "")
     country = context.get("country", "")
+    title = item.get("title", "")
     if not (
         type(category) is str
+        and type(title) is str
+        and len(title) <= MAX_TITLE_CHARS
         and type(brand) is str
         and type(device) is str
         and type(country) is str
@@ -211,6 +225,7 @@ def _well_formed(obj: dict[str, Any], now_ms: int) -> Event | None:
         price=float(price),
         device=device,
         country=country,
+        title=title,
     )
 
 
@@ -225,17 +240,17 @@ def _checked(obj: dict[str, Any], now_ms: int) -> Event | Rejection:
 
     fields: dict[str, str] = {}
     for name in ("event_id", "user_id", "request_id", "item_id"):
-        value = _str_field(obj, name, required=True)
+        value = str_field(obj, name, required=True)
         if isinstance(value, Rejection):
             return value
         fields[name] = value
-    query = _str_field(obj, "query", required=False, limit=MAX_QUERY_CHARS)
+    query = str_field(obj, "query", required=False, limit=MAX_QUERY_CHARS)
     if isinstance(query, Rejection):
         return query
 
     if "ts" not in obj:
         return Rejection("missing_field", "ts")
-    ts_ms = _parse_ts(obj["ts"])
+    ts_ms = parse_ts(obj["ts"])
     if ts_ms is None:
         return Rejection("wrong_type", "ts")
     if ts_ms < MIN_TS_MS or ts_ms > now_ms + MAX_FUTURE_MS:
@@ -262,10 +277,13 @@ def _checked(obj: dict[str, Any], now_ms: int) -> Event | Rejection:
         ("context", context, "device"),
         ("context", context, "country"),
     ):
-        value = _str_field(source, name, required=False)
+        value = str_field(source, name, required=False)
         if isinstance(value, Rejection):
             return Rejection(value.reason, f"{parent}.{value.detail}")
         extras[name] = value
+    title = str_field(item, "title", required=False, limit=MAX_TITLE_CHARS)
+    if isinstance(title, Rejection):
+        return Rejection(title.reason, f"item.{title.detail}")
     price = item.get("price", 0.0)
     if isinstance(price, bool) or not isinstance(price, int | float):
         return Rejection("wrong_type", "item.price")
@@ -288,4 +306,5 @@ def _checked(obj: dict[str, Any], now_ms: int) -> Event | Rejection:
         price=price,
         device=extras["device"],
         country=extras["country"],
+        title=title,
     )

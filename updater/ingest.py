@@ -1,4 +1,5 @@
-"""Ingest: Kafka records -> labelled samples and dead letters (ledger, clean, join, holdout).
+"""Ingest: Kafka records -> labelled samples and dead letters (ledger, clean, join, holdout),
+and item updates -> the catalogue.
 
 The one consumer path: the service runs every fetch through :meth:`Ingest.process`, and the
 benchmarks run offline streams through the same object, so they measure what the updater does.
@@ -8,11 +9,14 @@ Pure: no I/O; the whole state round-trips through :meth:`Ingest.state`.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Protocol
 
+from rankcore.catalogue import DEFAULT_CAPACITY as DEFAULT_CATALOGUE_CAPACITY
+from rankcore.catalogue import Catalogue
 from rankcore.events import Event, Rejection
 from rankcore.holdout import is_holdout, is_measured
+from rankcore.items import ItemUpdate, parse_item
 from rankcore.sample import Sample
 from updater.clean import DEFAULT_DEDUP_CAPACITY, Cleaner
 from updater.joiner import DEFAULT_MAX_PENDING, DEFAULT_WINDOW_MS, Joiner, sample_of
@@ -67,6 +71,8 @@ class IngestCounts:
     duplicates: int = 0
     dead_letters: int = 0
     held_out: int = 0
+    item_updates_consumed: int = 0
+    item_updates_valid: int = 0
     dead_letters_by_reason: dict[str, int] = field(default_factory=dict)
 
 
@@ -84,7 +90,9 @@ class Ingested:
 
 class Ingest:
     """Ledger, cleaner and joiner in the updater's order; ``holdout_every`` 0 holds nothing out,
-    ``measure_every`` 0 hands out no impressions to score."""
+    ``measure_every`` 0 hands out no impressions to score. Records of ``items_topic`` update
+    the catalogue, and an impression missing its category, brand, price or title takes the
+    catalogue's (the impression's own values win: they are what the shopper saw)."""
 
     def __init__(
         self,
@@ -93,9 +101,13 @@ class Ingest:
         dedup_capacity: int = DEFAULT_DEDUP_CAPACITY,
         max_pending: int = DEFAULT_MAX_PENDING,
         measure_every: int = 0,
+        items_topic: str = "",
+        catalogue_capacity: int = DEFAULT_CATALOGUE_CAPACITY,
     ) -> None:
         self.holdout_every = holdout_every
         self.measure_every = measure_every
+        self.items_topic = items_topic
+        self.catalogue = Catalogue(catalogue_capacity)
         self.ledger = Ledger()
         self.cleaner = Cleaner(dedup_capacity)
         self.joiner = Joiner(window_ms=window_ms, max_pending=max_pending)
@@ -110,11 +122,15 @@ class Ingest:
         for rec in records:
             if not self.ledger.accept(f"{rec.topic}:{rec.partition}", rec.offset):
                 continue  # this state already consumed it: never learn a record twice
+            if rec.topic == self.items_topic:
+                self._item_update(rec, now_ms, dead)
+                continue
             counts.events_consumed += 1
             result = self.cleaner.clean(rec.value, now_ms)
             if isinstance(result, Event):
                 counts.events_valid += 1
-                joined = joiner.add(result, now_ms)
+                result = self._with_catalogue(result)
+                joined = joiner.add(result, now_ms, f"{rec.topic}:{rec.partition}")
                 if isinstance(joined, Rejection):
                     # Not remembered as seen: once its impression is there, a replay gets through.
                     self.cleaner.deduper.forget(result.event_id)
@@ -124,7 +140,7 @@ class Ingest:
             elif isinstance(result, Rejection):
                 dead.append(self._dead_letter(rec, result))
         counts.duplicates = self.cleaner.duplicates
-        samples.extend(joiner.expire())
+        samples.extend(joiner.expire(now_ms))
         out = self._split(samples, dead)
         opened = joiner.take_opened()
         if self.measure_every:
@@ -135,6 +151,42 @@ class Ingest:
                 if is_measured(e.request_id, measured) and not is_holdout(e.request_id, held)
             ]
         return out
+
+    def _item_update(self, rec: RawRecord, now_ms: int, dead: list[DeadLetter]) -> None:
+        self.counts.item_updates_consumed += 1
+        update = parse_item(rec.value, now_ms)
+        if isinstance(update, Rejection):
+            dead.append(self._dead_letter(rec, update))
+            return
+        self.counts.item_updates_valid += 1
+        self.catalogue.apply(update)
+
+    def _with_catalogue(self, event: Event) -> Event:
+        """An event that names a title updates the catalogue; an impression fills what it lacks."""
+        catalogue = self.catalogue
+        if event.title:
+            catalogue.apply(
+                ItemUpdate(
+                    event.item_id,
+                    event.ts_ms,
+                    event.title,
+                    event.category or None,
+                    event.brand or None,
+                    event.price or None,
+                )
+            )
+        if event.type != "impression" or (event.category and event.brand and event.price and event.title):
+            return event
+        known = catalogue.get(event.item_id)
+        if known is None:
+            return event
+        return replace(
+            event,
+            category=event.category or known.category,
+            brand=event.brand or known.brand,
+            price=event.price or known.price,
+            title=event.title or known.title,
+        )
 
     def drain(self) -> Ingested:
         """End of a finite stream: every impression still waiting becomes a negative now."""
@@ -170,6 +222,7 @@ class Ingest:
             "joiner": self.joiner.state(),
             "dedup": self.cleaner.deduper.state(),
             "ledger": self.ledger.state(),
+            "catalogue": self.catalogue.state(),
             "ingest_counts": counts,
             "dead_by_reason": by_reason,
         }
@@ -180,7 +233,9 @@ class Ingest:
         self.ledger.restore(state["ledger"])
         # Checkpoints before the ingest split kept these counts among the service's counters.
         counts = state.get("ingest_counts") or state.get("counters", {})
-        names = {"events_consumed", "events_valid", "duplicates", "dead_letters", "held_out"}
+        if "catalogue" in state:  # checkpoints before the items topic had none
+            self.catalogue.restore(state["catalogue"])
+        names = {f.name for f in fields(IngestCounts)} - {"dead_letters_by_reason"}
         self.counts = IngestCounts(
             **{k: int(v) for k, v in counts.items() if k in names},
             dead_letters_by_reason=dict(state["dead_by_reason"]),

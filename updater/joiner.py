@@ -4,7 +4,11 @@ An impression waits in the join state for its attribution window. The first clic
 add-to-cart or purchase with the same ``request_id`` and ``item_id`` inside the window makes
 it a positive sample at once (fresh positives are what the model needs most); when the
 window closes without one, it becomes a negative. Time is event time: the window closes
-when the largest timestamp seen so far passes ``impression.ts + window``.
+when the watermark passes ``impression.ts + window``. Each source (a Kafka partition) has its
+own largest timestamp, and the watermark is the smallest of them among the sources heard from
+in the last ``idle_ms`` of the caller's clock: a partition consumed ahead of the others (a
+backlog read one partition at a time) cannot close the windows of impressions whose clicks
+still wait in a partition behind it, and a partition gone quiet does not hold the rest back.
 
 Pure: no I/O; the whole state round-trips through :meth:`Joiner.state`.
 """
@@ -23,6 +27,9 @@ DEFAULT_MAX_PENDING = 500_000
 # Labelled keys remembered so that a cart after a click is not an orphan.
 DEFAULT_LABELLED_MEMORY = 200_000
 MAX_SKEW_MS = 60_000
+# A source that has sent nothing for this long (of the caller's clock) stops holding the
+# watermark back.
+DEFAULT_IDLE_MS = 2_000
 
 
 _EVENT_FIELDS = tuple(f.name for f in fields(Event))
@@ -36,12 +43,16 @@ class Joiner:
         window_ms: int = DEFAULT_WINDOW_MS,
         max_pending: int = DEFAULT_MAX_PENDING,
         labelled_memory: int = DEFAULT_LABELLED_MEMORY,
+        idle_ms: int = DEFAULT_IDLE_MS,
     ) -> None:
         if window_ms <= 0:
             raise ValueError(f"expected a positive attribution window, got {window_ms!r} ms")
         self.window_ms = window_ms
         self.max_pending = max_pending
         self.labelled_memory = labelled_memory
+        self.idle_ms = idle_ms
+        self._source_ts: dict[str, int] = {}  # source -> its largest timestamp
+        self._source_at: dict[str, int] = {}  # source -> when (caller's clock) it was last heard
         self._pending: dict[tuple[str, str], Event] = {}
         self._deadlines: list[tuple[int, str, str]] = []  # (ts, request_id, item_id), a min-heap
         self._labelled: OrderedDict[tuple[str, str], None] = OrderedDict()
@@ -60,14 +71,18 @@ class Joiner:
         out, self._opened = self._opened, []
         return out
 
-    def add(self, event: Event, now_ms: int | None = None) -> list[Sample] | Rejection:
-        """Take one event; return the samples it completes (possibly none) or a rejection.
+    def add(self, event: Event, now_ms: int | None = None, source: str = "") -> list[Sample] | Rejection:
+        """Take one event from ``source``; return the samples it completes (possibly none) or a
+        rejection.
 
         With ``now_ms``, a timestamp ahead of the clock moves the watermark no further than
         ``now_ms + MAX_SKEW_MS``, so one event from a wrong clock cannot close every window.
         """
         ts = event.ts_ms if now_ms is None else min(event.ts_ms, now_ms + MAX_SKEW_MS)
-        self.watermark_ms = max(self.watermark_ms, ts)
+        if ts > self._source_ts.get(source, -1):
+            self._source_ts[source] = ts
+        if now_ms is not None:
+            self._source_at[source] = now_ms
         key = (event.request_id, event.item_id)
         if event.type in ACTION_TYPES:
             impression = self._pending.get(key)
@@ -98,8 +113,22 @@ class Joiner:
             return self._pop_oldest(len(self._pending) - self.max_pending)
         return []
 
-    def expire(self) -> list[Sample]:
-        """Close every impression whose window ended before the watermark: negatives."""
+    def _advance(self, now_ms: int | None) -> None:
+        """Move the watermark to the smallest largest-timestamp of the sources heard lately."""
+        heard = self._source_ts
+        if not heard:
+            return
+        if now_ms is None:
+            lately = list(heard.values())
+        else:
+            at = self._source_at
+            lately = [ts for source, ts in heard.items() if now_ms - at.get(source, now_ms) <= self.idle_ms]
+        self.watermark_ms = max(self.watermark_ms, min(lately) if lately else max(heard.values()))
+
+    def expire(self, now_ms: int | None = None) -> list[Sample]:
+        """Close every impression whose window ended before the watermark (as of ``now_ms`` on
+        the caller's clock): negatives."""
+        self._advance(now_ms)
         out: list[Sample] = []
         limit = self.watermark_ms - self.window_ms
         while self._deadlines and self._deadlines[0][0] < limit:
@@ -135,6 +164,7 @@ class Joiner:
             "pending": [tuple(getattr(e, f) for f in _EVENT_FIELDS) for e in self._pending.values()],
             "labelled": list(self._labelled),
             "counters": [self.repeated_impressions, self.extra_actions, self.forced_negatives],
+            "sources": [[k, ts, self._source_at.get(k)] for k, ts in self._source_ts.items()],
         }
 
     def restore(self, state: dict[str, object]) -> None:
@@ -145,6 +175,10 @@ class Joiner:
         heapq.heapify(self._deadlines)
         self._labelled = OrderedDict.fromkeys(tuple(k) for k in state["labelled"])  # type: ignore[attr-defined]
         self.repeated_impressions, self.extra_actions, self.forced_negatives = state["counters"]  # type: ignore[misc]
+        # Checkpoints before per-source watermarks had none: the restored watermark stands.
+        sources = state.get("sources", [])
+        self._source_ts = {k: int(ts) for k, ts, _ in sources}  # type: ignore[attr-defined]
+        self._source_at = {k: int(at) for k, _, at in sources if at is not None}  # type: ignore[attr-defined]
 
 
 def sample_of(impression: Event, label: int, action_ts_ms: int) -> Sample:

@@ -83,7 +83,13 @@ class Updater:
         self.source = source
         self.lease = lease
         self.ingest = Ingest(
-            s.window_ms, s.holdout_every, s.dedup_capacity, s.max_pending_impressions, s.measure_every
+            s.window_ms,
+            s.holdout_every,
+            s.dedup_capacity,
+            s.max_pending_impressions,
+            s.measure_every,
+            s.items_topic,
+            s.catalogue_capacity,
         )
         self.vocabs = Vocabularies(s.model, s.vocab_expire_ms)
         self.learner = Learner(
@@ -148,7 +154,7 @@ class Updater:
             settings,
             source=KafkaSource(
                 s.bootstrap,
-                s.topic,
+                (s.topic, s.items_topic) if s.items_topic else (s.topic,),
                 s.group,
                 commit_timeout_s=t.commit_s,
                 session_timeout_s=t.kafka_session_s,

@@ -18,6 +18,7 @@ from exporter.gate import GateSettings
 from exporter.publish import DEFAULT_KEEP_VERSIONS, MODEL_NAME
 from exporter.release import DEFAULT_CLOSE_TIMEOUT_S, DEFAULT_PROBE_SETTLE_S, DEFAULT_WATCH_S
 from exporter.triton import DEFAULT_CALL_TIMEOUT_S, DEFAULT_LOAD_TIMEOUT_S
+from rankcore.catalogue import DEFAULT_CAPACITY as DEFAULT_CATALOGUE_CAPACITY
 from rankcore.errors import ConfigError
 from rankcore.features import DEFAULT_VOCAB_EXPIRE_S
 from rankcore.holdout import DEFAULT_HOLDOUT_EVERY, DEFAULT_MEASURE_EVERY, DEFAULT_RECENT_S
@@ -35,6 +36,7 @@ from updater.trainer import DEFAULT_PAUSE_AFTER_S
 DEFAULT_STATE_DIR = Path(".freshrank")
 DEFAULT_UPDATER_STATE_DIR = DEFAULT_STATE_DIR / "updater"
 DEFAULT_TOPIC = "events"
+DEFAULT_ITEMS_TOPIC = "items"
 DEFAULT_GROUP = "freshrank-updater"
 DEFAULT_QUEUE_BATCHES = 8
 DEFAULT_PUBLISH_INTERVAL_S = 2.0
@@ -105,6 +107,12 @@ class UpdaterSettings:
     )
     model_name: str = _knob(MODEL_NAME, "model name in the repository, in Triton and in the registry")
     topic: str = _knob(DEFAULT_TOPIC, "Kafka topic of shop events")
+    items_topic: str = _knob(
+        DEFAULT_ITEMS_TOPIC, "Kafka topic of product-attribute updates ('' reads none)", metavar="TOPIC"
+    )
+    catalogue_capacity: int = _knob(
+        DEFAULT_CATALOGUE_CAPACITY, "items whose latest attributes are kept, at most"
+    )
     group: str = _knob(DEFAULT_GROUP, "Kafka consumer group")
     batch_size: int = _knob(DEFAULT_BATCH_SIZE, "samples per training step")
     max_wait_s: float = _knob(DEFAULT_MAX_WAIT_S, "longest a sample waits for its batch to fill")
@@ -187,6 +195,7 @@ class UpdaterSettings:
             "window_ms",
             "max_pending_impressions",
             "dedup_capacity",
+            "catalogue_capacity",
             "keep_versions",
             "fetch_max_records",
             "outbox_max_bytes",
@@ -219,6 +228,10 @@ class UpdaterSettings:
         expire = self.vocab_expire_s
         if isinstance(expire, bool) or not isinstance(expire, int | float) or not expire >= 0:
             raise ConfigError(f"expected vocab_expire_s >= 0 (0: never), got {expire!r}")
+        if self.items_topic == self.topic:
+            raise ConfigError(
+                f"expected an items topic other than the events topic, got {self.items_topic!r}"
+            )
         if ":" not in self.bootstrap:
             raise ConfigError(f"expected bootstrap as HOST:PORT, got {self.bootstrap!r}")
         if not self.pg_dsn.startswith(("postgresql://", "postgres://")):

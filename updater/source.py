@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
@@ -83,14 +83,16 @@ class KafkaSource:
     def __init__(
         self,
         bootstrap: str,
-        topic: str,
+        topics: Sequence[str],
         group: str,
         positions: Callable[[], Mapping[str, int]] = dict,
         max_partition_fetch_bytes: int = 4 << 20,
         commit_timeout_s: float = DEFAULT_COMMIT_TIMEOUT_S,
         session_timeout_s: float = DEFAULT_SESSION_TIMEOUT_S,
     ) -> None:
-        self.topic = topic
+        if not topics:
+            raise ValueError("expected at least one topic to consume")
+        self.topics = tuple(topics)
         self.bootstrap = bootstrap
         self.commit_timeout_s = commit_timeout_s
         self.positions = positions
@@ -115,7 +117,7 @@ class KafkaSource:
         except KafkaError as exc:
             raise DependencyError(f"Kafka at {self.bootstrap}: {type(exc).__name__}: {exc}") from exc
         self._started = True
-        self.consumer.subscribe([self.topic], listener=_SeekToState(self))
+        self.consumer.subscribe(list(self.topics), listener=_SeekToState(self))
 
     async def stop(self) -> None:
         if self._started:
@@ -133,7 +135,8 @@ class KafkaSource:
         try:
             batches = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
         except KafkaError as exc:
-            raise DependencyError(f"Kafka fetch from {self.topic!r}: {type(exc).__name__}: {exc}") from exc
+            topics = ", ".join(self.topics)
+            raise DependencyError(f"Kafka fetch from {topics}: {type(exc).__name__}: {exc}") from exc
         return [record for records in batches.values() for record in records]
 
     def pause(self) -> None:

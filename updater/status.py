@@ -59,6 +59,7 @@ class Status:
     vocab_sizes: dict[str, int] = field(default_factory=dict)
     vocab_evictions: dict[str, int] = field(default_factory=dict)
     vocab_overflow: dict[str, int] = field(default_factory=dict)
+    catalogue: dict[str, int] = field(default_factory=dict)
     offsets: dict[str, int] = field(default_factory=dict)
     ledger: dict[str, Any] = field(default_factory=dict)
     last_checkpoint: dict[str, Any] = field(default_factory=dict)
@@ -117,6 +118,13 @@ def collect(u: Updater) -> Status:
         vocab_sizes=u.vocabs.sizes(),
         vocab_evictions=u.vocabs.evictions(),
         vocab_overflow={f: v.overflow for f, v in u.vocabs.by_feature.items()},
+        catalogue={
+            "items": len(u.ingest.catalogue),
+            "updates_consumed": i.item_updates_consumed,
+            "updates_valid": i.item_updates_valid,
+            "stale": u.ingest.catalogue.stale,
+            "forgotten": u.ingest.catalogue.forgotten,
+        },
         offsets=u.positions,
         ledger=u.ingest.ledger.state(),
         last_checkpoint=u.last_checkpoint,

@@ -25,7 +25,7 @@ from tritonclient.utils import InferenceServerException
 
 from exporter.publish import MODEL_NAME
 from freshrank.stack import EmbeddedStack, free_port
-from tests.e2e.helpers import SMALL_MODEL, TOPIC, Lane
+from tests.e2e.helpers import ITEMS_TOPIC, SMALL_MODEL, TOPIC, Lane
 from updater.settings import UpdaterSettings
 from updater.source import ensure_topic
 
@@ -39,6 +39,7 @@ _lanes = itertools.count(1)
 async def stack(tmp_path: Path) -> AsyncIterator[EmbeddedStack]:
     async with EmbeddedStack(tmp_path / "stack", free_port(), free_port(), free_port()) as s:
         await ensure_topic(s.addresses.bootstrap, TOPIC, partitions=3)
+        await ensure_topic(s.addresses.bootstrap, ITEMS_TOPIC, partitions=3)
         yield s
 
 
@@ -89,6 +90,7 @@ async def lane(shared_stack: EmbeddedStack, tmp_path: Path) -> AsyncIterator[Lan
     model = f"{MODEL_NAME}_{n}"
     topic = f"{TOPIC}_{n}"
     await ensure_topic(a.bootstrap, topic, partitions=3)
+    await ensure_topic(a.bootstrap, f"{ITEMS_TOPIC}_{n}", partitions=3)
     admin = await asyncpg.connect(a.pg_dsn)
     try:
         await admin.execute(f'CREATE DATABASE "{database}"')
@@ -98,6 +100,7 @@ async def lane(shared_stack: EmbeddedStack, tmp_path: Path) -> AsyncIterator[Lan
         yield Lane(
             stack=shared_stack,
             topic=topic,
+            items_topic=f"{ITEMS_TOPIC}_{n}",
             pg_dsn=database_dsn(a.pg_dsn, database),
             state_dir=tmp_path / "updater",
             group=f"freshrank-{n}",
@@ -123,13 +126,14 @@ def settings_for(tmp_path: Path) -> Callable[..., UpdaterSettings]:
             lane: dict[str, Any] = dict(
                 pg_dsn=target.pg_dsn,
                 topic=target.topic,
+                items_topic=target.items_topic,
                 group=target.group,
                 state_dir=target.state_dir,
                 model_name=target.model_name,
             )
         else:
             a = target.addresses
-            lane = dict(pg_dsn=a.pg_dsn, topic=TOPIC, state_dir=tmp_path / "updater")
+            lane = dict(pg_dsn=a.pg_dsn, topic=TOPIC, items_topic=ITEMS_TOPIC, state_dir=tmp_path / "updater")
         values: dict[str, Any] = dict(
             bootstrap=a.bootstrap,
             repository=Path(a.repository),

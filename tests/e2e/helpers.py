@@ -18,6 +18,7 @@ from freshrank.stack import EmbeddedStack
 from rankcore.model import RankerConfig
 
 TOPIC = "events"
+ITEMS_TOPIC = "items"
 SMALL_MODEL = RankerConfig(
     user_capacity=2_000,
     token_capacity=500,
@@ -39,6 +40,7 @@ class Lane:
 
     stack: EmbeddedStack
     topic: str
+    items_topic: str
     pg_dsn: str
     state_dir: Path
     group: str
@@ -63,6 +65,9 @@ class Lane:
     async def send(self, records: list[Record]) -> None:
         await send(self.bootstrap, records, self.topic)
 
+    async def send_items(self, records: list[Record]) -> None:
+        await send(self.bootstrap, records, self.items_topic)
+
 
 async def wait_for(predicate: Callable[[], bool], limit_s: float, what: str) -> None:
     deadline = asyncio.get_running_loop().time() + limit_s
@@ -77,7 +82,8 @@ def updater_command(target: EmbeddedStack | Lane, state_dir: Path, *extra: str) 
     (nothing held out)."""
     if isinstance(target, Lane):
         a = target.stack.addresses
-        lane_args = ["--topic", target.topic, "--group", target.group, "--model-name", target.model_name]
+        lane_args = ["--topic", target.topic, "--items-topic", target.items_topic, "--group", target.group]
+        lane_args += ["--model-name", target.model_name]
         dsn = target.pg_dsn
     else:
         a = target.addresses

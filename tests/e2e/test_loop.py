@@ -6,9 +6,11 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
+import orjson
 import pytest
 
 from exporter.triton import Candidate, TritonModel
+from rankcore.catalogue import Item
 from tests.e2e.helpers import Lane, event, now_ms, traffic, wait_for
 from updater.registry import Registry
 from updater.service import Updater
@@ -29,10 +31,24 @@ async def test_events_reach_a_served_version_that_ranks_clicked_items_first(
     records.append(event("click", start + 100, "u1", "never-shown", "hot", "orphan"))
     records.append(records[0])  # a duplicated Kafka record
     await lane.send(records)
+    # The product-attribute stream: two items, one newer title, one update without a title.
+    items = [
+        (b"hot", orjson.dumps({"item_id": "hot", "ts": start, "title": "red running shoe", "price": 49.0})),
+        (b"cold", orjson.dumps({"item_id": "cold", "ts": start, "title": "grey boot", "brand": "acme"})),
+        (b"hot", orjson.dumps({"item_id": "hot", "ts": start + 10, "title": "red trail running shoe"})),
+        (b"x", orjson.dumps({"item_id": "x", "ts": start})),
+    ]
+    await lane.send_items(items)
 
     updater = Updater.from_settings(settings_for(lane))
     async with updater:
         await wait_for(lambda: updater.learner.samples_trained >= expected_samples, 60, "all samples trained")
+        await wait_for(
+            lambda: updater.status()["catalogue"]["updates_consumed"] == len(items), 30, "every item update"
+        )
+        assert updater.ingest.catalogue.get("hot") == Item(
+            "hot", start + 10, "red trail running shoe", price=49.0
+        )
         # Every click learned is served, no export running. The closer's window emits the last
         # samples (clicks among them) in one step, so that version has every sample.
         await wait_for(lambda: updater.freshness_settled, 60, "a served version with every sample")
@@ -44,8 +60,15 @@ async def test_events_reach_a_served_version_that_ranks_clicked_items_first(
     assert status["dead_letters_by_reason"] == {
         "not_json": 1,
         "empty_record": 1,
-        "missing_field": 1,
+        "missing_field": 2,  # a click without its fields, an item update without its title
         "orphan_action": 1,
+    }
+    assert status["catalogue"] == {
+        "items": 2,
+        "updates_consumed": 4,
+        "updates_valid": 3,
+        "stale": 0,
+        "forgotten": 0,
     }
     live = status["live_version"]
     assert live is not None and live >= 1
@@ -67,11 +90,17 @@ async def test_events_reach_a_served_version_that_ranks_clicked_items_first(
         dead = await registry.dead_letters()
     newest = versions[0]
     assert newest["version"] == live and newest["status"] == "live"
-    assert sum(newest["offsets"].values()) == len(records)  # learned up to the end of the topic
+    offsets = newest["offsets"]
+    # Learned up to the end of both topics.
+    assert sum(v for k, v in offsets.items() if k.startswith(f"{lane.topic}:")) == len(records)
+    assert sum(v for k, v in offsets.items() if k.startswith(f"{lane.items_topic}:")) == len(items)
     assert newest["samples_seen"] == expected_samples
     assert newest["size_bytes"] > 0 and len(newest["sha256"]) == 64
     assert {d["reason"] for d in dead} == {"not_json", "empty_record", "missing_field", "orphan_action"}
     assert any(d["raw"] == b"{not json" for d in dead)
+    assert [(d["topic"], d["detail"]) for d in dead if d["raw"] == items[-1][1]] == [
+        (lane.items_topic, "title")
+    ]
 
 
 # On the shared stack: two updaters in turn on one lane (its state directory, database, topic).

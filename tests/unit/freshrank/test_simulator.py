@@ -1,7 +1,8 @@
 from __future__ import annotations
 
-from freshrank.simulator import ShopSimulator, SimulatorConfig, encode_event, generate
+from freshrank.simulator import ShopSimulator, SimulatorConfig, encode_event, generate, item_record
 from rankcore.events import Event, parse_event
+from rankcore.items import ItemUpdate, parse_item
 
 START = 1_800_000_000_000
 
@@ -67,3 +68,11 @@ def test_the_truth_is_recorded_beside_the_stream_without_changing_it() -> None:
     impressions = [e for e in plain if e.get("type") == "impression"]
     assert len(truth) == len(impressions) > 0
     assert all(0.0 < truth[(e["request_id"], e["item_id"])] < 1.0 for e in impressions)
+
+
+def test_item_records_follow_the_items_contract() -> None:
+    sim = ShopSimulator(SimulatorConfig(seed=3, items=20), start_ms=1_800_000_000_000)
+    key, value = item_record(sim.catalogue[0], 1_800_000_000_000)
+    update = parse_item(value, 1_800_000_000_000)
+    assert isinstance(update, ItemUpdate) and key == update.item_id.encode()
+    assert update.title == sim.catalogue[0].title and update.price == sim.catalogue[0].price

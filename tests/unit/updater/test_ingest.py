@@ -187,3 +187,55 @@ def test_impressions_that_begin_to_wait_are_handed_out_to_be_scored() -> None:
     assert [(s.request_id, s.label) for s in out.opened] == [(kept, 0)]
     assert labels(out.trained) == [(kept, "i1", 1)]
     assert Ingest(window_ms=WINDOW_MS).process([record(0, event("a", "impression", NOW))], NOW).opened == []
+
+
+def item(offset: int, **fields: object) -> Record:
+    body = {"item_id": "i1", "ts": NOW, "title": "red running shoe", **fields}
+    return Record(topic="items", partition=0, offset=offset, key=b"i1", value=orjson.dumps(body))
+
+
+def test_item_updates_feed_the_catalogue_and_fill_what_an_impression_lacks() -> None:
+    ingest = Ingest(window_ms=WINDOW_MS, items_topic="items")
+    bare = orjson.dumps(
+        {
+            "event_id": "imp",
+            "type": "impression",
+            "ts": NOW,
+            "user_id": "u1",
+            "request_id": "r1",
+            "item_id": "i1",
+            "position": 0,
+            "item": {"brand": "own brand"},
+        }
+    )
+    out = ingest.process(
+        [
+            item(0, category="shoes", brand="acme", price=59.0),
+            Record("items", 0, 1, b"i2", orjson.dumps({"item_id": "i2", "ts": NOW})),
+            record(0, bare),
+        ],
+        NOW,
+    )
+    assert [(d.topic, d.reason, d.detail) for d in out.dead] == [("items", "missing_field", "title")]
+    [sample] = ingest.drain().trained
+    # The impression's own brand wins (what the shopper saw); the rest comes from the catalogue.
+    assert (sample.category, sample.brand, sample.price) == ("shoes", "own brand", 59.0)
+    counts = ingest.counts
+    assert (counts.events_consumed, counts.item_updates_consumed, counts.item_updates_valid) == (1, 2, 1)
+    assert ingest.positions == {"items:0": 2, "events:0": 1}
+
+
+def test_an_event_with_a_title_updates_the_catalogue_and_the_state_keeps_it() -> None:
+    ingest = Ingest(window_ms=WINDOW_MS, items_topic="items")
+    titled = orjson.loads(event("imp", "impression", NOW))
+    titled["item"]["title"] = "acme red shoe"
+    ingest.process([record(0, orjson.dumps(titled))], NOW)
+    known = ingest.catalogue.get("i1")
+    assert known is not None and (known.title, known.brand, known.price) == ("acme red shoe", "acme", 10.0)
+    again = Ingest(window_ms=WINDOW_MS, items_topic="items")
+    again.restore(ingest.state())
+    assert again.catalogue.get("i1") == known
+    # A redelivered item record is skipped by the ledger like any other.
+    again.process([item(0, title="newer")], NOW + 1)
+    again.process([item(0, title="newer again")], NOW + 2)
+    assert again.catalogue.updates == 2 and again.counts.item_updates_consumed == 1

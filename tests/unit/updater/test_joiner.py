@@ -103,3 +103,21 @@ def test_pending_is_bounded() -> None:
 def test_window_must_be_positive() -> None:
     with pytest.raises(ValueError, match="positive attribution window"):
         Joiner(window_ms=0)
+
+
+def test_a_partition_read_ahead_does_not_close_the_windows_of_one_behind() -> None:
+    j = Joiner(window_ms=1000, idle_ms=500)
+    now = 10_000
+    j.add(ev("impression", 0, request="behind"), now, source="events:0")
+    # Partition 1's backlog arrives first, far ahead in event time.
+    j.add(ev("impression", 5_000, request="ahead"), now, source="events:1")
+    assert j.expire(now) == []  # partition 0 is at 0: nothing of it has closed
+    positive = j.add(ev("click", 900, request="behind"), now + 100, source="events:0")
+    assert isinstance(positive, list) and [s.label for s in positive] == [1]  # not an orphan
+    # Partition 0 goes quiet: past idle_ms it no longer holds the watermark back.
+    j.add(ev("impression", 1_000, request="later"), now + 100, source="events:0")
+    assert j.expire(now + 200) == []
+    assert [s.request_id for s in j.expire(now + 700)] == ["later"]
+    restored = Joiner(window_ms=1000, idle_ms=500)
+    restored.restore(j.state())
+    assert restored.state()["sources"] == j.state()["sources"]

@@ -1,0 +1,96 @@
+"""The catalogue the updater has seen: each item's latest attributes, bounded.
+
+Pure: no I/O; the whole state round-trips through :meth:`Catalogue.state`. Updates merge by
+event time: a field an update leaves out keeps its value, and an update older than what is
+known for the item changes nothing (a producer that re-sends an old state cannot undo a newer
+one). When full, the item updated least recently is forgotten first.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import astuple, dataclass, replace
+
+from rankcore.items import ItemUpdate
+
+DEFAULT_CAPACITY = 500_000
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """What the catalogue knows of one item (``""``/``0.0`` where nothing is known)."""
+
+    item_id: str
+    ts_ms: int
+    title: str = ""
+    category: str = ""
+    brand: str = ""
+    price: float = 0.0
+    attributes: tuple[tuple[str, str], ...] = ()
+
+
+class Catalogue:
+    """``item_id`` -> :class:`Item`, the latest by event time, at most ``capacity`` items."""
+
+    def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
+        if capacity <= 0:
+            raise ValueError(f"expected a positive catalogue capacity, got {capacity!r}")
+        self.capacity = capacity
+        self._items: OrderedDict[str, Item] = OrderedDict()
+        self.updates = 0
+        self.stale = 0
+        self.forgotten = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, item_id: str) -> Item | None:
+        return self._items.get(item_id)
+
+    def apply(self, update: ItemUpdate) -> bool:
+        """Merge ``update`` in; False when it is older than what is known (nothing changes)."""
+        known = self._items.get(update.item_id)
+        if known is not None and update.ts_ms < known.ts_ms:
+            self.stale += 1
+            return False
+        base = known or Item(update.item_id, update.ts_ms)
+        item = replace(
+            base,
+            ts_ms=update.ts_ms,
+            title=update.title,
+            **{
+                name: value
+                for name in ("category", "brand", "price", "attributes")
+                if (value := getattr(update, name)) is not None
+            },
+        )
+        self._items[update.item_id] = item
+        self._items.move_to_end(update.item_id)
+        self.updates += 1
+        if len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+            self.forgotten += 1
+        return True
+
+    def state(self) -> dict[str, object]:
+        return {
+            "capacity": self.capacity,
+            "items": [astuple(item) for item in self._items.values()],
+            "counters": [self.updates, self.stale, self.forgotten],
+        }
+
+    def restore(self, state: dict[str, object]) -> None:
+        items = [
+            Item(
+                item_id=row[0],
+                ts_ms=int(row[1]),
+                title=row[2],
+                category=row[3],
+                brand=row[4],
+                price=float(row[5]),
+                attributes=tuple((str(k), str(v)) for k, v in row[6]),
+            )
+            for row in state["items"]  # type: ignore[attr-defined]
+        ]
+        self._items = OrderedDict((item.item_id, item) for item in items[-self.capacity :])
+        self.updates, self.stale, self.forgotten = (int(n) for n in state["counters"])  # type: ignore[attr-defined]
