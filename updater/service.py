@@ -473,6 +473,9 @@ class Updater:
         r.export_failures = counters.get("export_failures", 0)
         r.rollbacks = counters.get("rollbacks", 0)
         self.release.samples_released = self.learner.samples_trained  # no version of what is served
+        if not self.settings.measure_every:
+            # Restarted with --measure-every 0: count every sample again, with its learn-time score.
+            self.learner.metrics.expecting = False
         log.info(
             "resumed from checkpoint: %d samples trained, offsets %s",
             self.learner.samples_trained,

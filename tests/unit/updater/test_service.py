@@ -360,3 +360,16 @@ async def test_a_missing_warm_start_file_fails_the_start_clearly(tmp_path: Path)
     with pytest.raises(ConfigError, match="warm-start"):
         async with updater:
             pass
+
+
+async def test_impressions_are_scored_on_arrival_and_a_restart_can_turn_it_off(tmp_path: Path) -> None:
+    values, samples = traffic(200, now_ms())
+    updater, *_ = build(tmp_path, values, measure_every=2)
+    async with updater:
+        await wait_for(lambda: updater.learner.samples_trained == samples, what="every sample learned")
+    metrics = updater.learner.metrics
+    # Only the measured requests' samples count, each with the score its impression got.
+    assert metrics.expecting and 0 < metrics.state()["logloss_n"] < samples
+    again, *_ = build(tmp_path, values, measure_every=0)
+    async with again:
+        assert not again.learner.metrics.expecting  # every sample counts again
