@@ -60,18 +60,27 @@ def evaluate(
     return {"stream": {"attribution_window_ms": DEFAULT_WINDOW_MS, **counts}, **result}
 
 
-def diginetica(progress: Progress) -> dict[str, Any]:
-    """Diginetica from ``$FRESHRANK_DIGINETICA`` (default ``../shared/data/diginetica``)."""
+def diginetica_stream() -> tuple[Path, Any] | str:
+    """Diginetica's events from ``$FRESHRANK_DIGINETICA`` (default ``../shared/data/diginetica``)
+    with their directory, or why there are none."""
     directory = Path(os.environ.get(DIGINETICA_ENV, str(DIGINETICA_DEFAULT)))
     if not directory.is_dir():
-        return {"skipped": f"no Diginetica directory at {directory} (set {DIGINETICA_ENV})"}
+        return f"no Diginetica directory at {directory} (set {DIGINETICA_ENV})"
     from freshrank.replay import diginetica_events
 
     try:
         # Reads and checks the files before the first event, so a bad directory fails here.
-        events = diginetica_events(directory, start_ms=START_MS)
+        return directory, diginetica_events(directory, start_ms=START_MS)
     except ConfigError as exc:
-        return {"skipped": str(exc)}
+        return str(exc)
+
+
+def diginetica(progress: Progress) -> dict[str, Any]:
+    """Diginetica (see :func:`diginetica_stream`)."""
+    stream = diginetica_stream()
+    if isinstance(stream, str):
+        return {"skipped": stream}
+    directory, events = stream
     return {"directory": str(directory), **evaluate("diginetica", lambda: events, progress)}
 
 

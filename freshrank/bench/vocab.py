@@ -10,14 +10,12 @@ idle times up to a day of event time; and with full capacity, for the ceiling.
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 from typing import Any
 
 from freshrank.bench.common import Progress, labelled
 from freshrank.bench.quality import METRIC_WINDOW_MS, RETRAIN_EVERY_MS, STATIC_FRACTION, _simulated, compare
-from freshrank.bench.replay import DIGINETICA_DEFAULT, DIGINETICA_ENV, START_MS, periods
-from rankcore.errors import ConfigError
+from freshrank.bench.replay import diginetica_stream, periods
 from rankcore.features import DEFAULT_VOCAB_EXPIRE_S
 from rankcore.model import RankerConfig
 from updater.joiner import DEFAULT_WINDOW_MS
@@ -87,18 +85,11 @@ def run(out: Path, progress: Progress) -> dict[str, Any]:
     result["streams"]["simulator"] = stream_result(
         "simulator", samples, RETRAIN_EVERY_MS, METRIC_WINDOW_MS, progress
     )
-    directory = Path(os.environ.get(DIGINETICA_ENV, str(DIGINETICA_DEFAULT)))
-    if not directory.is_dir():
-        result["streams"]["diginetica"] = {"skipped": f"no Diginetica directory at {directory}"}
+    stream = diginetica_stream()
+    if isinstance(stream, str):
+        result["streams"]["diginetica"] = {"skipped": stream}
         return result
-    from freshrank.replay import diginetica_events
-
-    try:
-        events = diginetica_events(directory, start_ms=START_MS)
-    except ConfigError as exc:
-        result["streams"]["diginetica"] = {"skipped": str(exc)}
-        return result
-    samples, _ = labelled(events, window_ms=DEFAULT_WINDOW_MS)
+    samples, _ = labelled(stream[1], window_ms=DEFAULT_WINDOW_MS)
     impressions = [s.impression_ts_ms for s in samples]
     retrain_ms, window_ms = periods(max(impressions) - min(impressions))
     result["streams"]["diginetica"] = stream_result("diginetica", samples, retrain_ms, window_ms, progress)
