@@ -144,7 +144,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if args.items < 10 or args.users < 1:
         raise ConfigError(f"expected --items >= 10 and --users >= 1, got {args.items} and {args.users}")
     _one_destination(args)
-    config = SimulatorConfig(seed=args.seed, bad_rate=args.bad_rate, items=args.items, users=args.users)
+    config = SimulatorConfig(
+        seed=args.seed, bad_rate=args.bad_rate, items=args.items, users=args.users, titles=args.titles
+    )
     if args.to_file is not None:
         if args.duration <= 0:
             raise ConfigError("expected --duration > 0 with --to-file (the history's length)")
@@ -746,6 +748,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim.add_argument(
         "--users", type=int, default=3_000, metavar="N", help="number of shoppers (default 3000)"
+    )
+    sim.add_argument(
+        "--titles",
+        choices=("words", "tokens"),
+        default="words",
+        help="item titles: English words, often searched by synonym (default), or the earlier"
+        " 'brandNN category adjective' tokens (the streams of earlier benchmarks)",
     )
     sim.add_argument("--catalogue", type=Path, help="write the item catalogue (JSON) here")
     sim.add_argument(

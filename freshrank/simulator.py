@@ -1,9 +1,18 @@
 """A shop-traffic simulator with a hidden, drifting ground truth.
 
-A catalogue of items (id, title words, category, brand, price), users with tastes, search
-queries drawn from item titles, a shown list per request (impressions with positions), and
-the clicks, add-to-carts and purchases that follow from a hidden click probability. The truth
-drifts: new items launch during the run (they start hot), and category trends rise and fade.
+A catalogue of items (id, title, category, brand, price), users with tastes, search queries
+for a target item, a shown list per request (impressions with positions), and the clicks,
+add-to-carts and purchases that follow from a hidden click probability. The truth drifts: new
+items launch during the run (they start hot), and category trends rise and fade.
+
+Titles come in two kinds (``SimulatorConfig.titles``). ``words`` (the default) speaks English:
+each category has a few product concepts (:data:`CONCEPTS`), each a set of synonymous phrases,
+and a title is "<brand> <adjective> <phrase> [model]", e.g. "brand07 black running shoe 12".
+Most queries name the target's concept by another phrase ("sneakers"), so exact word overlap
+does not find what the shopper means; the truth's relevance is the meaning: the same concept,
+less for the same category. ``tokens`` is the first generator, "<brand> <category>
+<adjective> [model]" with queries of title words and relevance by word overlap; it reproduces
+the earlier event streams exactly, seed for seed.
 
 :class:`ShopSimulator` is pure and deterministic for a seed given the request times;
 :func:`produce` paces it against the wall clock and writes the events to Kafka.
@@ -71,9 +80,156 @@ ADJECTIVES = (
     "xl",
 )
 MODELS = tuple(str(n) for n in range(5, 16))
+TITLES = ("words", "tokens")
+
+# Word titles: per category, its product concepts; each concept, phrases that mean it. Every
+# word is an English word the text tower knows; no adjective below is a word of a phrase.
+CONCEPTS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "phone": (
+        ("smartphone", "mobile phone", "handset"),
+        ("phone case", "protective cover"),
+        ("charger", "charging cable", "power adapter"),
+    ),
+    "laptop": (
+        ("laptop", "notebook computer"),
+        ("laptop bag", "computer sleeve", "briefcase"),
+        ("docking station", "usb hub", "port replicator"),
+    ),
+    "headphones": (
+        ("wireless earbuds", "earphones", "in ear headphones"),
+        ("headphones", "headset", "over ear headphones"),
+    ),
+    "shoes": (
+        ("running shoe", "sneakers", "trainers"),
+        ("hiking boot", "walking boots", "trekking boots"),
+        ("sandals", "flip flops"),
+        ("slippers", "house shoes", "moccasins"),
+    ),
+    "jacket": (
+        ("rain jacket", "raincoat", "waterproof coat"),
+        ("winter coat", "parka", "puffer jacket"),
+        ("hoodie", "sweatshirt", "pullover"),
+    ),
+    "watch": (
+        ("smartwatch", "fitness tracker", "pedometer"),
+        ("wristwatch", "analog watch", "timepiece"),
+        ("sports watch", "chronograph", "stopwatch"),
+    ),
+    "camera": (
+        ("digital camera", "point and shoot", "compact"),
+        ("camcorder", "video recorder", "action camera"),
+        ("webcam", "web camera"),
+        ("zoom lens", "telephoto", "camera optics"),
+    ),
+    "tablet": (
+        ("tablet", "slate", "handheld computer"),
+        ("drawing tablet", "graphics pad"),
+        ("ebook reader", "electronic book"),
+    ),
+    "backpack": (
+        ("backpack", "rucksack", "knapsack"),
+        ("daypack", "hiking pack"),
+        ("school bag", "satchel"),
+    ),
+    "lamp": (
+        ("desk lamp", "reading light"),
+        ("floor lamp", "standing light"),
+        ("night light", "bedside lamp"),
+        ("lantern", "camping light", "torch"),
+    ),
+    "kettle": (
+        ("electric kettle", "water boiler"),
+        ("teapot", "tea kettle", "samovar"),
+        ("coffee maker", "espresso machine", "percolator"),
+    ),
+    "chair": (
+        ("office chair", "swivel seat"),
+        ("armchair", "recliner", "lounge chair"),
+        ("stool", "footstool", "ottoman"),
+        ("gaming chair", "racing seat"),
+    ),
+    "desk": (
+        ("standing desk", "adjustable workstation"),
+        ("writing desk", "computer table", "bureau"),
+    ),
+    "blender": (
+        ("blender", "smoothie maker"),
+        ("hand blender", "immersion mixer"),
+        ("food processor", "vegetable chopper", "grinder"),
+        ("juicer", "juice extractor", "citrus press"),
+    ),
+    "speaker": (
+        ("portable speaker", "wireless loudspeaker", "jukebox"),
+        ("soundbar", "sound bar", "home theater"),
+        ("bookshelf speakers", "stereo system"),
+    ),
+    "monitor": (
+        ("monitor", "computer screen", "display"),
+        ("gaming monitor", "curved display"),
+        ("monitor arm", "screen riser", "display mount"),
+    ),
+    "keyboard": (
+        ("mechanical keyboard", "gaming keyboard", "typewriter"),
+        ("wireless keyboard", "cordless keyboard"),
+        ("digital piano", "synthesizer", "electronic organ"),
+    ),
+    "mouse": (
+        ("wireless mouse", "computer mouse"),
+        ("mouse pad", "desk mat"),
+        ("trackpad", "touch pad"),
+    ),
+    "bottle": (
+        ("water bottle", "drinking flask", "canteen"),
+        ("thermos", "vacuum flask", "insulated jug"),
+        ("baby bottle", "infant feeder"),
+        ("travel mug", "coffee tumbler", "thermal cup"),
+    ),
+    "tent": (
+        ("tent", "shelter", "bivouac"),
+        ("sleeping bag", "bedroll", "camping quilt"),
+        ("tarp", "tarpaulin", "canopy"),
+    ),
+}
+WORD_ADJECTIVES = (
+    "black",
+    "white",
+    "grey",
+    "silver",
+    "red",
+    "blue",
+    "green",
+    "pink",
+    "navy",
+    "beige",
+    "classic",
+    "premium",
+    "lightweight",
+    "slim",
+    "durable",
+    "elegant",
+    "modern",
+    "vintage",
+    "sturdy",
+    "deluxe",
+)
+# A concept goes by its first phrase; every phrase names exactly one concept.
+_PHRASES = {concept[0]: concept for concepts in CONCEPTS.values() for concept in concepts}
+CONCEPT_OF = {phrase: name for name, phrases in _PHRASES.items() for phrase in phrases}
+_LONGEST_PHRASE = max(len(phrase.split()) for phrase in CONCEPT_OF)
 DEVICES = ("mobile", "desktop", "tablet")
 COUNTRIES = ("DE", "FR", "GB", "US", "NL", "PL", "ES", "IT")
 BAD_KINDS = ("not_json", "missing_field", "negative_price", "unknown_type", "orphan_click")
+
+
+def query_concept(query: str) -> str | None:
+    """The concept a query names: that of the longest phrase of :data:`CONCEPTS` in it."""
+    words = query.lower().split()
+    for n in range(min(len(words), _LONGEST_PHRASE), 0, -1):
+        for i in range(len(words) - n + 1):
+            concept = CONCEPT_OF.get(" ".join(words[i : i + n]))
+            if concept is not None:
+                return concept
+    return None
 
 
 @dataclass
@@ -85,10 +241,29 @@ class Item:
     price: float
     quality: float
     launched_at_ms: int
+    phrase: str | None = None  # word titles: the phrase of its concept that its title carries
 
     @property
     def words(self) -> list[str]:
         return self.title.split()
+
+    @property
+    def concept(self) -> str | None:
+        return CONCEPT_OF[self.phrase] if self.phrase is not None else None
+
+
+@dataclass(frozen=True)
+class Query:
+    """A search as typed, and (word titles) what it means: the truth's side of it."""
+
+    text: str
+    concept: str | None = None
+    category: str | None = None
+    brand: str | None = None
+
+    @property
+    def words(self) -> list[str]:
+        return self.text.split()
 
 
 @dataclass
@@ -115,6 +290,11 @@ class SimulatorConfig:
     # inverted (shown items that would be clicked are not, and the others are).
     poison_start_s: float = 0.0
     poison_duration_s: float = 0.0
+    titles: str = "words"  # "words" (English, synonym queries) or "tokens" (the first generator)
+
+    def __post_init__(self) -> None:
+        if self.titles not in TITLES:
+            raise ValueError(f"expected SimulatorConfig.titles in {TITLES}, got {self.titles!r}")
 
 
 def _sigmoid(x: float) -> float:
@@ -135,7 +315,9 @@ class ShopSimulator:
         self.start_ms = start_ms
         self.brands = [f"brand{b:02d}" for b in range(config.brands)]
         self.catalogue: list[Item] = []
-        self.by_word: dict[str, list[Item]] = {}
+        self.by_category: dict[str, list[Item]] = {}
+        self.by_word: dict[str, list[Item]] = {}  # token titles: what a query word finds
+        self.by_concept: dict[str, list[Item]] = {}  # word titles: what a query means
         for _ in range(config.items):
             self._add_item(start_ms, launch_boost=0.0)
         self.users = [
@@ -158,24 +340,34 @@ class ShopSimulator:
     # ------------------------------------------------------------ the hidden truth
 
     def _add_item(self, now_ms: int, launch_boost: float) -> Item:
-        n = len(self.catalogue)
-        category = self.rng.choice(CATEGORIES)
-        brand = self.rng.choice(self.brands)
-        words = [brand, category, self.rng.choice(ADJECTIVES)]
-        if self.rng.random() < 0.5:
-            words.append(self.rng.choice(MODELS))
+        rng = self.rng
+        category = rng.choice(CATEGORIES)
+        brand = rng.choice(self.brands)
+        phrase = None
+        if self.config.titles == "tokens":
+            words = [brand, category, rng.choice(ADJECTIVES)]
+        else:
+            phrase = rng.choice(rng.choice(CONCEPTS[category]))
+            words = [brand, rng.choice(WORD_ADJECTIVES), phrase]
+        if rng.random() < 0.5:
+            words.append(rng.choice(MODELS))
         item = Item(
-            item_id=f"i{n}",
+            item_id=f"i{len(self.catalogue)}",
             title=" ".join(words),
             category=category,
             brand=brand,
-            price=round(math.exp(self.rng.gauss(3.5, 1.0)), 2),
-            quality=self.rng.gauss(0.0, 1.0) + launch_boost,
+            price=round(math.exp(rng.gauss(3.5, 1.0)), 2),
+            quality=rng.gauss(0.0, 1.0) + launch_boost,
             launched_at_ms=now_ms,
+            phrase=phrase,
         )
         self.catalogue.append(item)
-        for w in set(item.words):
-            self.by_word.setdefault(w, []).append(item)
+        self.by_category.setdefault(category, []).append(item)
+        if item.concept is None:
+            for w in set(item.words):
+                self.by_word.setdefault(w, []).append(item)
+        else:
+            self.by_concept.setdefault(item.concept, []).append(item)
         return item
 
     def trend(self, category: str, now_ms: int) -> float:
@@ -183,17 +375,26 @@ class ShopSimulator:
         t = (now_ms - self.start_ms) / 1000.0
         return 1.2 * math.sin(2 * math.pi * t / self.config.trend_period_s + self._trend_phase[category])
 
-    def click_probability(
-        self, user: User, query_words: list[str], item: Item, position: int, now_ms: int
-    ) -> float:
-        relevance = sum(w in item.words for w in query_words) / max(len(query_words), 1)
+    def relevance(self, query: Query, item: Item) -> float:
+        """How much the item's match to the query lifts the click logit.
+
+        Token titles: 1.5 times the share of query words in the title. Word titles: the
+        meaning, 1.8 for the query's concept and 0.72 for only its category, plus 0.3 for the
+        brand the query names.
+        """
+        if self.config.titles == "tokens":
+            return 1.5 * (sum(w in item.words for w in query.words) / max(len(query.words), 1))
+        meaning = 1.0 if item.concept == query.concept else 0.4 if item.category == query.category else 0.0
+        return 1.8 * meaning + (0.3 if item.brand == query.brand else 0.0)
+
+    def click_probability(self, user: User, query: Query, item: Item, position: int, now_ms: int) -> float:
         age_s = (now_ms - item.launched_at_ms) / 1000.0
         novelty = (
             1.5 * math.exp(-age_s / self.config.novelty_s) if item.launched_at_ms > self.start_ms else 0.0
         )
         logit = (
             -3.0
-            + 1.5 * relevance
+            + self.relevance(query, item)
             + (1.2 if item.category in user.likes else 0.0)
             + item.quality
             + self.trend(item.category, now_ms)
@@ -243,22 +444,20 @@ class ShopSimulator:
         # Users search for things they like more often than not; new items get searched for.
         if rng.random() < 0.6:
             category = rng.choice(user.likes)
-            target = rng.choice(self.by_word[category])
+            target = rng.choice(self.by_category[category])
         else:
             target = rng.choice(self.catalogue[-200:] if rng.random() < 0.3 else self.catalogue)
-        words = target.words
-        query_words = rng.sample(words[1:], k=min(len(words) - 1, rng.choice((1, 2))))
-        if rng.random() < 0.3:
-            query_words = [words[0], *query_words]
-        query = " ".join(query_words)
-        shown = self._matching(query_words, self.config.list_size)
-        if len(shown) < self.config.list_size:
-            shown += rng.sample(self.catalogue, self.config.list_size - len(shown))
+        if self.config.titles == "tokens":
+            query = self._token_query(target)
+            shown = self._token_list(query)
+        else:
+            query = self._word_query(target)
+            shown = self._word_list(target)
         request_id = f"r{self.config.seed}-{self._requests}"
         events = []
         for position, item in enumerate(shown):
-            events.append(self._event("impression", now_ms, user, request_id, query, item, position))
-            p = self.click_probability(user, query_words, item, position, now_ms)
+            events.append(self._event("impression", now_ms, user, request_id, query.text, item, position))
+            p = self.click_probability(user, query, item, position, now_ms)
             if self.truth is not None:
                 self.truth[(request_id, item.item_id)] = p
             clicked = rng.random() < p
@@ -266,38 +465,86 @@ class ShopSimulator:
                 clicked = not clicked
             if clicked:
                 t = now_ms + int(rng.uniform(300, 4000))
-                self._schedule(t, self._event("click", t, user, request_id, query, item))
+                self._schedule(t, self._event("click", t, user, request_id, query.text, item))
                 if rng.random() < 0.3:
                     t += int(rng.uniform(500, 5000))
-                    self._schedule(t, self._event("add_to_cart", t, user, request_id, query, item))
+                    self._schedule(t, self._event("add_to_cart", t, user, request_id, query.text, item))
                     if rng.random() < 0.4:
                         t += int(rng.uniform(500, 5000))
-                        self._schedule(t, self._event("purchase", t, user, request_id, query, item))
+                        self._schedule(t, self._event("purchase", t, user, request_id, query.text, item))
         if rng.random() < self.config.bad_rate * len(events):
             events.append(self._bad_event(now_ms, user))
         return events
 
-    def _matching(self, words: list[str], k: int) -> list[Item]:
-        """Up to ``k`` distinct items that carry any of ``words``, drawn at random.
-
-        Small pools are sampled whole; large catalogues by drawing from the word lists, so a
-        request costs the same with 1,500 items or 150,000.
-        """
+    def _token_query(self, target: Item) -> Query:
+        """One or two of the target's title words after its brand, sometimes the brand first."""
         rng = self.rng
-        lists = [self.by_word.get(w, []) for w in words]
+        words = target.words
+        query_words = rng.sample(words[1:], k=min(len(words) - 1, rng.choice((1, 2))))
+        if rng.random() < 0.3:
+            query_words = [words[0], *query_words]
+        return Query(" ".join(query_words))
+
+    def _token_list(self, query: Query) -> list[Item]:
+        """Items carrying a query word, then random ones (which may repeat) up to the list size."""
+        k = self.config.list_size
+        picked: dict[str, Item] = {}
+        self._draw([self.by_word.get(w, []) for w in query.words], k, picked)
+        shown = list(picked.values())
+        if len(shown) < k:
+            shown += self.rng.sample(self.catalogue, k - len(shown))
+        return shown
+
+    def _word_query(self, target: Item) -> Query:
+        """The target's concept, mostly by another phrase than its title's; at times a brand
+        or the title's adjective before it."""
+        rng = self.rng
+        assert target.phrase is not None  # every word title carries one
+        concept = CONCEPT_OF[target.phrase]
+        synonyms = [p for p in _PHRASES[concept] if f" {p} " not in f" {target.title} "]
+        words = [rng.choice(synonyms) if rng.random() < 0.6 else target.phrase]
+        if rng.random() < 0.1:
+            words.insert(0, target.words[1])
+        brand = target.brand if rng.random() < 0.1 else None
+        if brand is not None:
+            words.insert(0, brand)
+        return Query(" ".join(words), concept, target.category, brand)
+
+    def _word_list(self, target: Item) -> list[Item]:
+        """Distinct items, shuffled: 40% of the target's concept, 30% of its category, the rest
+        random (a small pool leaves its share to the next)."""
+        k = self.config.list_size
+        picked: dict[str, Item] = {}
+        assert target.concept is not None
+        self._draw([self.by_concept[target.concept]], 4 * k // 10, picked)
+        self._draw([self.by_category[target.category]], 7 * k // 10 - len(picked), picked)
+        self._draw([self.catalogue], k - len(picked), picked)
+        shown = list(picked.values())
+        self.rng.shuffle(shown)
+        return shown
+
+    def _draw(self, lists: list[list[Item]], k: int, picked: dict[str, Item]) -> None:
+        """Add up to ``k`` distinct items from ``lists``, drawn at random, to ``picked``.
+
+        Small pools are sampled whole; large ones by drawing from the lists, so a request
+        costs the same with 1,500 items or 150,000.
+        """
+        if k <= 0:
+            return
+        rng = self.rng
         total = sum(len(x) for x in lists)
         if total <= 8 * k:
-            pool = list({it.item_id: it for x in lists for it in x}.values())
-            return rng.sample(pool, min(len(pool), k))
-        picked: dict[str, Item] = {}
+            pool = list({it.item_id: it for x in lists for it in x if it.item_id not in picked}.values())
+            picked.update((it.item_id, it) for it in rng.sample(pool, min(len(pool), k)))
+            return
+        wanted = len(picked) + k
         for _ in range(8 * k):
             x = rng.choice(lists)
             if x:
                 it = rng.choice(x)
                 picked[it.item_id] = it
-                if len(picked) == k:
+                if len(picked) == wanted:
                     break
-        return list(picked.values())
 
     def poisoned(self, now_ms: int) -> bool:
         t = (now_ms - self.start_ms) / 1000.0
@@ -332,7 +579,10 @@ class ShopSimulator:
         return out
 
     def catalogue_rows(self) -> list[dict[str, Any]]:
-        return [{k: v for k, v in asdict(it).items() if k != "quality"} for it in self.catalogue]
+        # The title carries the phrase; the quality is the truth's own.
+        return [
+            {k: v for k, v in asdict(it).items() if k not in ("quality", "phrase")} for it in self.catalogue
+        ]
 
 
 def generate(
@@ -342,16 +592,21 @@ def generate(
     start_ms: int,
     step_ms: int = 20,
     truth: dict[tuple[str, str], float] | None = None,
+    items: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """The events ``produce`` would send, on a simulated clock: the same stream in no time.
 
     Benchmarks replay it to every model in the same order; it is deterministic for a seed.
-    With ``truth``, the hidden click probability of each impression is recorded there.
+    With ``truth``, the hidden click probability of each impression is recorded there. With
+    ``items``, the updates ``produce`` sends on the items topic come in the same stream, as
+    ``{"__item__": value, "ts": ts}`` (the catalogue first, each launch before the events
+    that show it).
     """
     if rate <= 0 or duration_s <= 0:
         raise ValueError(f"expected a positive rate and duration, got {rate!r} and {duration_s!r}")
     sim = ShopSimulator(config, start_ms, truth)
     emitted = 0
+    announced = 0
     end_ms = start_ms + int(duration_s * 1000)
     for now_ms in range(start_ms, end_ms, step_ms):
         events = sim.due(now_ms)
@@ -359,6 +614,10 @@ def generate(
         while emitted + len(events) < target:
             events.extend(sim.request(now_ms))
         emitted += len(events)
+        if items and announced < len(sim.catalogue):
+            for item in sim.catalogue[announced:]:
+                yield {"__item__": item_record(item, item.launched_at_ms)[1], "ts": item.launched_at_ms}
+            announced = len(sim.catalogue)
         yield from events
     yield from sim.due(end_ms + 60_000)  # the actions of the last requests
 

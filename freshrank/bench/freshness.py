@@ -156,7 +156,7 @@ async def launch_run(stack: EmbeddedStack, root: Path, progress: Progress) -> di
             await asyncio.sleep(WARMUP_S)
             sim = sims[0]
             category = sim.catalogue[0].category
-            rivals = [it for it in sim.by_word[category] if it.item_id != "launch-1"][:19]
+            rivals = [it for it in sim.by_category[category] if it.item_id != "launch-1"][:19]
             brand = rivals[0].brand
             query = f"{brand} {category}"
             new = Candidate("launch-1", category, brand, rivals[0].price)
