@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -37,9 +38,17 @@ def open_session(onnx_path: Path, threads: int = 1) -> ort.InferenceSession:
 
 
 def check_parity(
-    onnx_path: Path, model: Ranker, vocabs: Vocabularies, samples: list[Sample], atol: float = DEFAULT_ATOL
+    onnx_path: Path,
+    model: Ranker,
+    vocabs: Vocabularies,
+    samples: list[Sample],
+    atol: float = DEFAULT_ATOL,
+    titles: Mapping[str, str] | None = None,
 ) -> float:
-    """Largest |onnxruntime - torch| score difference on ``samples``; raise when above ``atol``."""
+    """Largest |onnxruntime - torch| score difference on ``samples``; raise when above ``atol``.
+
+    Serving knows an item's title from the ``titles`` exported with the version, so torch is
+    given those titles too (the samples' own may be older)."""
     if not samples:
         raise CheckFailed("parity check needs at least one sample")
     try:
@@ -48,7 +57,8 @@ def check_parity(
     except Exception as exc:
         raise CheckFailed(f"onnxruntime could not run {onnx_path}: {exc}") from exc
     # The graph lower-cases and splits raw queries itself; torch sees them as the cleaner leaves them.
-    cleaned = [replace(s, query=normalise_query(s.query)) for s in samples]
+    titles = titles or {}
+    cleaned = [replace(s, query=normalise_query(s.query), title=titles.get(s.item_id, "")) for s in samples]
     batch = encode(cleaned, vocabs, model.config.max_tokens, grow=False)
     torch_scores = score(model, batch)
     if not np.all(np.isfinite(onnx_scores)):

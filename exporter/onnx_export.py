@@ -4,10 +4,16 @@ Clients send raw string ids; ``ai.onnx.ml.LabelEncoder`` maps them to embedding 
 the vocabulary that matches these weights, so a version's ids and weights cannot disagree.
 The graph restates :meth:`rankcore.model.Ranker.forward` op for op; the parity check in
 :mod:`exporter.check` compares the two on real samples before anything is published.
+
+With the text tower the graph also carries the frozen word table (queries are encoded inside
+it, on every request) and one title vector per catalogue item, keyed by ``item_id`` like the
+embeddings: text and weights travel in the same version directory, so a rollback or a cold
+start of Triton cannot pair one version's weights with another's titles.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from rankcore.features import Vocabularies
 from rankcore.model import FEATURES, Ranker
+from rankcore.text import NORM_FLOOR, TextEncoder
 from rankcore.vocab import OOV, PAD, RESERVED
 
 # Serving contract: input names are the event field names.
@@ -36,13 +43,60 @@ def _weights(model: Ranker) -> dict[str, np.ndarray]:
     out["item_bias"] = sd["item_bias.weight"]
     out["w1"], out["b1"] = sd["mlp.0.weight"], sd["mlp.0.bias"]
     out["w2"], out["b2"] = sd["mlp.2.weight"], sd["mlp.2.bias"]
+    if "text_proj.weight" in sd:
+        out["text_proj_t"] = np.ascontiguousarray(sd["text_proj.weight"].T)
+        out["text_weight"] = sd["text_weight"]
     return out
 
 
-def _encoder(name: str, inp: str, out: str) -> onnx.NodeProto:
+def _encoder(name: str, inp: str, out: str, default: int = OOV) -> onnx.NodeProto:
     # "" (and padding) is row 0, every unknown id row 1 (OOV). The keys themselves are filled in
     # by _fill_encoders once the model proto exists: see there for why.
-    return helper.make_node("LabelEncoder", [inp], [out], name=name, domain="ai.onnx.ml", default_int64=OOV)
+    return helper.make_node(
+        "LabelEncoder", [inp], [out], name=name, domain="ai.onnx.ml", default_int64=default
+    )
+
+
+def _text_nodes(
+    text: TextEncoder, titles: Mapping[str, str], keys_by_node: dict[str, list[str]]
+) -> tuple[list[onnx.NodeProto], dict[str, np.ndarray]]:
+    """Query and title vectors, and the tower's features ``t_features`` (cosine, P t, P q * P t).
+
+    The query's words map to rows of the frozen word table (unknown words to the zero row 0), are
+    summed and L2-normalised, as :class:`rankcore.text.TextEncoder` does; titles are looked up by
+    ``item_id`` in a table of the catalogue's titles, encoded once at export (unknown: zero).
+    """
+    table = text.table
+    ids = sorted(titles)
+    title_vectors = np.zeros((len(ids) + 1, table.dim), dtype=np.float16)
+    if ids:
+        title_vectors[1:] = text.titles(titles[i] for i in ids).astype(np.float16)
+    keys_by_node["text_words"] = list(table.words)
+    keys_by_node["text_titles"] = ids
+    nodes = [
+        _encoder("text_words", "q_tokens", "qw_rows_all", default=0),
+        helper.make_node("Slice", ["qw_rows_all", "zero_i", "max_tokens", "axis1"], ["qw_rows"]),
+        helper.make_node("Gather", ["word_vectors", "qw_rows"], ["qw_half"], axis=0),
+        helper.make_node("Cast", ["qw_half"], ["qw"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceSum", ["qw", "axis1"], ["qt_sum"], keepdims=0),
+        helper.make_node("ReduceL2", ["qt_sum", "axis1"], ["qt_norm0"], keepdims=1),
+        helper.make_node("Max", ["qt_norm0", "norm_floor"], ["qt_norm"]),
+        helper.make_node("Div", ["qt_sum", "qt_norm"], ["q_text"]),
+        _encoder("text_titles", "item_id", "title_row", default=0),
+        helper.make_node("Gather", ["title_vectors", "title_row"], ["t_half"], axis=0),
+        helper.make_node("Cast", ["t_half"], ["t_text"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["q_text", "t_text"], ["qt_prod"]),
+        helper.make_node("ReduceSum", ["qt_prod", "axis1"], ["qt_cos"], keepdims=1),
+        helper.make_node("MatMul", ["q_text", "text_proj_t"], ["pq"]),
+        helper.make_node("MatMul", ["t_text", "text_proj_t"], ["pt"]),
+        helper.make_node("Mul", ["pq", "pt"], ["pq_pt"]),
+    ]
+    arrays = {
+        "word_vectors": table.vectors,
+        "title_vectors": title_vectors,
+        "norm_floor": np.array(NORM_FLOOR, dtype=np.float32),
+    }
+    return nodes, arrays
 
 
 def _fill_encoders(graph: onnx.GraphProto, keys_by_node: dict[str, list[str]]) -> None:
@@ -61,7 +115,9 @@ def _fill_encoders(graph: onnx.GraphProto, keys_by_node: dict[str, list[str]]) -
         strings.strings.extend([k.encode() for k in keys])
         values = node.attribute.add(name="values_int64s", type=onnx.AttributeProto.INTS)
         values.ints.append(PAD)
-        values.ints.extend(range(RESERVED, RESERVED + len(keys)))
+        # Id vocabularies start at row 2 (0 padding, 1 OOV); the text tables at row 1 (0 zero).
+        first = 1 if node.name.startswith("text_") else RESERVED
+        values.ints.extend(range(first, first + len(keys)))
 
 
 def _add_initializer(graph: onnx.GraphProto, name: str, array: np.ndarray) -> None:
@@ -72,8 +128,14 @@ def _add_initializer(graph: onnx.GraphProto, name: str, array: np.ndarray) -> No
     tensor.raw_data = array.tobytes()
 
 
-def build_onnx(model: Ranker, vocabs: Vocabularies) -> onnx.ModelProto:
-    """The serving graph: raw ids and price in, click probability ``score`` out."""
+def build_onnx(
+    model: Ranker, vocabs: Vocabularies, titles: Mapping[str, str] | None = None
+) -> onnx.ModelProto:
+    """The serving graph: raw ids and price in, click probability ``score`` out.
+
+    ``titles`` (``item_id`` -> title, the catalogue's) feed the text tower when the model has
+    one; an item not in it scores with a zero title vector.
+    """
     cfg = model.config
     w = _weights(model)
     nodes: list[onnx.NodeProto] = []
@@ -119,31 +181,35 @@ def build_onnx(model: Ranker, vocabs: Vocabularies) -> onnx.ModelProto:
         helper.make_node("Log", ["p_1"], ["p_log"]),
         helper.make_node("Unsqueeze", ["p_log", "axis1"], ["p_col"]),
     ]
+    features = [emb["user"], "e_query", emb["item"], emb["category"], emb["brand"]]
+    features += ["x_ui", "x_qi", "x_qc", "p_col"]
+    if cfg.text_dim:
+        if vocabs.text is None:
+            raise ValueError("expected vocabularies with a text encoder: the model has a text tower")
+        text_nodes, text_arrays = _text_nodes(vocabs.text, titles or {}, keys_by_node)
+        nodes += text_nodes
+        nodes.append(helper.make_node("Mul", [emb["user"], "pt"], ["x_upt"]))
+        w.update(text_arrays)
+        features += ["qt_cos", "pt", "pq_pt", "x_upt"]
     nodes += [
         helper.make_node("Mul", [emb["user"], emb["item"]], ["x_ui"]),
         helper.make_node("Mul", ["e_query", emb["item"]], ["x_qi"]),
         helper.make_node("Mul", ["e_query", emb["category"]], ["x_qc"]),
-        helper.make_node(
-            "Concat",
-            [
-                emb["user"],
-                "e_query",
-                emb["item"],
-                emb["category"],
-                emb["brand"],
-                "x_ui",
-                "x_qi",
-                "x_qc",
-                "p_col",
-            ],
-            ["x"],
-            axis=1,
-        ),
+        helper.make_node("Concat", features, ["x"], axis=1),
         helper.make_node("Gemm", ["x", "w1", "b1"], ["h_pre"], transB=1),
         helper.make_node("Relu", ["h_pre"], ["h"]),
         helper.make_node("Gemm", ["h", "w2", "b2"], ["logit_col"], transB=1),
         helper.make_node("Gather", ["item_bias", "row_item"], ["bias_col"], axis=0),
-        helper.make_node("Add", ["logit_col", "bias_col"], ["logit2"]),
+        helper.make_node("Add", ["logit_col", "bias_col"], ["logit_ids"]),
+    ]
+    if cfg.text_dim:  # the wide text term: text_weight * cos(query, title)
+        nodes += [
+            helper.make_node("Mul", ["qt_cos", "text_weight"], ["wide_col"]),
+            helper.make_node("Add", ["logit_ids", "wide_col"], ["logit2"]),
+        ]
+    else:
+        nodes.append(helper.make_node("Identity", ["logit_ids"], ["logit2"]))
+    nodes += [
         helper.make_node("Squeeze", ["logit2", "axis1"], ["logit"]),
         helper.make_node("Sigmoid", ["logit"], [OUTPUT]),
     ]

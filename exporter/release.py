@@ -70,6 +70,8 @@ class Snapshot:
     parity_samples: list[Sample]
     holdout: list[Sample]
     fresh_action_ts_ms: list[int] = field(default_factory=list)
+    # item_id -> title, the catalogue's: the text tower's title vectors in the version.
+    titles: dict[str, str] = field(default_factory=dict)
     taken_at: float = field(default_factory=time.time)
 
 
@@ -395,10 +397,16 @@ class ReleaseManager:
         parity: list[float] = []
 
         def write(directory: Path) -> list[Path]:
-            files = write_onnx(build_onnx(snap.model, snap.vocabs), directory)
+            files = write_onnx(build_onnx(snap.model, snap.vocabs, snap.titles), directory)
             if snap.parity_samples:
                 parity.append(
-                    check_parity(directory / "model.onnx", snap.model, snap.vocabs, snap.parity_samples)
+                    check_parity(
+                        directory / "model.onnx",
+                        snap.model,
+                        snap.vocabs,
+                        snap.parity_samples,
+                        titles=snap.titles,
+                    )
                 )
             return files
 

@@ -47,6 +47,10 @@ class Catalogue:
     def get(self, item_id: str) -> Item | None:
         return self._items.get(item_id)
 
+    def titles(self) -> dict[str, str]:
+        """``item_id`` -> title of every item with one (what a version's text tower serves)."""
+        return {i: item.title for i, item in self._items.items() if item.title}
+
     def apply(self, update: ItemUpdate) -> bool:
         """Merge ``update`` in; False when it is older than what is known (nothing changes)."""
         known = self._items.get(update.item_id)

@@ -13,9 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from rankcore.errors import ConfigError
 from rankcore.events import query_tokens
 from rankcore.model import FEATURES, Ranker, RankerConfig
 from rankcore.sample import Sample
+from rankcore.text import TextEncoder, default_encoder
 from rankcore.vocab import Vocab
 
 # Measured with vocabularies a third to a half the ids a stream brings (README, "Vocabularies"):
@@ -25,11 +27,22 @@ DEFAULT_VOCAB_EXPIRE_S = 3600.0
 
 class Vocabularies:
     """One :class:`Vocab` per categorical feature of the model; full, a vocabulary gives the row
-    of an id idle for ``expire_ms`` of stream time to a new id (``None``: never)."""
+    of an id idle for ``expire_ms`` of stream time to a new id (``None``: never). With the text
+    tower, also the frozen :class:`rankcore.text.TextEncoder` (the same for every copy)."""
 
-    def __init__(self, config: RankerConfig, expire_ms: int | None = None) -> None:
+    def __init__(
+        self, config: RankerConfig, expire_ms: int | None = None, text: TextEncoder | None = None
+    ) -> None:
         self.expire_ms = expire_ms
         self.by_feature = {f: Vocab(f, config.capacity(f), expire_ms) for f in FEATURES}
+        self.text: TextEncoder | None = None
+        if config.text_dim:
+            self.text = text or default_encoder()
+            if self.text.dim != config.text_dim:
+                raise ConfigError(
+                    f"expected text vectors of width {config.text_dim} (--model-text-dim),"
+                    f" the word table has {self.text.dim}"
+                )
 
     def __getitem__(self, feature: str) -> Vocab:
         return self.by_feature[feature]
@@ -37,6 +50,7 @@ class Vocabularies:
     def copy(self) -> Vocabularies:
         other = object.__new__(Vocabularies)
         other.expire_ms = self.expire_ms
+        other.text = self.text
         other.by_feature = {f: v.copy() for f, v in self.by_feature.items()}
         return other
 
@@ -67,6 +81,9 @@ class Batch:
     label: np.ndarray
     action_ts_ms: np.ndarray
     impression_ts_ms: np.ndarray | None = None
+    # With the text tower: the query's and the title's frozen vectors, [N, text_dim].
+    query_text: np.ndarray | None = None
+    title_text: np.ndarray | None = None
     # (request_id, item_id) per row: the key an impression-time score is found by.
     keys: list[tuple[str, str]] | None = None
     # Per feature, the embedding rows that new ids took over while this batch was encoded: the
@@ -78,10 +95,10 @@ class Batch:
 
     def tensors(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
         """The ranker's inputs, in its ``forward`` order, on ``device``."""
-        return tuple(
-            torch.from_numpy(a).to(device, non_blocking=True)
-            for a in (self.user, self.tokens, self.item, self.category, self.brand, self.price)
-        )
+        columns = [self.user, self.tokens, self.item, self.category, self.brand, self.price]
+        if self.query_text is not None and self.title_text is not None:
+            columns += [self.query_text, self.title_text]
+        return tuple(torch.from_numpy(a).to(device, non_blocking=True) for a in columns)
 
 
 def encode(samples: list[Sample], vocabs: Vocabularies, max_tokens: int, grow: bool = True) -> Batch:
@@ -115,6 +132,9 @@ def encode(samples: list[Sample], vocabs: Vocabularies, max_tokens: int, grow: b
         impression_ts_ms=np.fromiter((s.impression_ts_ms for s in samples), dtype=np.int64, count=n),
         keys=[(s.request_id, s.item_id) for s in samples],
     )
+    if vocabs.text is not None:
+        batch.query_text = vocabs.text.queries((s.query for s in samples), max_tokens)
+        batch.title_text = vocabs.text.titles(s.title for s in samples)
     if grow:
         recycled = {f: rows for f, v in vocabs.by_feature.items() if (rows := v.take_recycled())}
         batch.recycled = recycled or None

@@ -1,7 +1,12 @@
-"""The ranking model: embeddings for user, query tokens, item, category and brand, plus price.
+"""The ranking model: embeddings for user, query tokens, item, category and brand, plus price,
+and a text tower: frozen pretrained vectors of the query and the item's title.
 
 Scores ``P(click | user, query, item)``. Embedding tables are sparse (``sparse=True``) so an
-optimiser step touches only the rows in the batch; the rest is a small dense MLP.
+optimiser step touches only the rows in the batch; the rest is a small dense MLP. The text
+tower (``text_dim > 0``) adds the query-title cosine, the title through a small trainable
+projection, and its products with the projected query and the user: what lets a new item whose
+title matches the query rank well before anyone clicks it, while the id embeddings still learn
+what behaviour says.
 The exporter rebuilds exactly this computation as an ONNX graph (see
 ``exporter/onnx_export.py``); the parity check keeps the two honest.
 """
@@ -32,6 +37,12 @@ class RankerConfig:
     dim: int = 16
     hidden: int = 64
     max_tokens: int = 8
+    # Width of the frozen text vectors (rankcore.text's table); 0 turns the text tower off.
+    text_dim: int = 64
+    # Share of training rows that learn as if their item were new (its id embedding and bias
+    # dropped, DropoutNet-style), so the model learns to rank items nobody has clicked yet from
+    # their title, category, brand and price instead of leaning on ids alone.
+    item_dropout: float = 0.2
     # The output bias starts at logit(prior_ctr), so early scores are calibrated and the
     # prequential metrics are not dominated by the bias walking down from 0.5.
     prior_ctr: float = 0.1
@@ -41,6 +52,12 @@ class RankerConfig:
             if name == "prior_ctr":
                 if not 0.0 < value < 1.0:
                     raise ConfigError(f"expected prior_ctr strictly between 0 and 1, got {value!r}")
+            elif name == "item_dropout":
+                if not 0.0 <= value < 1.0:
+                    raise ConfigError(f"expected item_dropout in [0, 1), got {value!r}")
+            elif name == "text_dim":
+                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                    raise ConfigError(f"expected text_dim to be an integer >= 0, got {value!r}")
             elif not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"expected {name} to be a positive integer, got {value!r}")
         for feature in FEATURES:
@@ -77,7 +94,17 @@ class Ranker(nn.Module):
         # after the drift (0.605 against 0.622), on the simulator nothing (0.752 both).
         nn.init.zeros_(self.table("item").weight)
         # [user, query, item, category, brand, user*item, query*item, query*category, log price]
-        self.mlp = nn.Sequential(nn.Linear(8 * d + 1, config.hidden), nn.ReLU(), nn.Linear(config.hidden, 1))
+        # and with text: [cos(query, title), P title, P query * P title, user * P title]
+        inputs = 8 * d + 1
+        self.text_proj: nn.Linear | None = None
+        # The query-title cosine also goes straight to the logit (a wide term next to the MLP):
+        # through the MLP alone it was barely used, the ids explaining the warm items first.
+        self.text_weight: nn.Parameter | None = None
+        if config.text_dim:
+            self.text_proj = nn.Linear(config.text_dim, d, bias=False)
+            self.text_weight = nn.Parameter(torch.zeros(1))
+            inputs += 3 * d + 1
+        self.mlp = nn.Sequential(nn.Linear(inputs, config.hidden), nn.ReLU(), nn.Linear(config.hidden, 1))
         with torch.no_grad():
             self.mlp[2].bias.fill_(  # type: ignore[operator]
                 math.log(config.prior_ctr / (1 - config.prior_ctr))
@@ -103,7 +130,12 @@ class Ranker(nn.Module):
         return [t.weight for t in self.tables()] + [self.item_bias.weight]
 
     def dense_parameters(self) -> list[nn.Parameter]:
-        return list(self.mlp.parameters())
+        text = list(self.text_proj.parameters()) if self.text_proj is not None else []
+        return list(self.mlp.parameters()) + text
+
+    def wide_parameters(self) -> list[nn.Parameter]:
+        """The wide text term: one weight, learned at the sparse rate (see the learner)."""
+        return [self.text_weight] if self.text_weight is not None else []
 
     def forward(
         self,
@@ -113,16 +145,36 @@ class Ranker(nn.Module):
         category: torch.Tensor,
         brand: torch.Tensor,
         price: torch.Tensor,
+        query_text: torch.Tensor | None = None,
+        title_text: torch.Tensor | None = None,
+        new_items: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits, shape ``[N]``. ``tokens`` is ``[N, T]`` padded with row 0."""
+        """Logits, shape ``[N]``. ``tokens`` is ``[N, T]`` padded with row 0; with the text tower,
+        ``query_text`` and ``title_text`` are ``[N, text_dim]`` unit (or zero) vectors. Rows where
+        the boolean ``new_items`` holds score as if their item had never been seen (training's
+        item dropout; serving never passes it)."""
         e = self.embeddings
         u = e["user"](user)
         tok = e["token"](tokens)
         count = (tokens != PAD).sum(dim=1, keepdim=True).clamp(min=1).to(tok.dtype)
         q = tok.sum(dim=1) / count
         i = e["item"](item)
+        item_bias = self.item_bias(item).squeeze(1)
+        if new_items is not None:
+            keep = (~new_items).to(i.dtype)
+            i, item_bias = i * keep.unsqueeze(1), item_bias * keep
         c = e["category"](category)
         b = e["brand"](brand)
         p = torch.log1p(price.clamp(min=0)).unsqueeze(1)
-        x = torch.cat([u, q, i, c, b, u * i, q * i, q * c, p], dim=1)
-        return self.mlp(x).squeeze(1) + self.item_bias(item).squeeze(1)
+        parts = [u, q, i, c, b, u * i, q * i, q * c, p]
+        if self.text_proj is not None:
+            if query_text is None or title_text is None:
+                raise ValueError("expected query_text and title_text: this ranker has a text tower")
+            sim = (query_text * title_text).sum(dim=1, keepdim=True)
+            pq, pt = self.text_proj(query_text), self.text_proj(title_text)
+            parts += [sim, pt, pq * pt, u * pt]
+        x = torch.cat(parts, dim=1)
+        logit = self.mlp(x).squeeze(1) + item_bias
+        if self.text_weight is not None:
+            logit = logit + self.text_weight * sim.squeeze(1)
+        return logit

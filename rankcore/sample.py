@@ -19,3 +19,4 @@ class Sample:
     impression_ts_ms: int
     action_ts_ms: int
     request_id: str = ""
+    title: str = ""  # the item's title the shopper saw ("" when unknown)

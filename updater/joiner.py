@@ -194,4 +194,5 @@ def sample_of(impression: Event, label: int, action_ts_ms: int) -> Sample:
         impression_ts_ms=impression.ts_ms,
         action_ts_ms=action_ts_ms,
         request_id=impression.request_id,
+        title=impression.title,
     )

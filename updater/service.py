@@ -388,6 +388,7 @@ class Updater:
             },
             parity_samples=list(self._recent),
             holdout=recent(list(self.holdout), s.holdout_recent_s, s.gate.min_samples),
+            titles=self.ingest.catalogue.titles(),
         )
 
     # ----------------------------------------------------------------- checkpoints

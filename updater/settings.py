@@ -254,6 +254,8 @@ _HELP = {
     "model__dim": "embedding width",
     "model__hidden": "hidden units of the MLP",
     "model__max_tokens": "query tokens read per request",
+    "model__text_dim": "width of the frozen text vectors (the shipped word table's); 0: no text tower",
+    "model__item_dropout": "share of training rows that learn as if their item were new (cold start)",
     "model__prior_ctr": "click rate the output bias starts from",
     "gate__auc_margin": "reject a candidate whose held-out AUC is below the live one's by more (paired)",
     "gate__logloss_margin": "reject a candidate whose held-out logloss is above the live one's by more",

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from rankcore.text import TextEncoder
+
 if TYPE_CHECKING:
     from updater.service import Updater
 
@@ -60,6 +62,7 @@ class Status:
     vocab_evictions: dict[str, int] = field(default_factory=dict)
     vocab_overflow: dict[str, int] = field(default_factory=dict)
     catalogue: dict[str, int] = field(default_factory=dict)
+    text: dict[str, Any] = field(default_factory=dict)
     offsets: dict[str, int] = field(default_factory=dict)
     ledger: dict[str, Any] = field(default_factory=dict)
     last_checkpoint: dict[str, Any] = field(default_factory=dict)
@@ -125,6 +128,7 @@ def collect(u: Updater) -> Status:
             "stale": u.ingest.catalogue.stale,
             "forgotten": u.ingest.catalogue.forgotten,
         },
+        text=_text(u.vocabs.text),
         offsets=u.positions,
         ledger=u.ingest.ledger.state(),
         last_checkpoint=u.last_checkpoint,
@@ -151,3 +155,17 @@ def read_status(path: Path) -> dict[str, Any]:
         return dict(orjson.loads(path.read_bytes()))
     except (FileNotFoundError, orjson.JSONDecodeError):
         return {}
+
+
+def _text(encoder: TextEncoder | None) -> dict[str, Any]:
+    """The text tower's encoder: off, or its table and how many distinct texts it encoded."""
+    if encoder is None:
+        return {"enabled": False}
+    meta = encoder.table.meta
+    return {
+        "enabled": True,
+        "model": meta.get("source_model", ""),
+        "words": len(encoder.table.words),
+        "dim": encoder.dim,
+        "texts_encoded": encoder.encoded,
+    }

@@ -49,9 +49,13 @@ async def test_events_reach_a_served_version_that_ranks_clicked_items_first(
         assert updater.ingest.catalogue.get("hot") == Item(
             "hot", start + 10, "red trail running shoe", price=49.0
         )
-        # Every click learned is served, no export running. The closer's window emits the last
-        # samples (clicks among them) in one step, so that version has every sample.
-        await wait_for(lambda: updater.freshness_settled, 60, "a served version with every sample")
+        # Every click learned is served, no export running, and a version with every sample was
+        # released (the last samples may be negatives, which freshness does not wait for).
+        await wait_for(
+            lambda: updater.freshness_settled and updater.release.samples_released >= expected_samples,
+            60,
+            "a served version with every sample",
+        )
         status = updater.status()
 
     assert status["samples_trained"] == expected_samples

@@ -17,6 +17,7 @@ VARIANTS = [
         dim=4,
         hidden=8,
         max_tokens=2,
+        text_dim=0,
     ),
     RankerConfig(
         user_capacity=500,
@@ -34,6 +35,7 @@ VARIANTS = [
 def random_samples(n: int, seed: int = 0) -> list[Sample]:
     rng = random.Random(seed)
     queries = ["red shoes", "iphone 12 pro max ultra", "", "tent"]
+    titles = ["acme red running shoe", "phone pro max 256gb", "", "family camping tent"]
     return [
         Sample(
             f"u{rng.randint(0, 300)}",
@@ -45,6 +47,7 @@ def random_samples(n: int, seed: int = 0) -> list[Sample]:
             rng.randint(0, 1),
             0,
             0,
+            title=rng.choice(titles),
         )
         for _ in range(n)
     ]

@@ -29,6 +29,7 @@ TINY = RankerConfig(
     dim=4,
     hidden=8,
     max_tokens=2,
+    text_dim=0,  # the release logic does not depend on the text tower (test_model_export covers it)
 )
 LOAD_S = 0.25  # what FakeServer.load reports, so recorded load times are exact
 

@@ -24,7 +24,9 @@ def test_onnx_scores_match_torch(config: RankerConfig, tmp_path: Path) -> None:
     for i in range(5):
         learner.learn(encode(random_samples(128, i), vocabs, config.max_tokens))
     model = learner.frozen_copy()
-    files = write_onnx(build_onnx(model, vocabs), tmp_path)
+    checked = random_samples(200, 11)
+    titles = {s.item_id: s.title for s in checked if s.title}
+    files = write_onnx(build_onnx(model, vocabs, titles), tmp_path)
     onnx.checker.check_model(str(tmp_path / "model.onnx"))
     assert {f.name for f in files} == {"model.onnx", "model.onnx.data"}
     # Unknown ids, empty strings, upper case, more tokens than max_tokens, negative price.
@@ -32,7 +34,7 @@ def test_onnx_scores_match_torch(config: RankerConfig, tmp_path: Path) -> None:
         Sample("never-seen", "RED Shoes", "", "", "zz", -3.0, 0, 0, 0),
         Sample("", "a b c d e f g h i j k", "i1", "c1", "b1", 0.0, 0, 0, 0),
     ]
-    diff = check_parity(tmp_path / "model.onnx", model, vocabs, random_samples(200, 11) + odd)
+    diff = check_parity(tmp_path / "model.onnx", model, vocabs, checked + odd, titles=titles)
     assert diff < 1e-5
     session = open_session(tmp_path / "model.onnx")
     assert [i.name for i in session.get_inputs()] == list(INPUT_NAMES)

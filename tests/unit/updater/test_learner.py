@@ -66,3 +66,54 @@ def test_a_row_a_new_id_takes_over_starts_from_zero_without_the_old_ids_moments(
     assert float(moments["exp_avg_sq"][row].abs().sum()) == 0.0
     learner.learn(takeover)  # and it learns from there
     assert float(bias[row]) < 0.0
+
+
+CONCEPTS = [
+    (["sneakers", "trainers"], ["running shoe", "jogging shoes"]),
+    (["laptop", "notebook computer"], ["ultrabook", "portable computer"]),
+    (["earbuds", "earphones"], ["wireless headphones", "headset"]),
+    (["tent", "camping shelter"], ["backpacking tent", "dome tent"]),
+    (["kettle", "tea kettle"], ["electric kettle", "water boiler"]),
+]
+
+
+@pytest.mark.parametrize("text_dim", [RankerConfig().text_dim, 0])
+def test_the_text_tower_ranks_a_never_seen_item_by_what_its_title_means(text_dim: int) -> None:
+    """Every item is new (its id never repeats), so only the text can tell a match; queries and
+    titles never share a word, so only what the pretrained vectors know about words can."""
+    config = dataclasses.replace(VARIANTS[1], text_dim=text_dim)
+    learner, vocabs = Learner(config, device="cpu", dense_lr=0.01), Vocabularies(config)
+    rng = random.Random(5)
+    n = 0
+
+    def sample(query: int, title: int, label: int, phrase: int, user: str = "") -> Sample:
+        nonlocal n
+        n += 1
+        words = CONCEPTS[query][0][phrase % 2]
+        title_words = f"acme {rng.choice(['red', 'blue'])} {CONCEPTS[title][1][phrase % 2]}"
+        user = user or f"u{rng.randrange(40)}"
+        return Sample(user, words, f"i{n}", "c", "b", 20.0, label, 0, 0, title=title_words)
+
+    for _ in range(60):
+        batch = []
+        for _ in range(32):
+            q = rng.randrange(4)  # the last concept stays out of training
+            other = rng.choice([c for c in range(4) if c != q])
+            phrase = rng.randrange(2)
+            batch += [sample(q, q, 1, phrase), sample(q, other, 0, phrase)]
+        learner.learn(encode(batch, vocabs, config.max_tokens))
+    probes = [
+        (sample(q, q, 0, p, "u0"), sample(q, o, 0, p, "u0"))
+        for q in range(5)
+        for o in range(5)
+        if o != q
+        for p in (0, 1)
+    ]
+    match = learner.score(encode([m for m, _ in probes], vocabs, config.max_tokens, grow=False))
+    other = learner.score(encode([o for _, o in probes], vocabs, config.max_tokens, grow=False))
+    if text_dim:
+        assert float(np.mean(match > other)) > 0.9
+        held_out = [i for i, (m, _) in enumerate(probes) if m.query in CONCEPTS[4][0]]
+        assert float(np.mean(match[held_out] > other[held_out])) > 0.75  # a concept it never saw
+    else:
+        np.testing.assert_allclose(match, other, atol=1e-6)  # ids alone cannot tell new items apart
