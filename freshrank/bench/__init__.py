@@ -8,4 +8,4 @@ They are never run as timed tests.
 
 from __future__ import annotations
 
-NAMES = ("throughput", "freshness", "snapshot", "serving", "quality", "replay", "gate", "vocab")
+NAMES = ("throughput", "freshness", "snapshot", "serving", "quality", "replay", "gate", "vocab", "text")

@@ -59,31 +59,45 @@ def write_result(out: Path, name: str, result: dict[str, Any]) -> Path:
     return path
 
 
+EVENTS_TOPIC = "bench"
+ITEMS_TOPIC = "bench-items"
+
+
 def labelled(events: Iterable[dict[str, Any]], window_ms: int) -> tuple[list[Sample], dict[str, int]]:
     """Samples of an event stream in stream order, through the updater's own consumer path.
 
     The clock is the stream's: each event is judged at its own timestamp, so an offline stream
-    joins exactly as it would have live.
+    joins exactly as it would have live. Item updates (``{"__item__": value}``, as
+    :func:`freshrank.simulator.generate` yields them with ``items=True``) go to the catalogue,
+    as records of the items topic would.
     """
     wall_ms = int(time.time() * 1000)
-    return labelled_records(
-        ((encode_event(e)[1], int(e["ts"]) if isinstance(e.get("ts"), int) else wall_ms) for e in events),
-        window_ms,
-    )
+
+    def record(e: dict[str, Any]) -> tuple[bytes, int, str]:
+        now_ms = int(e["ts"]) if isinstance(e.get("ts"), int) else wall_ms
+        if "__item__" in e:
+            return e["__item__"], now_ms, ITEMS_TOPIC
+        return encode_event(e)[1], now_ms, EVENTS_TOPIC
+
+    return labelled_records((record(e) for e in events), window_ms)
 
 
 def labelled_records(
-    records: Iterable[tuple[bytes, int]], window_ms: int
+    records: Iterable[tuple[bytes, int] | tuple[bytes, int, str]], window_ms: int
 ) -> tuple[list[Sample], dict[str, int]]:
     """Samples of raw record values, each judged at its ``now_ms``, through :class:`Ingest`.
 
-    The updater's own consumer path (ledger, cleaner, joiner), one record per call so each is
-    judged at its own time; the open windows are drained at the end of the stream.
+    The updater's own consumer path (ledger, cleaner, joiner, catalogue), one record per call so
+    each is judged at its own time; the open windows are drained at the end of the stream. A
+    record may name its topic (:data:`ITEMS_TOPIC` for item updates; events by default).
     """
-    ingest = Ingest(window_ms=window_ms)
+    ingest = Ingest(window_ms=window_ms, items_topic=ITEMS_TOPIC)
     samples: list[Sample] = []
-    for offset, (raw, now_ms) in enumerate(records):
-        record = Record(topic="bench", partition=0, offset=offset, key=None, value=raw)
+    offsets: dict[str, int] = {}
+    for raw, now_ms, *topic in records:
+        name = topic[0] if topic else EVENTS_TOPIC
+        offset = offsets[name] = offsets.get(name, -1) + 1
+        record = Record(topic=name, partition=0, offset=offset, key=None, value=raw)
         samples.extend(ingest.process([record], now_ms).trained)
     samples.extend(ingest.drain().trained)
     counts = ingest.counts
@@ -92,6 +106,7 @@ def labelled_records(
         "rejected": counts.dead_letters,
         "duplicates": counts.duplicates,
         "samples": len(samples),
+        "item_updates": counts.item_updates_valid,
     }
 
 

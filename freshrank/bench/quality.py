@@ -23,6 +23,7 @@ the online models get no advantage that the frozen ones lack:
   ``Learner.score`` and vocabularies looked up without growing: an id first seen in a sample
   scored before any sample with that id was learned maps to the OOV row, as it would at
   impression time.
+- ``freshrank_no_text``: the same, without the text tower (``text_dim=0``): ids only.
 - ``vw``: Vowpal Wabbit online logistic regression, hashed features, ``-q ui -q qi``;
   predict at impression time, learn at known time, one sample at a time.
 - ``popularity``: each item's click count with exponential decay (half-life
@@ -47,6 +48,7 @@ compares the models on a second seed (13) that no setting was tuned on.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -88,7 +90,7 @@ METRIC_WINDOW_MS = 30_000
 WARM_HISTORY_S = 360.0
 WARM_FIRST_MINUTES = (1, 2, 5)
 
-MODELS = ("static", "retrain", "freshrank", "vw", "river", "popularity")
+MODELS = ("static", "retrain", "freshrank", "freshrank_no_text", "vw", "river", "popularity")
 # The targets: freshrank beats the static model by this much AUC after the drift...
 TARGET_AUC_GAIN_OVER_STATIC = 0.05
 # ...is at least as good as each of these...
@@ -336,6 +338,8 @@ def _take(batch: Batch, rows: np.ndarray) -> Batch:
         price=batch.price[rows],
         label=batch.label[rows],
         action_ts_ms=batch.action_ts_ms[rows],
+        query_text=batch.query_text[rows] if batch.query_text is not None else None,
+        title_text=batch.title_text[rows] if batch.title_text is not None else None,
     )
 
 
@@ -666,6 +670,15 @@ def compare(
             config=config,
             vocab_expire_ms=vocab_expire_ms,
         ),
+        "freshrank_no_text": lambda: run_online(
+            samples,
+            progress,
+            seed=seed,
+            impression_ms=impression_ms,
+            known_ms=known_ms,
+            config=dataclasses.replace(config or RankerConfig(), text_dim=0),
+            vocab_expire_ms=vocab_expire_ms,
+        ),
         "vw": lambda: run_vw(samples, progress, seed=seed, impression_ms=impression_ms, known_ms=known_ms),
         "river": lambda: run_river(
             samples, progress, every=river_every, seed=seed, impression_ms=impression_ms, known_ms=known_ms
@@ -804,7 +817,12 @@ def _simulated(
     started = time.perf_counter()
     truth: dict[tuple[str, str], float] = {}
     events = generate(
-        SimulatorConfig(seed=seed), rate=RATE, duration_s=DURATION_S, start_ms=START_MS, truth=truth
+        SimulatorConfig(seed=seed),
+        rate=RATE,
+        duration_s=DURATION_S,
+        start_ms=START_MS,
+        truth=truth,
+        items=True,
     )
     samples, counts = labelled(events, window_ms=DEFAULT_WINDOW_MS)
     took = time.perf_counter() - started

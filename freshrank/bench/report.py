@@ -222,6 +222,17 @@ def rows(directory: Path) -> list[tuple[str, str, str, str]]:
                 f"{caps['item_capacity']:,} item rows"
             )
             out.append(("vocab", figure, value, ""))
+    td = _load(directory, "text")
+    if td:
+        v = td["variants"]
+        for label, key in (("AUC, all samples", "auc_overall"), ("AUC among cold impressions", "cold_auc")):
+            out.append(("text", label, f"with text {v['text'][key]:.3f} · without {v['no_text'][key]:.3f}", ""))
+        for kind, p in v["text"]["probe"].items():
+            other = v["no_text"]["probe"][kind]
+            value = f"with text {p['top3_rate']:.0%} · without {other['top3_rate']:.0%}"
+            out.append(("text", f"new item in the top 3 of 10, query by {kind.replace('_', ' ')}", value, ""))
+        size = f"{v['text']['export']['size_mb']} MB · without {v['no_text']['export']['size_mb']} MB"
+        out.append(("text", "version size", f"with text {size}", ""))
     return out
 
 

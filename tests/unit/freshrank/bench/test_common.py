@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import orjson
+
 from freshrank.bench.common import labelled, labelled_records, percentiles
 from freshrank.simulator import encode_event
 
@@ -40,7 +42,7 @@ def test_labelled_records_run_the_updaters_consumer_path() -> None:
     ]
     samples, counts = labelled_records(stream, window_ms=1_000)
     assert [(s.item_id, s.label) for s in samples] == [("i1", 1), ("i2", 0)]
-    assert counts == {"events": 6, "rejected": 2, "duplicates": 1, "samples": 2}
+    assert counts == {"events": 6, "rejected": 2, "duplicates": 1, "samples": 2, "item_updates": 0}
 
 
 def test_labelled_judges_each_event_at_its_own_time() -> None:
@@ -65,4 +67,22 @@ def test_labelled_judges_each_event_at_its_own_time() -> None:
     ]
     samples, counts = labelled(events, window_ms=1_000)
     assert [(s.item_id, s.label) for s in samples] == [("x", 0), ("y", 0)]
-    assert counts == {"events": 3, "rejected": 1, "duplicates": 0, "samples": 2}
+    assert counts == {"events": 3, "rejected": 1, "duplicates": 0, "samples": 2, "item_updates": 0}
+
+
+def test_item_updates_in_the_stream_give_the_samples_their_titles() -> None:
+    start = 1_700_000_000_000
+    item = orjson.dumps({"item_id": "x", "ts": start - 1, "title": "red running shoe"})
+    impression = {
+        "event_id": "a",
+        "type": "impression",
+        "ts": start,
+        "user_id": "u",
+        "request_id": "r",
+        "item_id": "x",
+        "query": "sneakers",
+        "position": 0,
+    }
+    samples, counts = labelled([{"__item__": item, "ts": start - 1}, impression], window_ms=1_000)
+    assert [(s.item_id, s.title) for s in samples] == [("x", "red running shoe")]
+    assert counts["item_updates"] == 1 and counts["events"] == 1
