@@ -202,9 +202,11 @@ def build_onnx(
         helper.make_node("Gather", ["item_bias", "row_item"], ["bias_col"], axis=0),
         helper.make_node("Add", ["logit_col", "bias_col"], ["logit_ids"]),
     ]
-    if cfg.text_dim:  # the wide text term: text_weight * cos(query, title)
+    if cfg.text_dim:  # the wide text terms: text_weight * cos(query, title) + P q . P t
         nodes += [
-            helper.make_node("Mul", ["qt_cos", "text_weight"], ["wide_col"]),
+            helper.make_node("Mul", ["qt_cos", "text_weight"], ["wide_cos"]),
+            helper.make_node("ReduceSum", ["pq_pt", "axis1"], ["wide_dot"], keepdims=1),
+            helper.make_node("Add", ["wide_cos", "wide_dot"], ["wide_col"]),
             helper.make_node("Add", ["logit_ids", "wide_col"], ["logit2"]),
         ]
     else:

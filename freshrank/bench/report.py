@@ -226,7 +226,8 @@ def rows(directory: Path) -> list[tuple[str, str, str, str]]:
     if td:
         v = td["variants"]
         for label, key in (("AUC, all samples", "auc_overall"), ("AUC among cold impressions", "cold_auc")):
-            out.append(("text", label, f"with text {v['text'][key]:.3f} · without {v['no_text'][key]:.3f}", ""))
+            value = f"with text {v['text'][key]:.3f} · without {v['no_text'][key]:.3f}"
+            out.append(("text", label, value, ""))
         for kind, p in v["text"]["probe"].items():
             other = v["no_text"]["probe"][kind]
             value = f"with text {p['top3_rate']:.0%} · without {other['top3_rate']:.0%}"

@@ -1,7 +1,8 @@
 """Triton serving: gRPC and HTTP throughput and latency for 100-candidate requests.
 
 One realistic version (the default :class:`RankerConfig`, vocabularies filled with synthetic
-ids) is published and loaded into the embedded Triton. Closed-loop clients at concurrency
+ids, a title of real words for every item and queries of real words, so the text tower's path
+runs in full) is published and loaded into the embedded Triton. Closed-loop clients at concurrency
 1..16 measure requests/s and p50/p99 per protocol; onnxruntime called in-process on the same
 ``model.onnx`` with the same inputs is the limit. Then an open-loop generator at half the
 measured gRPC peak gives the latency a client sees when the server is not saturated.
@@ -39,6 +40,7 @@ from freshrank.bench.common import Progress, percentiles, save_figure
 from freshrank.stack import EmbeddedStack, free_port
 from rankcore.features import Vocabularies
 from rankcore.model import Ranker, RankerConfig
+from rankcore.text import load_table
 
 CANDIDATES = 100
 CONCURRENCY = (1, 2, 4, 8, 16)
@@ -51,6 +53,9 @@ TARGET_GRPC_RATIO = 0.6
 TARGET_P99_MS = 15.0
 # Vocabulary fill: a shop with 150k items and 100k users in the default 200k-row tables.
 ITEMS, USERS, CATEGORIES, BRANDS, TOKENS = 150_000, 100_000, 1_000, 5_000, 20_000
+# Query tokens and title words: real words of the text tower's table (so both paths do work).
+QUERY_WORDS = load_table().words[:TOKENS]
+TITLE_WORDS = 6
 
 
 # ----------------------------------------------------------------------------- pure helpers
@@ -100,14 +105,18 @@ def publish_model(repository: Path) -> tuple[Publisher, int, Path]:
         ("user", USERS, "user-"),
         ("category", CATEGORIES, "cat-"),
         ("brand", BRANDS, "brand-"),
-        ("token", TOKENS, "tok"),
     ):
         add = vocabs[feature].add
         for i in range(n):
             add(f"{prefix}{i}")
+    for word in QUERY_WORDS:
+        vocabs["token"].add(word)
+    # The text tower's path is served in full: every item has a title of real words.
+    rng = random.Random(1)
+    titles = {f"sku-{i}": " ".join(rng.sample(QUERY_WORDS, TITLE_WORDS)) for i in range(ITEMS)}
     publisher = Publisher(repository, keep=2)
     published = publisher.publish(
-        publisher.next_version(), lambda d: write_onnx(build_onnx(model, vocabs), d)
+        publisher.next_version(), lambda d: write_onnx(build_onnx(model, vocabs, titles), d)
     )
     return publisher, published.version, published.path / "model.onnx"
 
@@ -117,9 +126,7 @@ def request_columns(rng: random.Random) -> dict[str, np.ndarray]:
     items = [f"sku-{rng.randrange(int(ITEMS * 1.1))}" for _ in range(CANDIDATES)]
     return {
         "user_id": np.array([f"user-{rng.randrange(USERS)}".encode()] * CANDIDATES, dtype=object),
-        "query": np.array(
-            [f"tok{rng.randrange(TOKENS)} tok{rng.randrange(TOKENS)}".encode()] * CANDIDATES, dtype=object
-        ),
+        "query": np.array([" ".join(rng.sample(QUERY_WORDS, 2)).encode()] * CANDIDATES, dtype=object),
         "item_id": np.array([i.encode() for i in items], dtype=object),
         "category": np.array([f"cat-{rng.randrange(CATEGORIES)}".encode() for _ in items], dtype=object),
         "brand": np.array([f"brand-{rng.randrange(BRANDS)}".encode() for _ in items], dtype=object),

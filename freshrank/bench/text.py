@@ -13,7 +13,8 @@ known): freshrank as it ships, and the same without the text tower (``text_dim=0
 - **Probe**, through the serving graph: after the stream, for every concept, a brand-new item
   whose title names it by one phrase (published in the catalogue, never shown, never clicked)
   among 9 items the shop knows (3 of the same category, 6 of others), ranked by onnxruntime on
-  the exported version for a query naming the concept by another phrase (``synonym``), and by
+  the exported version (5 probes per concept) for a query naming the concept by another phrase
+  (``synonym``), and by
   the title's own phrase (``same_words``). Reported: how often the new item is in the top 3 of
   the 10, and its mean rank.
 - **Cost**: title encodings per second (distinct titles, the updater's encoder, CPU), in-process
@@ -24,6 +25,7 @@ known): freshrank as it ships, and the same without the text tower (``text_dim=0
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import random
 import tempfile
 import time
@@ -52,6 +54,8 @@ RATE = 330.0
 DURATION_S = 480.0
 CANDIDATES = 10
 TOP = 3
+# Probes per concept (each with its own phrases, rivals and brand): 320 of each kind in all.
+PROBES_PER_CONCEPT = 5
 SERVING_CANDIDATES = 100
 SERVING_REQUESTS = 400
 VARIANTS = {"text": RankerConfig(), "no_text": dataclasses.replace(RankerConfig(), text_dim=0)}
@@ -105,9 +109,9 @@ def _latest_items(samples: Sequence[Sample]) -> dict[str, Sample]:
 
 
 def probes(samples: Sequence[Sample], synonym: bool, seed: int = 3) -> list[tuple[str, list[Sample]]]:
-    """(query, candidates) per concept: a new item first, then 9 known ones of other concepts
-    (3 of its category where there are). ``synonym``: the query names the concept by another
-    phrase than the title's; otherwise by the title's own."""
+    """(query, candidates), PROBES_PER_CONCEPT per concept: a new item first, then 9 known items
+    of other concepts (3 of its category where there are). ``synonym``: the query names the
+    concept by another phrase than the title's; otherwise by the title's own."""
     rng = random.Random(seed)
     known = [s for s in _latest_items(samples).values() if s.title]
     by_category: dict[str, list[Sample]] = defaultdict(list)
@@ -115,7 +119,7 @@ def probes(samples: Sequence[Sample], synonym: bool, seed: int = 3) -> list[tupl
         by_category[s.category].append(s)
     out = []
     for category, concepts in CONCEPTS.items():
-        for concept in concepts:
+        for concept, n in itertools.product(concepts, range(PROBES_PER_CONCEPT)):
             title_phrase, query_phrase = rng.sample(concept, 2)
             if not synonym:
                 query_phrase = title_phrase
@@ -127,7 +131,7 @@ def probes(samples: Sequence[Sample], synonym: bool, seed: int = 3) -> list[tupl
             new = Sample(
                 "probe-user",
                 query_phrase,
-                f"probe-{'syn' if synonym else 'same'}-{concept[0].replace(' ', '-')}",
+                f"probe-{'syn' if synonym else 'same'}-{concept[0].replace(' ', '-')}-{n}",
                 category,
                 brand,
                 float(np.median([r.price for r in rivals])),

@@ -114,6 +114,8 @@ def test_the_text_tower_ranks_a_never_seen_item_by_what_its_title_means(text_dim
     if text_dim:
         assert float(np.mean(match > other)) > 0.9
         held_out = [i for i, (m, _) in enumerate(probes) if m.query in CONCEPTS[4][0]]
-        assert float(np.mean(match[held_out] > other[held_out])) > 0.75  # a concept it never saw
+        assert (
+            float(np.mean(match[held_out] > other[held_out])) >= 0.75
+        )  # a concept it never saw (chance: 0.5)
     else:
         np.testing.assert_allclose(match, other, atol=1e-6)  # ids alone cannot tell new items apart
