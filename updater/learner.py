@@ -16,6 +16,7 @@ from rankcore.model import Ranker, RankerConfig
 
 DEFAULT_SPARSE_LR = 0.03
 DEFAULT_DENSE_LR = 0.003
+PRE_TEXT_SETTINGS = {"text_dim": 0, "item_dropout": 0.0}
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -134,9 +135,12 @@ class Learner:
         }
 
     def restore(self, state: dict[str, Any]) -> None:
-        if state["config"] != self.config.to_dict():
+        # Checkpoints from before the text tower name neither setting: they had neither, so
+        # they restore with --model-text-dim 0 --model-item-dropout 0.
+        saved = {**PRE_TEXT_SETTINGS, **state["config"]}
+        if saved != self.config.to_dict():
             raise ConfigError(
-                f"expected the model settings the checkpoint was made with, {state['config']}"
+                f"expected the model settings the checkpoint was made with, {saved}"
                 " (pass the same --model-* flags, or start from an empty --state-dir),"
                 f" got {self.config.to_dict()}"
             )

@@ -8,6 +8,7 @@ import random
 import numpy as np
 import pytest
 
+from rankcore.errors import ConfigError
 from rankcore.features import Vocabularies, encode
 from rankcore.model import RankerConfig
 from rankcore.sample import Sample
@@ -119,3 +120,19 @@ def test_the_text_tower_ranks_a_never_seen_item_by_what_its_title_means(text_dim
         )  # a concept it never saw (chance: 0.5)
     else:
         np.testing.assert_allclose(match, other, atol=1e-6)  # ids alone cannot tell new items apart
+
+
+def test_a_checkpoint_from_before_the_text_tower_restores_without_it() -> None:
+    config = dataclasses.replace(VARIANTS[1], text_dim=0, item_dropout=0.0)
+    old, vocabs = Learner(config, device="cpu"), Vocabularies(config)
+    old.learn(encode(random_samples(64), vocabs, config.max_tokens))
+    state = old.state()
+    for name in ("text_dim", "item_dropout"):
+        del state["config"][name]
+    del state["dropout_rng"]
+    restored = Learner(config, device="cpu", seed=3)
+    restored.restore(state)
+    probe = encode(random_samples(16, 4), vocabs, config.max_tokens, grow=False)
+    np.testing.assert_array_equal(old.score(probe), restored.score(probe))
+    with pytest.raises(ConfigError, match="--model-\\* flags"):
+        Learner(VARIANTS[1], device="cpu").restore(state)  # the default has the text tower
