@@ -138,6 +138,10 @@ class Joiner:
                 out.append(sample_of(impression, 0, 0))
         return out
 
+    def open_impressions(self) -> list[Event]:
+        """The impressions whose window is still open: none has an action yet (arrival order)."""
+        return list(self._pending.values())
+
     def drain(self) -> list[Sample]:
         """Close every open window now, as negatives: the end of a finite stream."""
         return self._pop_oldest(len(self._pending))

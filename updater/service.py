@@ -387,7 +387,11 @@ class Updater:
                 **({"warm_start": self._warm} if self._warm is not None else {}),
             },
             parity_samples=list(self._recent),
-            holdout=recent(list(self.holdout), s.holdout_recent_s, s.gate.min_samples),
+            # Every held-out impression by what is known of it now: those whose window is
+            # still open count as misses (until a click makes them a sample).
+            holdout=recent(
+                [*self.holdout, *self.ingest.open_holdout()], s.holdout_recent_s, s.gate.min_samples
+            ),
             titles=self.ingest.catalogue.titles(),
         )
 

@@ -125,6 +125,22 @@ def test_the_holdout_split_is_stable_and_counted() -> None:
     assert none_held == [] and len(none_trained) == 60 and nothing.counts.held_out == 0
 
 
+def test_open_held_out_impressions_count_as_misses_until_clicked() -> None:
+    ingest = Ingest(window_ms=WINDOW_MS, holdout_every=3)
+    held = [s for s in (f"r{n}" for n in range(60)) if is_holdout(s, 3)]
+    ingest.process([record(0, event("a", "impression", NOW, request=held[0]))], NOW)
+    ingest.process([record(1, event("b", "impression", NOW, request=held[1]))], NOW)
+    ingest.process([record(2, event("c", "impression", NOW, request="r-trained"))], NOW)
+    assert not is_holdout("r-trained", 3)
+    # Both held-out impressions are waiting: misses as far as is known; the trained one is not held out.
+    assert labels(ingest.open_holdout()) == [(held[0], "i1", 0), (held[1], "i1", 0)]
+    out = ingest.process([record(3, event("k", "click", NOW + 10, request=held[0]))], NOW + 10)
+    # A click makes the sample at once and takes it off the open list: no impression is judged twice.
+    assert labels(out.held_out) == [(held[0], "i1", 1)]
+    assert labels(ingest.open_holdout()) == [(held[1], "i1", 0)]
+    assert Ingest(window_ms=WINDOW_MS).open_holdout() == []
+
+
 def _second_half(offset: int) -> list[Record]:
     return [
         record(1, event("clk-a", "click", NOW + 20, item="a")),  # redelivered: skipped
