@@ -30,6 +30,9 @@ STRING_INPUTS = {"user": "user_id", "item": "item_id", "category": "category", "
 QUERY_INPUT = "query"
 PRICE_INPUT = "price"
 OUTPUT = "score"
+STATE_OUTPUT = "model_state"
+VERSION_PROP = "freshrank.version"
+DELTA_SEQ_PROP = "freshrank.delta_seq"
 INPUT_NAMES = ("user_id", "query", "item_id", "category", "brand", "price")
 ONNX_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
@@ -37,15 +40,22 @@ OPSET = 20
 ML_OPSET = 3
 
 
-def _weights(model: Ranker) -> dict[str, np.ndarray]:
-    sd = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
-    out = {f"emb_{f}": sd[f"embeddings.{f}.weight"] for f in FEATURES}
-    out["item_bias"] = sd["item_bias.weight"]
-    out["w1"], out["b1"] = sd["mlp.0.weight"], sd["mlp.0.bias"]
-    out["w2"], out["b2"] = sd["mlp.2.weight"], sd["mlp.2.bias"]
+def dense_weights(model: Ranker) -> dict[str, np.ndarray]:
+    """The graph's dense tensors by their initializer names (a few kB: every delta has them all)."""
+    sd = {
+        k: v.detach().cpu().numpy() for k, v in model.state_dict().items() if not k.startswith("embeddings.")
+    }
+    out = {"w1": sd["mlp.0.weight"], "b1": sd["mlp.0.bias"], "w2": sd["mlp.2.weight"], "b2": sd["mlp.2.bias"]}
     if "text_proj.weight" in sd:
         out["text_proj_t"] = np.ascontiguousarray(sd["text_proj.weight"].T)
         out["text_weight"] = sd["text_weight"]
+    return out
+
+
+def _weights(model: Ranker) -> dict[str, np.ndarray]:
+    out = {f"emb_{f}": model.table(f).weight.detach().cpu().numpy() for f in FEATURES}
+    out["item_bias"] = model.item_bias.weight.detach().cpu().numpy()
+    out.update(dense_weights(model))
     return out
 
 
@@ -129,12 +139,19 @@ def _add_initializer(graph: onnx.GraphProto, name: str, array: np.ndarray) -> No
 
 
 def build_onnx(
-    model: Ranker, vocabs: Vocabularies, titles: Mapping[str, str] | None = None
+    model: Ranker,
+    vocabs: Vocabularies,
+    titles: Mapping[str, str] | None = None,
+    version: int = 0,
+    delta_seq: int = 0,
 ) -> onnx.ModelProto:
-    """The serving graph: raw ids and price in, click probability ``score`` out.
+    """The serving graph: raw ids and price in, click probability ``score`` and the state that
+    scored, ``model_state`` = [``version``, ``delta_seq``], out.
 
     ``titles`` (``item_id`` -> title, the catalogue's) feed the text tower when the model has
-    one; an item not in it scores with a zero title vector.
+    one; an item not in it scores with a zero title vector. ``delta_seq`` is the last delta
+    (:mod:`exporter.delta`) this state includes: serving that applies deltas applies the ones
+    after it and reports the last it applied; one that does not reports this.
     """
     cfg = model.config
     w = _weights(model)
@@ -214,6 +231,12 @@ def build_onnx(
     nodes += [
         helper.make_node("Squeeze", ["logit2", "axis1"], ["logit"]),
         helper.make_node("Sigmoid", ["logit"], [OUTPUT]),
+        helper.make_node(
+            "Constant",
+            [],
+            [STATE_OUTPUT],
+            value=numpy_helper.from_array(np.array([version, delta_seq], dtype=np.int64)),
+        ),
     ]
     # Topological order matters to the checker: "q_is_pad" is produced after its consumer above.
     nodes = _toposort(nodes, {i.name for i in inits} | set(w) | set(INPUT_NAMES))
@@ -223,7 +246,10 @@ def build_onnx(
         nodes,
         "freshrank_ranker",
         inputs,
-        [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N"])],
+        [
+            helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N"]),
+            helper.make_tensor_value_info(STATE_OUTPUT, TensorProto.INT64, [2]),
+        ],
         initializer=inits,
     )
     proto = helper.make_model(
@@ -232,6 +258,7 @@ def build_onnx(
         producer_name="freshrank",
     )
     proto.ir_version = 9
+    onnx.helper.set_model_props(proto, {VERSION_PROP: str(version), DELTA_SEQ_PROP: str(delta_seq)})
     # The big parts (weights, vocabularies) go in last, in place, so they are copied once.
     for name, arr in w.items():
         _add_initializer(proto.graph, name, arr)

@@ -72,6 +72,8 @@ class Snapshot:
     fresh_action_ts_ms: list[int] = field(default_factory=list)
     # item_id -> title, the catalogue's: the text tower's title vectors in the version.
     titles: dict[str, str] = field(default_factory=dict)
+    # The last delta (exporter.delta) this state includes: serving applies the ones after it.
+    delta_seq: int = 0
     taken_at: float = field(default_factory=time.time)
 
 
@@ -132,8 +134,14 @@ class ReleaseManager:
         watch_s: float = DEFAULT_WATCH_S,
         probe_settle_s: float = DEFAULT_PROBE_SETTLE_S,
         clock: Callable[[], float] = time.time,
+        deltas: bool = False,
     ) -> None:
         self.publisher = publisher
+        # Deltas flow between versions: a rejected candidate then means what serving already
+        # has is worse than the live version, which is reloaded as it was cut (snapshot_only).
+        self.deltas = deltas
+        self.snapshot_only = False
+        self.cuts: dict[int, int] = {}  # version -> the last delta it includes (this process's)
         self.sink = sink
         self.gate = gate or GateSettings()
         self.server = server
@@ -288,6 +296,8 @@ class ReleaseManager:
         version = self.publisher.next_version(floor=self._version_floor)
         metrics: dict[str, Any] = {k: _finite(v) for k, v in snap.metrics.items()}
         metrics["writer_token"] = self._writer_token()
+        if self.deltas:
+            metrics["delta_seq"] = snap.delta_seq
         rolled = await self._maybe_roll_back(snap)
         if rolled is not None:
             self.freshness.requeue(snap.fresh_action_ts_ms)
@@ -299,7 +309,9 @@ class ReleaseManager:
             self._served_holdout(self.live.version, verdict.metrics, "live_")
         self._version_floor = max(self._version_floor, version)
         if verdict.reason is not None:
-            return self._reject(snap, version, metrics, f"gate: {verdict.reason}")
+            outcome = self._reject(snap, version, metrics, f"gate: {verdict.reason}")
+            await self._hold_live_snapshot()
+            return outcome
         try:
             built = await asyncio.to_thread(self._build, snap, version)
         except CheckFailed as exc:
@@ -344,6 +356,7 @@ class ReleaseManager:
             return ReleaseOutcome("published", version, self.served_version, str(exc))
         fresh: list[float] = []
         if served == version:
+            self.snapshot_only = False  # loaded as the newest: it follows the deltas again
             fresh = self.freshness.served(snap.fresh_action_ts_ms, served_at)
             self._go_live(candidate)
             self._served_holdout(version, metrics, "")
@@ -374,6 +387,34 @@ class ReleaseManager:
         )
         return ReleaseOutcome("live" if served == version else "published", version, served)
 
+    @property
+    def deltas_wanted(self) -> bool:
+        """Whether deltas serve now: on top of a version this process cut, served as the newest."""
+        live = self.live
+        return (
+            self.deltas
+            and live is not None
+            and live.version in self.cuts
+            and self.serving.mode == "latest"
+            and not self.snapshot_only
+            and not self.server_down
+        )
+
+    async def _hold_live_snapshot(self) -> None:
+        """After a rejection with deltas flowing: serve the live version as it was cut."""
+        live = self.live
+        if not self.deltas or self.server is None or live is None or self.serving.mode != "latest":
+            return
+        if self.snapshot_only or live.version not in self.publisher.versions():
+            return
+        try:
+            await self._load(live.version, expect=live.version)
+        except DependencyError as exc:
+            self.health.mark(False, str(exc))
+            return
+        self.snapshot_only = True
+        log.warning("serving version %d as it was cut until a candidate passes the gate", live.version)
+
     def _served_holdout(self, version: int, metrics: dict[str, Any], prefix: str) -> None:
         self.served_holdout = {
             "version": version,
@@ -397,7 +438,10 @@ class ReleaseManager:
         parity: list[float] = []
 
         def write(directory: Path) -> list[Path]:
-            files = write_onnx(build_onnx(snap.model, snap.vocabs, snap.titles), directory)
+            proto = build_onnx(
+                snap.model, snap.vocabs, snap.titles, version=version, delta_seq=snap.delta_seq
+            )
+            files = write_onnx(proto, directory)
             if snap.parity_samples:
                 parity.append(
                     check_parity(
@@ -411,6 +455,7 @@ class ReleaseManager:
             return files
 
         published = self.publisher.publish(version, write)
+        self.cuts[version] = snap.delta_seq
         return _Built(published, time.perf_counter() - started, parity[0] if parity else 0.0)
 
     def _go_live(self, model: LiveModel) -> None:
@@ -497,7 +542,7 @@ class ReleaseManager:
         """
         assert self.server is not None
         async with self._lock:
-            config = self.publisher.config_text() if version is not None else None
+            config = self.publisher.config_text()
             load_s = await self.server.load(version=version, config_text=config)
             deadline = time.monotonic() + self.probe_settle_s
             while True:

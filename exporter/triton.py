@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LOAD_TIMEOUT_S = 60.0
 DEFAULT_CALL_TIMEOUT_S = 10.0
+SNAPSHOT_ONLY = "snapshot"
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +36,13 @@ class Candidate:
 class Ranking:
     version: int
     items: list[tuple[Candidate, float]]  # best first
+    # The last delta the serving state had applied (the snapshot's own for a server that
+    # applies none; 0 from a model without the model_state output).
+    delta_seq: int = 0
+
+    @property
+    def state(self) -> tuple[int, int]:
+        return (self.version, self.delta_seq)
 
 
 def make_inputs(user: str, query: str, candidates: Sequence[Candidate]) -> list[grpcclient.InferInput]:
@@ -58,8 +66,19 @@ def make_inputs(user: str, query: str, candidates: Sequence[Candidate]) -> list[
     return inputs
 
 
+def latest_config(config_text: str) -> str:
+    """``config.pbtxt`` as Triton's JSON config, as it is (the newest version, with deltas)."""
+    from google.protobuf import json_format, text_format
+    from tritonclient.grpc import model_config_pb2
+
+    config = text_format.Parse(config_text, model_config_pb2.ModelConfig())
+    return str(json_format.MessageToJson(config, preserving_proto_field_name=True))
+
+
 def pinned_config(config_text: str, version: int) -> str:
-    """``config.pbtxt`` as Triton's JSON config, serving exactly ``version``."""
+    """``config.pbtxt`` as Triton's JSON config, serving exactly ``version`` as it was cut: a
+    version loaded by number (pinned, rolled back to, or held after a rejection) applies no
+    deltas (the ``delta_limit`` parameter freshrank's backend reads)."""
     from google.protobuf import json_format, text_format
     from tritonclient.grpc import model_config_pb2
 
@@ -69,6 +88,7 @@ def pinned_config(config_text: str, version: int) -> str:
             specific=model_config_pb2.ModelVersionPolicy.Specific(versions=[version])
         )
     )
+    config.parameters["delta_limit"].string_value = SNAPSHOT_ONLY
     return str(json_format.MessageToJson(config, preserving_proto_field_name=True))
 
 
@@ -122,7 +142,7 @@ class TritonModel:
 
         Without ``version`` Triton takes the newest version directory (the repository's policy);
         with it, exactly that version, through a config override built from ``config_text``
-        (the repository's ``config.pbtxt``).
+        (the repository's ``config.pbtxt``), which applies no deltas.
         """
         started = time.perf_counter()
         config = None
@@ -130,6 +150,10 @@ class TritonModel:
             if config_text is None:
                 raise ValueError("loading a specific version needs the model's config.pbtxt text")
             config = pinned_config(config_text, version)
+        elif config_text is not None:
+            # Sent, not left to the repository: Triton reloads a version it already serves only
+            # when the config differs, and a pinned one (no deltas) must follow them again.
+            config = latest_config(config_text)
         try:
             await asyncio.to_thread(
                 self.client.load_model, self.model, config=config, client_timeout=self.load_timeout_s
@@ -159,7 +183,11 @@ class TritonModel:
 
     async def probe(self) -> int:
         """The version that answers a one-candidate request now."""
-        return (await self.rank("", "", [Candidate("")])).version
+        return (await self.probe_state())[0]
+
+    async def probe_state(self) -> tuple[int, int]:
+        """The (version, delta sequence) that answers a one-candidate request now."""
+        return (await self.rank("", "", [Candidate("")])).state
 
     async def rank(self, user: str, query: str, candidates: Sequence[Candidate]) -> Ranking:
         """Scores for ``candidates``, best first, with the version that computed them."""
@@ -174,5 +202,7 @@ class TritonModel:
             raise DependencyError(f"Triton at {self.url} could not rank: {exc}") from exc
         scores = result.as_numpy("score")
         version = int(result.get_response().model_version)
+        state = result.as_numpy("model_state")
         order = np.argsort(-scores, kind="stable")
-        return Ranking(version, [(candidates[i], float(scores[i])) for i in order])
+        seq = int(state[1]) if state is not None and state.size == 2 else 0
+        return Ranking(version, [(candidates[i], float(scores[i])) for i in order], seq)

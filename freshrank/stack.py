@@ -237,10 +237,9 @@ def prepare_backends(target: Path) -> Path:
     shutil.copy2(stub, python_dir / "triton_python_backend_stub")
     ort_dir = target / "onnxruntime"
     ort_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(
-        Path(__file__).resolve().parent.parent / "exporter" / "backend" / "onnxruntime" / "model.py",
-        ort_dir / "model.py",
-    )
+    source = Path(__file__).resolve().parent.parent / "exporter" / "backend" / "onnxruntime"
+    for name in ("model.py", "live.py"):
+        shutil.copy2(source / name, ort_dir / name)
     return target
 
 

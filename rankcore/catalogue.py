@@ -37,6 +37,8 @@ class Catalogue:
             raise ValueError(f"expected a positive catalogue capacity, got {capacity!r}")
         self.capacity = capacity
         self._items: OrderedDict[str, Item] = OrderedDict()
+        self.tracking = False  # remember retitled items until take_retitled()
+        self._retitled: dict[str, str] = {}
         self.updates = 0
         self.stale = 0
         self.forgotten = 0
@@ -70,11 +72,18 @@ class Catalogue:
         )
         self._items[update.item_id] = item
         self._items.move_to_end(update.item_id)
+        if self.tracking and item.title and (known is None or known.title != item.title):
+            self._retitled[update.item_id] = item.title
         self.updates += 1
         if len(self._items) > self.capacity:
             self._items.popitem(last=False)
             self.forgotten += 1
         return True
+
+    def take_retitled(self) -> dict[str, str]:
+        """``item_id`` -> title of the items whose title is new or changed since the last call."""
+        out, self._retitled = self._retitled, {}
+        return out
 
     def state(self) -> dict[str, object]:
         return {

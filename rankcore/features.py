@@ -61,11 +61,23 @@ class Vocabularies:
         """Per feature, how many ids gave up their row to a new one (the vocabulary was full)."""
         return {f: v.evictions for f, v in self.by_feature.items()}
 
+    def track_changes(self) -> None:
+        """From now on, remember every (key, row) assignment until :meth:`take_changes`."""
+        for v in self.by_feature.values():
+            v.tracking = True
+
+    def take_changes(self) -> dict[str, list[tuple[str, int]]]:
+        """Per feature, the (key, row) assignments since the last call (see :meth:`Vocab.take_changes`)."""
+        return {f: changes for f, v in self.by_feature.items() if (changes := v.take_changes())}
+
     def state(self) -> dict[str, object]:
         return {f: v.state() for f, v in self.by_feature.items()}
 
     def restore(self, state: dict[str, dict[str, object]]) -> None:
+        tracking = any(v.tracking for v in self.by_feature.values())
         self.by_feature = {f: Vocab.from_state(state[f], self.expire_ms) for f in FEATURES}
+        if tracking:
+            self.track_changes()
 
 
 @dataclass(slots=True)

@@ -42,6 +42,11 @@ class Vocab:
         self._last_ms: dict[int, int] = {}  # row -> when its id was last seen
         self._keys: list[str] = []
         self._recycled: list[int] = []
+        # With tracking on, each key's latest assignment since the last take_changes(): a new
+        # id's row, or OOV for an id that gave its row up (what serving's copy of the mapping
+        # must learn between snapshots). A dict: bounded by the keys, however long no one takes it.
+        self.tracking = False
+        self._changes: dict[str, int] = {}
         self.overflow = 0  # new ids that got OOV (full, nothing expired)
         self.evictions = 0  # ids that gave up their row to a new one
 
@@ -72,12 +77,16 @@ class Vocab:
             if self.expire_ms is None or now_ms - self._last_ms[oldest] < self.expire_ms:
                 self.overflow += 1
                 return OOV
-            _, row = index.popitem(last=False)
+            old, row = index.popitem(last=False)
+            if self.tracking:
+                self._changes[old] = OOV
             self._keys[row - RESERVED] = key
             self._recycled.append(row)
             self.evictions += 1
         index[key] = row
         self._last_ms[row] = now_ms
+        if self.tracking:
+            self._changes[key] = row
         return row
 
     def get(self, key: str) -> int:
@@ -89,6 +98,11 @@ class Vocab:
     def take_recycled(self) -> list[int]:
         """Rows that changed owner since the last call (their weights belong to the old id)."""
         out, self._recycled = self._recycled, []
+        return out
+
+    def take_changes(self) -> list[tuple[str, int]]:
+        """Each key's latest assignment since the last call (OOV: the key lost its row)."""
+        out, self._changes = list(self._changes.items()), {}
         return out
 
     def keys(self) -> list[str]:

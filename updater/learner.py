@@ -12,7 +12,7 @@ from torch import nn
 from rankcore.errors import ConfigError
 from rankcore.features import Batch, score
 from rankcore.metrics import Prequential
-from rankcore.model import Ranker, RankerConfig
+from rankcore.model import FEATURES, Ranker, RankerConfig
 
 DEFAULT_SPARSE_LR = 0.03
 DEFAULT_DENSE_LR = 0.003
@@ -24,6 +24,10 @@ def pick_device(requested: str = "auto") -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(requested)
+
+
+# Batches of touched rows kept per table before they are merged into one sorted array.
+TOUCHED_PARTS = 256
 
 
 class Learner:
@@ -57,6 +61,11 @@ class Learner:
         self.metrics = Prequential()
         self.samples_trained = 0
         self.steps = 0
+        # With tracking on, per feature, the rows each step changed since the last
+        # take_touched() (the sparse optimiser moves only the rows a batch holds; a recycled
+        # row was reset).
+        self.tracking = False
+        self._touched: dict[str, list[np.ndarray]] = {f: [] for f in FEATURES}
 
     def learn(self, batch: Batch) -> np.ndarray:
         """Score ``batch`` (recorded in the prequential metrics), then learn from it.
@@ -84,9 +93,32 @@ class Learner:
         loss.backward()
         self.sparse_opt.step()
         self.dense_opt.step()
+        if self.tracking:
+            touched = self._touched
+            touched["user"].append(batch.user)
+            touched["token"].append(batch.tokens.ravel())
+            touched["item"].append(batch.item)
+            touched["category"].append(batch.category)
+            touched["brand"].append(batch.brand)
+            for feature, reset in (batch.recycled or {}).items():
+                touched[feature].append(np.asarray(reset, dtype=np.int64))
+            if len(touched["user"]) > TOUCHED_PARTS:
+                self._compact_touched()
         self.samples_trained += len(batch)
         self.steps += 1
         return scores
+
+    def _compact_touched(self) -> None:
+        """Bounded while no delta takes them (serving pinned, say): the same rows, once each."""
+        for feature, parts in self._touched.items():
+            if len(parts) > TOUCHED_PARTS:
+                self._touched[feature] = [np.unique(np.concatenate(parts))]
+
+    def take_touched(self) -> dict[str, np.ndarray]:
+        """Per feature, the sorted rows changed since the last call (the item's bias shares its rows)."""
+        out = {f: np.unique(np.concatenate(parts)) for f, parts in self._touched.items() if parts}
+        self._touched = {f: [] for f in FEATURES}
+        return out
 
     def _dropped(self, n: int) -> torch.Tensor | None:
         """The rows of a batch of ``n`` that learn as if their item were new (None: none)."""

@@ -28,9 +28,11 @@ from typing import Any
 
 import torch
 
+from exporter.delta import DELTA_DIR, DeltaLog, build_delta
 from exporter.publish import Publisher
 from exporter.release import ReleaseManager, Snapshot
 from exporter.server import ModelServer
+from exporter.stream import DeltaStream
 from exporter.triton import TritonModel
 from rankcore.errors import DependencyError, LeaseLost, TrainingFailed
 from rankcore.features import Vocabularies, encode
@@ -116,7 +118,22 @@ class Updater:
             watch_s=s.timeouts.triton_watch_s,
             probe_settle_s=s.timeouts.probe_settle_s,
             clock=self.clock.time,
+            deltas=s.delta_interval_s > 0,
         )
+        # Between versions, the rows learned since the last delta (see exporter/delta.py).
+        self.deltas: DeltaStream | None = None
+        if s.delta_interval_s > 0:
+            self.learner.tracking = True
+            self.vocabs.track_changes()
+            self.ingest.catalogue.tracking = True
+            self.deltas = DeltaStream(
+                DeltaLog(self.release.publisher.model_dir / DELTA_DIR),
+                server,
+                self.release.freshness,
+                served_timeout_s=s.timeouts.probe_settle_s,
+                clock=self.clock.time,
+                prune_upto=self._deltas_every_version_has,
+            )
         self.trainer = Trainer(
             self.learner,
             s.queue_batches,
@@ -135,7 +152,10 @@ class Updater:
         self._started = False
         self._holds_lease = False
         self._fetch_failed = False
-        self._last_publish = 0.0
+        # The first version and delta are due at once (the monotonic clock can start anywhere).
+        self._last_publish = float("-inf")
+        self._last_delta = float("-inf")
+        self._delta_samples = 0
         self._last_checkpoint = self.clock.monotonic()
         # What a warm start learned (``--warm-start``), recorded with every version cut since.
         self._warm: dict[str, Any] | None = None
@@ -205,6 +225,9 @@ class Updater:
         await self.registry.connect()
         self.registry.outbox.open()
         self.release.publisher.remove_orphans()
+        if self.deltas is not None:
+            # A writer before this one (a standby took over) may have written more since start-up.
+            self.deltas.resume_from_log()
         if not self._restore() and s.warm_start is not None:
             await asyncio.to_thread(self._warm_start, s.warm_start)
         await self.source.start()
@@ -216,6 +239,10 @@ class Updater:
         for task in (self.trainer.task, self.release.task):
             assert task is not None
             sup.adopt(task)
+        if self.deltas is not None:
+            self.deltas.start()
+            assert self.deltas.task is not None
+            sup.adopt(self.deltas.task)
         sup.spawn("report", self._report())
         sup.spawn("registry-flush", self.registry.run())
         log.info(
@@ -258,6 +285,8 @@ class Updater:
                 log.error("the final checkpoint took over %.0f s; stopping without it", t.stop_s)
                 await sup.cancel("final-checkpoint")
             await self.release.close(t.export_stop_s)
+            if self.deltas is not None:
+                await self.deltas.close()
             await sup.close()
             self._write_status()
             await self.registry.flush_remaining(t.registry_s)
@@ -360,9 +389,20 @@ class Updater:
             and self.registry.baseline_published is not None
             and trained_soon >= max(self.release.samples_released, 0) + s.min_samples_per_version
         )
-        if not (checkpoint_due or publish_due):
+        delta_due = (
+            self.deltas is not None
+            and not self._fenced
+            and now - self._last_delta >= s.delta_interval_s
+            and not self.deltas.busy
+            and self.release.deltas_wanted
+            and trained_soon > self._delta_samples
+        )
+        if not (checkpoint_due or publish_due or delta_due):
             return
         await self._drain()
+        if delta_due:
+            self._last_delta = now
+            self._cut_delta()
         if checkpoint_due:
             await self._checkpoint()
         trained_more = self.learner.samples_trained > self.release.samples_released
@@ -372,6 +412,30 @@ class Updater:
     async def _drain_and_checkpoint(self) -> None:
         await self._drain()
         await self._checkpoint()
+
+    def _deltas_every_version_has(self) -> int | None:
+        """The newest delta each version in the repository includes; None while one of them
+        was cut before this process (its cut is not known here, so nothing is pruned)."""
+        versions, cuts = self.release.publisher.versions(), self.release.cuts
+        if not versions or any(v not in cuts for v in versions):
+            return None
+        return min(cuts[v] for v in versions)
+
+    def _cut_delta(self) -> None:
+        """Hand the rows learned since the last delta to the delta stream (the trainer is drained)."""
+        assert self.deltas is not None
+        text = self.vocabs.text
+        retitled = self.ingest.catalogue.take_retitled()
+        titles = {i: text.title(t) for i, t in retitled.items()} if text is not None else {}
+        delta = build_delta(
+            self.deltas.next_seq,
+            self.learner.model,
+            self.learner.take_touched(),
+            self.vocabs.take_changes(),
+            titles,
+        )
+        self._delta_samples = self.learner.samples_trained
+        self.deltas.submit(delta, self.release.freshness.take())
 
     def _snapshot(self) -> Snapshot:
         s = self.settings
@@ -393,6 +457,8 @@ class Updater:
                 [*self.holdout, *self.ingest.open_holdout()], s.holdout_recent_s, s.gate.min_samples
             ),
             titles=self.ingest.catalogue.titles(),
+            # A delta still being written is learned here too: the version applies it again.
+            delta_seq=self.deltas.counters.last_seq if self.deltas is not None else 0,
         )
 
     # ----------------------------------------------------------------- checkpoints

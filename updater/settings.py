@@ -40,6 +40,7 @@ DEFAULT_ITEMS_TOPIC = "items"
 DEFAULT_GROUP = "freshrank-updater"
 DEFAULT_QUEUE_BATCHES = 8
 DEFAULT_PUBLISH_INTERVAL_S = 2.0
+DEFAULT_DELTA_INTERVAL_S = 0.5
 DEFAULT_CHECKPOINT_INTERVAL_S = 10.0
 DEFAULT_FETCH_MAX_RECORDS = 2_000
 DEFAULT_MIN_SAMPLES_PER_VERSION = 1
@@ -124,6 +125,12 @@ class UpdaterSettings:
     dedup_capacity: int = _knob(DEFAULT_DEDUP_CAPACITY, "event ids remembered for dedup")
     publish_interval_s: float = _knob(
         DEFAULT_PUBLISH_INTERVAL_S, "seconds between exported versions", flag="--publish-interval"
+    )
+    delta_interval_s: float = _knob(
+        DEFAULT_DELTA_INTERVAL_S,
+        "seconds between deltas (the rows learned since the last one), applied in place by serving "
+        "between versions (0: full versions only)",
+        flag="--delta-interval",
     )
     checkpoint_interval_s: float = _knob(
         DEFAULT_CHECKPOINT_INTERVAL_S, "seconds between checkpoints", flag="--checkpoint-interval"
@@ -225,6 +232,9 @@ class UpdaterSettings:
             raise ConfigError(
                 f"expected measure_every to be 0 (off) or a positive integer, got {self.measure_every!r}"
             )
+        delta = self.delta_interval_s
+        if isinstance(delta, bool) or not isinstance(delta, int | float) or not delta >= 0:
+            raise ConfigError(f"expected delta_interval_s >= 0 (0: no deltas), got {delta!r}")
         expire = self.vocab_expire_s
         if isinstance(expire, bool) or not isinstance(expire, int | float) or not expire >= 0:
             raise ConfigError(f"expected vocab_expire_s >= 0 (0: never), got {expire!r}")

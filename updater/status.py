@@ -69,6 +69,9 @@ class Status:
     last_export: dict[str, Any] = field(default_factory=dict)
     last_release: dict[str, Any] = field(default_factory=dict)
     served_holdout: dict[str, Any] = field(default_factory=dict)
+    # The delta stream (exporter/stream.py): written, refused, rows, last sequence numbers, and
+    # whether deltas flow now ("on": over a version this process cut, served as the newest).
+    deltas: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -135,6 +138,11 @@ def collect(u: Updater) -> Status:
         last_export=r.last_export,
         last_release=asdict(outcome) if outcome is not None else {},
         served_holdout=r.served_holdout,
+        deltas=(
+            {**asdict(u.deltas.counters), "on": r.deltas_wanted, "snapshot_only": r.snapshot_only}
+            if u.deltas is not None
+            else {}
+        ),
     )
 
 

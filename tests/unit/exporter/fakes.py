@@ -105,6 +105,9 @@ class FakeServer:
             raise DependencyError(f"{self.url} serves no version")
         return self.current
 
+    async def probe_state(self) -> tuple[int, int]:
+        return (await self.probe(), 0)
+
     async def close(self) -> None:
         self.closes += 1
 

@@ -38,7 +38,10 @@ def test_onnx_scores_match_torch(config: RankerConfig, tmp_path: Path) -> None:
     assert diff < 1e-5
     session = open_session(tmp_path / "model.onnx")
     assert [i.name for i in session.get_inputs()] == list(INPUT_NAMES)
-    assert [o.name for o in session.get_outputs()] == ["score"]
+    assert [o.name for o in session.get_outputs()] == ["score", "model_state"]
+    # A server that applies no deltas answers with the state the version was cut at.
+    (state,) = session.run(["model_state"], feeds(checked))
+    assert state.tolist() == [0, 0]
 
 
 def test_parity_check_catches_a_wrong_graph(tmp_path: Path) -> None:

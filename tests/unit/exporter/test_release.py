@@ -94,7 +94,7 @@ async def test_first_release_publishes_loads_probes_and_records(tmp_path: Path) 
 
     assert outcome == ReleaseOutcome("live", 1, 1)
     assert r.publisher.versions() == [1]
-    assert r.server.loads == [Load(None, None)]  # the newest directory
+    assert r.server.loads == [Load(None, r.publisher.config_text())]  # the newest directory
     assert r.server.probes == 1 and r.server.current == 1
     assert [type(op) for op in r.ops] == [AddVersion, MarkLive]
     added, live = r.ops
@@ -156,7 +156,7 @@ async def test_gate_rejects_a_clearly_worse_candidate(tmp_path: Path) -> None:
     assert r.release.served_holdout == {"version": 1, "auc": 1.0, "logloss": ANY, "samples": ANY}
     # No version directory, not even a half-written one; nothing loaded; version 1 still live.
     assert sorted(p.name for p in r.publisher.model_dir.iterdir()) == ["1", "config.pbtxt"]
-    assert r.server.loads == [Load(None, None)] and r.server.current == 1
+    assert r.server.loads == [Load(None, r.publisher.config_text())] and r.server.current == 1
     assert r.release.counters.versions_rejected == 1
     assert r.release.live is not None and r.release.live.version == 1
     # The actions it learned wait for a version that serves them.
@@ -179,7 +179,7 @@ async def test_pinned_serving_publishes_but_loads_nothing(tmp_path: Path) -> Non
 
     assert outcome == ReleaseOutcome("published", 2, 1, "serving is pinned")
     assert r.publisher.versions() == [1, 2]
-    assert r.server.loads == [Load(None, None)]  # unchanged
+    assert r.server.loads == [Load(None, r.publisher.config_text())]  # unchanged
     assert await r.server.probe() == 1
     new_ops = r.ops[ops_before:]
     assert len(new_ops) == 1
@@ -187,7 +187,7 @@ async def test_pinned_serving_publishes_but_loads_nothing(tmp_path: Path) -> Non
     assert r.release.freshness.take() == [999_500]  # not served yet
     # The reconcile keeps the pin too: it serves what it should.
     await r.release.reconcile()
-    assert r.server.loads == [Load(None, None)] and r.ops[ops_before:] == new_ops
+    assert r.server.loads == [Load(None, r.publisher.config_text())] and r.ops[ops_before:] == new_ops
 
 
 # ----------------------------------------------------------------- (d) server down
@@ -218,7 +218,7 @@ async def test_server_down_publishes_then_reconcile_loads_the_newest(tmp_path: P
     r.server.down = False
     await r.release.reconcile()
 
-    assert r.server.loads == [Load(None, None)] and r.server.current == 2
+    assert r.server.loads == [Load(None, r.publisher.config_text())] and r.server.current == 2
     assert r.ops[-1] == MarkLive(2)
     assert r.release.served_version == 2
     assert r.release.health.ok is True and r.release.server_down is False
@@ -386,7 +386,10 @@ async def test_the_task_releases_a_submitted_snapshot_and_reconciles(tmp_path: P
         # The server restarts empty: the watch loads the newest again.
         r.server.current = None
         await until(lambda: r.server.current == 1)
-        assert r.server.loads == [Load(None, None), Load(None, None)]
+        assert r.server.loads == [
+            Load(None, r.publisher.config_text()),
+            Load(None, r.publisher.config_text()),
+        ]
         await until(lambda: r.ops[-1] == MarkLive(1) and len(r.ops) == 3)
     finally:
         await r.release.close()

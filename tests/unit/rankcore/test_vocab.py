@@ -55,3 +55,16 @@ def test_a_checkpoint_from_before_expiry_restores_in_arrival_order() -> None:
     v = Vocab.from_state(old, expire_ms=0)
     assert v.keys() == ["a", "b"] and v.overflow == 3
     assert v.add("c", 5) == 2  # "a" arrived first
+
+
+def test_tracked_changes_hold_each_keys_latest_row_for_serving() -> None:
+    v = Vocab("item", capacity=4, expire_ms=1_000)  # rows 2 and 3
+    assert v.add("a", 0) == 2 and v.take_changes() == []  # not tracking: nothing kept
+    v.tracking = True
+    v.add("b", 0)
+    v.add("a", 500)  # seen again: no change
+    assert v.take_changes() == [("b", 3)]
+    # Full: "c" takes the row of "b" (idle the longest, past the expiry), which maps to OOV.
+    assert v.add("c", 1_600) == 3
+    assert v.take_changes() == [("b", OOV), ("c", 3)]
+    assert v.take_changes() == []

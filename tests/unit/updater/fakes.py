@@ -275,5 +275,8 @@ class TinyServer:
             raise DependencyError("no version is loaded")
         return self.serving
 
+    async def probe_state(self) -> tuple[int, int]:
+        return (await self.probe(), 0)
+
     async def close(self) -> None:
         self.log.append("server.close")

@@ -136,3 +136,24 @@ def test_a_checkpoint_from_before_the_text_tower_restores_without_it() -> None:
     np.testing.assert_array_equal(old.score(probe), restored.score(probe))
     with pytest.raises(ConfigError, match="--model-\\* flags"):
         Learner(VARIANTS[1], device="cpu").restore(state)  # the default has the text tower
+
+
+def test_tracked_rows_are_every_row_a_step_moved_once_each() -> None:
+    config = VARIANTS[0]
+    learner, vocabs = Learner(config, device="cpu"), Vocabularies(config)
+    first = encode(random_samples(64, 1), vocabs, config.max_tokens)
+    learner.learn(first)
+    assert learner.take_touched() == {}  # not tracking
+    learner.tracking = True
+    batches = [encode(random_samples(64, s), vocabs, config.max_tokens) for s in (2, 3)]
+    before = learner.model.table("item").weight.detach().clone()
+    for batch in batches:
+        learner.learn(batch)
+    touched = learner.take_touched()
+    expected = np.unique(np.concatenate([b.item for b in batches]))
+    assert np.array_equal(touched["item"], expected)
+    assert np.array_equal(touched["token"], np.unique(np.concatenate([b.tokens.ravel() for b in batches])))
+    # Every row that moved is among them.
+    moved = (learner.model.table("item").weight.detach() != before).any(dim=1).nonzero().squeeze(1).numpy()
+    assert set(moved.tolist()) <= set(expected.tolist())
+    assert learner.take_touched() == {}

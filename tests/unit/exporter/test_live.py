@@ -1,0 +1,141 @@
+"""Serving's live state: a snapshot's graph with its tables held live, and deltas applied to it
+score as the learner does (the Triton backend's logic, run in process)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+from exporter.check import feeds
+from exporter.delta import Delta, DeltaLog, build_delta, guard
+from exporter.onnx_export import build_onnx, write_onnx
+from rankcore.features import Vocabularies, encode, score
+from rankcore.model import RankerConfig
+from rankcore.sample import Sample
+from tests.unit.helpers import VARIANTS, random_samples
+from updater.learner import Learner
+
+BACKEND = Path(__file__).resolve().parents[3] / "exporter" / "backend" / "onnxruntime" / "live.py"
+
+
+def live_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("freshrank_live", BACKEND)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+live = live_module()
+
+
+def fresh(n: int, seed: int, prefix: str) -> list[Sample]:
+    """Samples whose users, items, tokens and titles the snapshot never saw."""
+    return [
+        dataclasses.replace(
+            s,
+            user_id=f"{prefix}{s.user_id}",
+            item_id=f"{prefix}{s.item_id}",
+            query=f"{prefix}new {s.query}",
+            title=f"{s.title} camping" if s.title else "",
+        )
+        for s in random_samples(n, seed)
+    ]
+
+
+def torch_scores(learner: Learner, vocabs: Vocabularies, samples: list[Sample]) -> np.ndarray:
+    return score(learner.model, encode(samples, vocabs, learner.config.max_tokens, grow=False))
+
+
+def live_scores(model: object, samples: list[Sample]) -> np.ndarray:
+    scores, _ = model.run(feeds(samples))  # type: ignore[attr-defined]
+    return np.asarray(scores)
+
+
+@pytest.mark.parametrize("config", VARIANTS)
+def test_snapshot_plus_deltas_scores_as_the_learner(config: RankerConfig, tmp_path: Path) -> None:
+    learner, vocabs = Learner(config, device="cpu"), Vocabularies(config)
+    for i in range(4):
+        learner.learn(encode(random_samples(128, i), vocabs, config.max_tokens))
+    checked = random_samples(100, 50)
+    titles = {s.item_id: s.title for s in checked if s.title}
+    # Serving knows an item's title from the catalogue: the samples carry the same.
+    checked = [dataclasses.replace(s, title=titles.get(s.item_id, "")) for s in checked]
+    write_onnx(build_onnx(learner.frozen_copy(), vocabs, titles, version=7, delta_seq=3), tmp_path / "7")
+    served = live.LiveModel(str(tmp_path / "7" / "model.onnx"))
+    assert served.state.tolist() == [7, 3]
+    assert np.abs(live_scores(served, checked) - torch_scores(learner, vocabs, checked)).max() < 1e-5
+
+    # The learner goes on, with new users, items, tokens and titles; deltas 4 and 5 carry it.
+    learner.tracking = True
+    vocabs.track_changes()
+    log = DeltaLog(tmp_path / "deltas")
+    for seq, seed in ((4, 10), (5, 11)):
+        batch = fresh(128, seed, f"s{seq}-")
+        retitled = {s.item_id: s.title for s in batch if s.title}
+        batch = [dataclasses.replace(s, title=retitled.get(s.item_id, "")) for s in batch]
+        learner.learn(encode(batch, vocabs, config.max_tokens))
+        vectors = {i: vocabs.text.title(t) for i, t in retitled.items()} if vocabs.text else {}
+        titles.update(retitled)
+        delta = build_delta(seq, learner.model, learner.take_touched(), vocabs.take_changes(), vectors)
+        assert guard(delta) is None
+        log.write(delta)
+    follower = live.DeltaFollower(served, str(log.directory))
+    assert follower.catch_up() == 2 and follower.failed is None
+    assert served.state.tolist() == [7, 5]
+    # New ids, tokens and titles (from the deltas) and the snapshot's, as the learner has them now.
+    newer = [dataclasses.replace(s, title=titles.get(s.item_id, "")) for s in fresh(100, 11, "s5-")]
+    newer += checked
+    expected = torch_scores(learner, vocabs, newer)
+    assert np.abs(live_scores(served, newer) - expected).max() < 1e-5
+    # Applying a delta again changes nothing (absolute values, and it is not the next one).
+    assert served.apply(log.path(5).read_bytes()) is False
+    assert follower.catch_up() == 0
+
+
+def test_a_delta_that_does_not_fit_is_refused_whole(tmp_path: Path) -> None:
+    config = VARIANTS[1]
+    learner, vocabs = Learner(config, device="cpu"), Vocabularies(config)
+    learner.learn(encode(random_samples(64), vocabs, config.max_tokens))
+    write_onnx(build_onnx(learner.frozen_copy(), vocabs, version=1), tmp_path / "1")
+    served = live.LiveModel(str(tmp_path / "1" / "model.onnx"))
+    before = served.tables["emb_item"].copy()
+    rows = np.array([2, 3], dtype=np.int64)
+    bad = {
+        "rows.emb_item": rows,
+        "values.emb_item": np.full((2, config.dim), np.nan, dtype=np.float32),
+    }
+    with pytest.raises(live.DeltaError, match="non-finite"):
+        served.apply(Delta(1, 0, bad).to_bytes())
+    beyond = {"rows.emb_item": np.array([10**6]), "values.emb_item": np.zeros((1, config.dim), np.float32)}
+    with pytest.raises(live.DeltaError, match="beyond"):
+        served.apply(Delta(1, 0, beyond).to_bytes())
+    assert np.array_equal(served.tables["emb_item"], before) and served.seq == 0
+    # The updater's guard refuses the non-finite one before it is written.
+    assert guard(Delta(1, 0, bad)) == "non-finite values in values.emb_item"
+    assert "beyond the guard" in (guard(Delta(1, 0, {"dense.w1": np.full(3, 1e6, np.float32)})) or "")
+
+
+def test_the_follower_waits_for_the_next_delta_and_honours_a_limit(tmp_path: Path) -> None:
+    config = VARIANTS[0]
+    learner, vocabs = Learner(config, device="cpu"), Vocabularies(config)
+    learner.learn(encode(random_samples(64), vocabs, config.max_tokens))
+    write_onnx(build_onnx(learner.frozen_copy(), vocabs, version=1), tmp_path / "1")
+    log = DeltaLog(tmp_path / "deltas")
+    for seq in (1, 2, 4):  # 3 is not there (yet)
+        log.write(build_delta(seq, learner.model, {}, {}, {}))
+    served = live.LiveModel(str(tmp_path / "1" / "model.onnx"))
+    follower = live.DeltaFollower(served, str(log.directory))
+    assert follower.catch_up() == 2 and served.seq == 2
+    log.write(build_delta(3, learner.model, {}, {}, {}))
+    assert follower.catch_up() == 2 and served.seq == 4
+    pinned = live.LiveModel(str(tmp_path / "1" / "model.onnx"))
+    assert live.DeltaFollower(pinned, str(log.directory), limit=2).catch_up() == 2 and pinned.seq == 2
+    assert log.prune(upto=2) == [1, 2] and log.seqs() == [3, 4]
