@@ -217,7 +217,9 @@ class ReleaseManager:
         """Hand over the next snapshot; False (nothing taken) while one is still in hand."""
         if self.busy or self._closing or self._fenced:
             return False
-        snapshot.fresh_action_ts_ms = self.freshness.take() + snapshot.fresh_action_ts_ms
+        # With deltas flowing, the next delta serves what was learned sooner than a load would.
+        taken = [] if self.deltas_wanted else self.freshness.take()
+        snapshot.fresh_action_ts_ms = taken + snapshot.fresh_action_ts_ms
         self._pending = snapshot
         self._wake.set()
         return True

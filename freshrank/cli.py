@@ -32,6 +32,12 @@ def _stack_file(state_dir: Path) -> dict[str, str]:
     return dict(orjson.loads(path.read_bytes()))
 
 
+def _delta(status: dict[str, Any]) -> str:
+    """``+d<seq>``: the last delta Triton answered with, when deltas flow."""
+    served = (status.get("deltas") or {}).get("last_served_seq")
+    return f"+d{served}" if served else ""
+
+
 def _fmt(value: Any, spec: str = "") -> str:
     if value is None:
         return "-"
@@ -87,7 +93,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             f"[{s['duration_s']:6.0f}s] events/s {rate:7.0f}  consumed {s['events_consumed']:>9}  "
             f"trained {s['samples_trained']:>9}  AUC {_fmt(s['prequential_auc'], '.3f')} "
             f"served {_fmt(s['served_holdout_auc'], '.3f')}  "
-            f"live v{_fmt(s['live_version'])}  freshness p50 {_fmt(s['freshness_p50_s'], '.2f')} s  "
+            f"live v{_fmt(s['live_version'])}{_delta(s)}  "
+            f"freshness p50 {_fmt(s['freshness_p50_s'], '.2f')} s  "
             f"dead {s['dead_letters']}  lag {_fmt(s['consumer_lag'])}"
         )
         print(line, file=out, flush=True)

@@ -93,6 +93,7 @@ def _summary(updater: Updater, produced: ProduceStats, served: int | None, start
         "rollbacks",
         "last_rollback",
         "serving",
+        "deltas",
     )
     out = {k: status[k] for k in keys}
     out["served_version"] = served
