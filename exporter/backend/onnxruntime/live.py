@@ -250,8 +250,14 @@ class DeltaFollower:
             try:
                 with open(path, "rb") as f:
                     data = f.read()
+            except OSError as exc:  # a read that failed: try again on the next round
+                if self.log is not None:
+                    self.log(f"freshrank: delta {seq} not read yet: {exc}")
+                return applied
+            try:
                 self.model.apply(data)
-            except (OSError, ValueError, KeyError) as exc:
+            except (ValueError, KeyError) as exc:
+                # A delta that does not fit this state: stay on the last good one, and say so.
                 self.failed = f"delta {seq}: {exc}"
                 if self.log is not None:
                     self.log(f"freshrank: not applying {self.failed}")

@@ -139,3 +139,25 @@ def test_the_follower_waits_for_the_next_delta_and_honours_a_limit(tmp_path: Pat
     pinned = live.LiveModel(str(tmp_path / "1" / "model.onnx"))
     assert live.DeltaFollower(pinned, str(log.directory), limit=2).catch_up() == 2 and pinned.seq == 2
     assert log.prune(upto=2) == [1, 2] and log.seqs() == [3, 4]
+
+
+def test_a_delta_not_readable_yet_is_retried_and_a_bad_one_stops_the_follower(tmp_path: Path) -> None:
+    config = VARIANTS[0]
+    learner, vocabs = Learner(config, device="cpu"), Vocabularies(config)
+    learner.learn(encode(random_samples(64), vocabs, config.max_tokens))
+    write_onnx(build_onnx(learner.frozen_copy(), vocabs, version=1), tmp_path / "1")
+    log = DeltaLog(tmp_path / "deltas")
+    log.directory.mkdir()
+    log.path(1).mkdir()  # not a file: reading it fails as a transient error would
+    served = live.LiveModel(str(tmp_path / "1" / "model.onnx"))
+    messages: list[str] = []
+    follower = live.DeltaFollower(served, str(log.directory), log=messages.append)
+    assert follower.catch_up() == 0 and follower.failed is None and "not read yet" in messages[-1]
+    log.path(1).rmdir()
+    log.write(build_delta(1, learner.model, {}, {}, {}))
+    assert follower.catch_up() == 1 and served.seq == 1
+    bad = {"rows.emb_item": np.array([1]), "values.emb_item": np.full((1, config.dim), np.inf, np.float32)}
+    log.write(Delta(2, 0, bad))
+    log.write(build_delta(3, learner.model, {}, {}, {}))
+    assert follower.catch_up() == 0 and served.seq == 1  # stays on the last good state
+    assert follower.failed is not None and "non-finite" in follower.failed
