@@ -32,6 +32,7 @@ class DeltaCounters:
     written: int = 0
     refused: int = 0
     unserved: int = 0  # written, but no answer carried it within the timeout
+    failed: int = 0  # could not be written (the file system): its rows wait for the next version
     rows: int = 0
     keys: int = 0
     bytes: int = 0
@@ -112,6 +113,12 @@ class DeltaStream:
             delta, actions = self._pending
             try:
                 await self._publish(delta, actions)
+            except OSError as exc:
+                # Not the updater's end: serving stays on the last delta, the next version has it all.
+                self.counters.failed += 1
+                self.counters.last_reason = f"not written: {exc}"
+                self.freshness.requeue(actions)
+                log.warning("delta %d not written: %s", delta.seq, exc)
             finally:
                 self._pending = None
 
