@@ -157,9 +157,6 @@ class DeltaLog:
             os.close(fd)
         return final
 
-    def read(self, seq: int) -> Delta:
-        return Delta.from_bytes(self.path(seq).read_bytes())
-
     def prune(self, upto: int) -> list[int]:
         """Remove the deltas with ``seq <= upto`` (every kept version was cut after them) and
         temporary files a crash left."""

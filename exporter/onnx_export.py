@@ -42,13 +42,20 @@ ML_OPSET = 3
 
 def dense_weights(model: Ranker) -> dict[str, np.ndarray]:
     """The graph's dense tensors by their initializer names (a few kB: every delta has them all)."""
-    sd = {
-        k: v.detach().cpu().numpy() for k, v in model.state_dict().items() if not k.startswith("embeddings.")
+    sd = model.state_dict()  # references: only the tensors named here are copied to the host
+
+    def host(key: str) -> np.ndarray:
+        return sd[key].detach().cpu().numpy()
+
+    out = {
+        "w1": host("mlp.0.weight"),
+        "b1": host("mlp.0.bias"),
+        "w2": host("mlp.2.weight"),
+        "b2": host("mlp.2.bias"),
     }
-    out = {"w1": sd["mlp.0.weight"], "b1": sd["mlp.0.bias"], "w2": sd["mlp.2.weight"], "b2": sd["mlp.2.bias"]}
     if "text_proj.weight" in sd:
-        out["text_proj_t"] = np.ascontiguousarray(sd["text_proj.weight"].T)
-        out["text_weight"] = sd["text_weight"]
+        out["text_proj_t"] = np.ascontiguousarray(host("text_proj.weight").T)
+        out["text_weight"] = host("text_weight")
     return out
 
 

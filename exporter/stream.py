@@ -164,7 +164,8 @@ class DeltaStream:
         while time.monotonic() < deadline:
             try:
                 _, applied = await self.server.probe_state()
-            except DependencyError:
+            except DependencyError as exc:
+                self.counters.last_reason = f"probe: {exc}"  # counted unserved if it lasts
                 applied = 0
             if applied >= seq:
                 return self.clock()

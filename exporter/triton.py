@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -68,10 +69,19 @@ def make_inputs(user: str, query: str, candidates: Sequence[Candidate]) -> list[
 
 def latest_config(config_text: str) -> str:
     """``config.pbtxt`` as Triton's JSON config, as it is (the newest version, with deltas)."""
-    from google.protobuf import json_format, text_format
+    return _as_json(_parsed(config_text))
+
+
+def _parsed(config_text: str) -> Any:
+    from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
-    config = text_format.Parse(config_text, model_config_pb2.ModelConfig())
+    return text_format.Parse(config_text, model_config_pb2.ModelConfig())
+
+
+def _as_json(config: Any) -> str:
+    from google.protobuf import json_format
+
     return str(json_format.MessageToJson(config, preserving_proto_field_name=True))
 
 
@@ -79,17 +89,16 @@ def pinned_config(config_text: str, version: int) -> str:
     """``config.pbtxt`` as Triton's JSON config, serving exactly ``version`` as it was cut: a
     version loaded by number (pinned, rolled back to, or held after a rejection) applies no
     deltas (the ``delta_limit`` parameter freshrank's backend reads)."""
-    from google.protobuf import json_format, text_format
     from tritonclient.grpc import model_config_pb2
 
-    config = text_format.Parse(config_text, model_config_pb2.ModelConfig())
+    config = _parsed(config_text)
     config.version_policy.CopyFrom(
         model_config_pb2.ModelVersionPolicy(
             specific=model_config_pb2.ModelVersionPolicy.Specific(versions=[version])
         )
     )
     config.parameters["delta_limit"].string_value = SNAPSHOT_ONLY
-    return str(json_format.MessageToJson(config, preserving_proto_field_name=True))
+    return _as_json(config)
 
 
 class TritonModel:

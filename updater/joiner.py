@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import fields
 
 from rankcore.events import ACTION_TYPES, Event, Rejection
@@ -138,9 +139,10 @@ class Joiner:
                 out.append(sample_of(impression, 0, 0))
         return out
 
-    def open_impressions(self) -> list[Event]:
-        """The impressions whose window is still open: none has an action yet (arrival order)."""
-        return list(self._pending.values())
+    def open_impressions(self) -> Iterable[Event]:
+        """The impressions whose window is still open: none has an action yet (arrival order).
+        A view: iterate it before the joiner changes again."""
+        return self._pending.values()
 
     def drain(self) -> list[Sample]:
         """Close every open window now, as negatives: the end of a finite stream."""

@@ -114,7 +114,6 @@ class LiveModel:
         self.split = ort.InferenceSession(split_model.SerializeToString(), opts, providers=providers)
         self.core_inputs = {i.name for i in self.core.get_inputs()}
         self.lock = threading.Lock()
-        self.rows_applied = 0
         self._title_count = (
             int(max(self.encoders["text_titles"].rows.values(), default=0)) + 1
             if ("text_titles" in self.encoders)
@@ -180,7 +179,6 @@ class LiveModel:
             if name.startswith("rows."):
                 table = name[len("rows.") :]
                 self.tables[table][rows] = arrays[f"values.{table}"]
-                self.rows_applied += len(rows)
             elif name.startswith("dense."):
                 dense = name[len("dense.") :]
                 if dense in self.tables:

@@ -50,6 +50,14 @@ def fresh(n: int, seed: int, prefix: str) -> list[Sample]:
     ]
 
 
+def version_1(config: RankerConfig, tmp_path: Path) -> tuple[Learner, Vocabularies]:
+    """A learner after one batch, and its version 1 in ``tmp_path/1``."""
+    learner, vocabs = Learner(config, device="cpu"), Vocabularies(config)
+    learner.learn(encode(random_samples(64), vocabs, config.max_tokens))
+    write_onnx(build_onnx(learner.frozen_copy(), vocabs, version=1), tmp_path / "1")
+    return learner, vocabs
+
+
 def torch_scores(learner: Learner, vocabs: Vocabularies, samples: list[Sample]) -> np.ndarray:
     return score(learner.model, encode(samples, vocabs, learner.config.max_tokens, grow=False))
 
@@ -102,9 +110,7 @@ def test_snapshot_plus_deltas_scores_as_the_learner(config: RankerConfig, tmp_pa
 
 def test_a_delta_that_does_not_fit_is_refused_whole(tmp_path: Path) -> None:
     config = VARIANTS[1]
-    learner, vocabs = Learner(config, device="cpu"), Vocabularies(config)
-    learner.learn(encode(random_samples(64), vocabs, config.max_tokens))
-    write_onnx(build_onnx(learner.frozen_copy(), vocabs, version=1), tmp_path / "1")
+    version_1(config, tmp_path)
     served = live.LiveModel(str(tmp_path / "1" / "model.onnx"))
     before = served.tables["emb_item"].copy()
     rows = np.array([2, 3], dtype=np.int64)
@@ -125,9 +131,7 @@ def test_a_delta_that_does_not_fit_is_refused_whole(tmp_path: Path) -> None:
 
 def test_the_follower_waits_for_the_next_delta_and_honours_a_limit(tmp_path: Path) -> None:
     config = VARIANTS[0]
-    learner, vocabs = Learner(config, device="cpu"), Vocabularies(config)
-    learner.learn(encode(random_samples(64), vocabs, config.max_tokens))
-    write_onnx(build_onnx(learner.frozen_copy(), vocabs, version=1), tmp_path / "1")
+    learner, _ = version_1(config, tmp_path)
     log = DeltaLog(tmp_path / "deltas")
     for seq in (1, 2, 4):  # 3 is not there (yet)
         log.write(build_delta(seq, learner.model, {}, {}, {}))
@@ -143,9 +147,7 @@ def test_the_follower_waits_for_the_next_delta_and_honours_a_limit(tmp_path: Pat
 
 def test_a_delta_not_readable_yet_is_retried_and_a_bad_one_stops_the_follower(tmp_path: Path) -> None:
     config = VARIANTS[0]
-    learner, vocabs = Learner(config, device="cpu"), Vocabularies(config)
-    learner.learn(encode(random_samples(64), vocabs, config.max_tokens))
-    write_onnx(build_onnx(learner.frozen_copy(), vocabs, version=1), tmp_path / "1")
+    learner, _ = version_1(config, tmp_path)
     log = DeltaLog(tmp_path / "deltas")
     log.directory.mkdir()
     log.path(1).mkdir()  # not a file: reading it fails as a transient error would
