@@ -11,7 +11,8 @@ On disk, beside the versions: ``<repository>/<model>/deltas/<seq>.npz`` (numpy a
 pickles), written to a temporary name, fsynced and renamed, so a reader sees a delta whole or
 not at all. The names inside are the serving graph's (:mod:`exporter.onnx_export`):
 
-- ``meta``: JSON (``seq``, ``created_ms``, ``samples_trained``);
+- ``meta``: JSON (``seq``, ``created_ms``, ``samples_trained``, ``offsets``: the consumer's
+  positions when it was cut, so version + deltas up to ``seq`` traces to the events learned);
 - ``rows.<table>`` int64 ``[k]`` and ``values.<table>`` float32 ``[k, d]`` for ``emb_user``,
   ``emb_token``, ``emb_item``, ``emb_category``, ``emb_brand`` and ``item_bias``;
 - ``dense.<name>``: ``w1``, ``b1``, ``w2``, ``b2`` and, with the text tower, ``text_proj_t``,
@@ -23,6 +24,11 @@ not at all. The names inside are the serving graph's (:mod:`exporter.onnx_export
 
 Serving's side is ``exporter/backend/onnxruntime/live.py``, which reads these names with numpy
 alone (it runs inside Triton's Python stub).
+
+A hold (``deltas/hold.json``: ``{"version": V, "upto": s, "reason": ...}``) tells serving to
+answer with version ``V`` plus the deltas up to ``s`` and no further: the gate's way back to a
+state that passed (:meth:`DeltaLog.hold`). Serving that has applied more rebuilds that state
+from the version's files and the log, without a reload; a version other than ``V`` ignores it.
 """
 
 from __future__ import annotations
@@ -32,8 +38,9 @@ import json
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -42,6 +49,7 @@ from rankcore.model import FEATURES, Ranker
 
 DELTA_DIR = "deltas"
 SUFFIX = ".npz"
+HOLD_FILE = "hold.json"
 # A row or dense value beyond this in magnitude is no model freshrank trains: refuse the delta.
 DEFAULT_MAX_ABS = 1e4
 
@@ -51,6 +59,8 @@ class Delta:
     seq: int
     created_ms: int
     arrays: dict[str, np.ndarray]
+    samples_trained: int = 0
+    offsets: dict[str, int] = field(default_factory=dict)
 
     @property
     def rows(self) -> int:
@@ -63,7 +73,12 @@ class Delta:
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
-        meta = {"seq": self.seq, "created_ms": self.created_ms}
+        meta = {
+            "seq": self.seq,
+            "created_ms": self.created_ms,
+            "samples_trained": self.samples_trained,
+            "offsets": self.offsets,
+        }
         np.savez(buffer, meta=np.array(json.dumps(meta)), **self.arrays)
         return buffer.getvalue()
 
@@ -72,7 +87,13 @@ class Delta:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}
         meta = json.loads(str(arrays.pop("meta")))
-        return cls(int(meta["seq"]), int(meta["created_ms"]), arrays)
+        return cls(
+            int(meta["seq"]),
+            int(meta["created_ms"]),
+            arrays,
+            int(meta.get("samples_trained", 0)),
+            {k: int(v) for k, v in meta.get("offsets", {}).items()},
+        )
 
 
 def build_delta(
@@ -81,9 +102,13 @@ def build_delta(
     touched: Mapping[str, np.ndarray],
     keys: Mapping[str, list[tuple[str, int]]],
     titles: Mapping[str, np.ndarray],
+    *,
+    samples_trained: int = 0,
+    offsets: Mapping[str, int] | None = None,
 ) -> Delta:
     """Delta ``seq`` of ``model`` as it is now: the rows in ``touched`` (per feature), every dense
-    tensor, the vocabularies' assignments ``keys`` (per feature) and title vectors (per item)."""
+    tensor, the vocabularies' assignments ``keys`` (per feature) and title vectors (per item);
+    ``offsets`` are the consumer positions the model has learned up to."""
     arrays: dict[str, np.ndarray] = {}
     for feature in FEATURES:
         rows = touched.get(feature)
@@ -105,7 +130,7 @@ def build_delta(
     if titles:
         arrays["titles.ids"] = np.array(list(titles), dtype=str)
         arrays["titles.vectors"] = np.stack(list(titles.values())).astype(np.float16)
-    return Delta(seq, int(time.time() * 1000), arrays)
+    return Delta(seq, int(time.time() * 1000), arrays, samples_trained, dict(offsets or {}))
 
 
 def guard(delta: Delta, max_abs: float = DEFAULT_MAX_ABS) -> str | None:
@@ -142,11 +167,31 @@ class DeltaLog:
 
     def write(self, delta: Delta) -> Path:
         """Write ``delta`` atomically (temporary name, fsync, rename, fsync of the directory)."""
-        self.directory.mkdir(parents=True, exist_ok=True)
         final = self.path(delta.seq)
+        self._write_atomic(final, delta.to_bytes())
+        return final
+
+    def hold(self, version: int, upto: int, reason: str) -> None:
+        """Serving of ``version`` stops at delta ``upto`` (and goes back to it) until :meth:`release`."""
+        body = json.dumps({"version": version, "upto": upto, "reason": reason}).encode()
+        self._write_atomic(self.directory / HOLD_FILE, body)
+
+    def release(self) -> None:
+        """Serving follows the log again."""
+        (self.directory / HOLD_FILE).unlink(missing_ok=True)
+
+    def held(self) -> dict[str, Any] | None:
+        try:
+            data: dict[str, Any] = json.loads((self.directory / HOLD_FILE).read_bytes())
+        except FileNotFoundError:
+            return None
+        return data
+
+    def _write_atomic(self, final: Path, body: bytes) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
         tmp = self.directory / f".{final.name}.tmp"
         with open(tmp, "wb") as f:
-            f.write(delta.to_bytes())
+            f.write(body)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)
@@ -155,12 +200,13 @@ class DeltaLog:
             os.fsync(fd)
         finally:
             os.close(fd)
-        return final
 
     def prune(self, upto: int) -> list[int]:
         """Remove the deltas with ``seq <= upto`` (every kept version was cut after them) and
-        temporary files a crash left."""
-        removed = [s for s in self.seqs() if s <= upto]
+        temporary files a crash left. The newest delta stays: a restarted writer numbers on
+        from it, never again from one a version has already passed."""
+        seqs = self.seqs()
+        removed = [s for s in seqs[:-1] if s <= upto]
         for seq in removed:
             self.path(seq).unlink(missing_ok=True)
         for tmp in self.directory.glob(f".*{SUFFIX}.tmp") if self.directory.is_dir() else ():

@@ -19,7 +19,7 @@ are never trained on; see ``holdout_every``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from statistics import NormalDist
 from typing import Any
 
@@ -48,6 +48,12 @@ DEFAULT_CONFIDENCE = 0.95
 DEFAULT_MIN_HOLDOUT = 300
 DEFAULT_ROLLBACK_AUC_DROP = 0.05
 DEFAULT_ROLLBACK_HISTORY = 5
+# Between versions the gate judges the served state (the live version + deltas) this often,
+# with wider margins: the reference is a version up to a publish interval older, so the drift
+# that makes a fresh state differ from it is larger than between two candidates seconds apart.
+DEFAULT_CHECK_INTERVAL_S = 2.0
+DEFAULT_CHECK_AUC_MARGIN = 0.05
+DEFAULT_CHECK_LOGLOSS_MARGIN = 0.1
 
 
 @dataclass(frozen=True)
@@ -60,14 +66,25 @@ class GateSettings:
     rollback_auc_drop: float = DEFAULT_ROLLBACK_AUC_DROP
     # How many earlier served versions are kept (in memory) as rollback targets.
     rollback_history: int = DEFAULT_ROLLBACK_HISTORY
+    check_interval_s: float = DEFAULT_CHECK_INTERVAL_S
+    check_auc_margin: float = DEFAULT_CHECK_AUC_MARGIN
+    check_logloss_margin: float = DEFAULT_CHECK_LOGLOSS_MARGIN
 
     def __post_init__(self) -> None:
-        for name in ("auc_margin", "logloss_margin", "rollback_auc_drop"):
+        for name in (
+            "auc_margin",
+            "logloss_margin",
+            "rollback_auc_drop",
+            "check_auc_margin",
+            "check_logloss_margin",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int | float) or value < 0:
                 raise ConfigError(f"expected gate {name} to be a number >= 0, got {value!r}")
         if not isinstance(self.confidence, int | float) or not 0.5 <= self.confidence < 1:
             raise ConfigError(f"expected gate confidence in [0.5, 1), got {self.confidence!r}")
+        if not isinstance(self.check_interval_s, int | float) or not self.check_interval_s > 0:
+            raise ConfigError(f"expected gate check_interval_s > 0, got {self.check_interval_s!r}")
         for name in ("min_samples", "rollback_history"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -103,6 +120,13 @@ class Verdict:
 
     metrics: dict[str, Any]
     reason: str | None
+
+
+def check_settings(settings: GateSettings) -> GateSettings:
+    """The rule for the served state between versions: the gate's, with the check margins."""
+    return replace(
+        settings, auc_margin=settings.check_auc_margin, logloss_margin=settings.check_logloss_margin
+    )
 
 
 def judge(

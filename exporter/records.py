@@ -80,8 +80,24 @@ class SetServing:
         return cls(serving.mode, serving.version, serving.reason)
 
 
-RegistryOp = AddVersion | MarkLive | SetStatus | SetServing
-_KINDS: dict[str, type[RegistryOp]] = {c.KIND: c for c in (AddVersion, MarkLive, SetStatus, SetServing)}
+@dataclass(frozen=True)
+class AddDelta:
+    """Delta ``seq`` is in the log: what it learned up to (consumer positions) and its size."""
+
+    KIND: ClassVar[str] = "add_delta"
+    seq: int
+    offsets: dict[str, int]
+    samples_seen: int
+    rows: int
+    keys: int
+    size_bytes: int
+    created_ms: int
+
+
+RegistryOp = AddVersion | MarkLive | SetStatus | SetServing | AddDelta
+_KINDS: dict[str, type[RegistryOp]] = {
+    c.KIND: c for c in (AddVersion, MarkLive, SetStatus, SetServing, AddDelta)
+}
 
 
 def to_dict(op: RegistryOp) -> dict[str, Any]:

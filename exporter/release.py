@@ -2,6 +2,13 @@
 
 rollback check -> gate -> build -> check -> publish -> load -> probe -> record -> prune
 
+With deltas flowing between versions (``exporter/delta.py``), the gate also judges what serving
+has between versions: every ``GateSettings.check_interval_s`` the updater hands the learner's
+state, exactly the live version plus the deltas cut so far, to :meth:`ReleaseManager.check`. A
+state that falls too far below the live version (or a candidate the gate rejects) puts a *hold*
+on serving: back to the live version as it was cut, applied by the backend without a reload
+(``deltas/hold.json``), until a check (or, after a rejection, a candidate) passes.
+
 :class:`ReleaseManager` owns that cycle and its task: the updater hands it a
 :class:`Snapshot` (:meth:`ReleaseManager.submit`) and reads what came of it
 (:attr:`ReleaseManager.last_outcome`, the counters, the served version). Between releases the
@@ -27,8 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from exporter.check import check_parity
+from exporter.delta import DeltaLog
 from exporter.freshness import Freshness, percentile
-from exporter.gate import GateSettings, judge, should_roll_back
+from exporter.gate import GateSettings, check_settings, judge, should_roll_back
 from exporter.onnx_export import build_onnx, write_onnx
 from exporter.publish import Published, Publisher
 from exporter.records import AddVersion, MarkLive, RegistrySink, Serving, SetServing, SetStatus
@@ -94,6 +102,20 @@ class ReleaseCounters:
     versions_rejected: int = 0
     export_failures: int = 0
     rollbacks: int = 0
+    checks: int = 0  # judgements of the served state between versions
+    checks_failed: int = 0
+    holds: int = 0
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Serving stays at ``version`` + deltas up to ``upto``; ``by`` ``check`` or ``gate``."""
+
+    version: int
+    upto: int
+    reason: str
+    by: str
+    at: float
 
 
 def _finite(x: Any) -> Any:
@@ -134,14 +156,20 @@ class ReleaseManager:
         watch_s: float = DEFAULT_WATCH_S,
         probe_settle_s: float = DEFAULT_PROBE_SETTLE_S,
         clock: Callable[[], float] = time.time,
-        deltas: bool = False,
+        deltas: DeltaLog | None = None,
     ) -> None:
         self.publisher = publisher
-        # Deltas flow between versions: a rejected candidate then means what serving already
-        # has is worse than the live version, which is reloaded as it was cut (snapshot_only).
+        # Deltas flow between versions (the log they go to, also where holds are written): a
+        # state judged worse, or a rejected candidate, holds serving at the last state that passed.
         self.deltas = deltas
-        self.snapshot_only = False
+        self.held: Hold | None = None
+        self.last_hold: Hold | None = None  # kept after it is lifted
         self.cuts: dict[int, int] = {}  # version -> the last delta it includes (this process's)
+        # The newest delta of a state that passed a judgement (a check, or the gate as a version).
+        self.checked_seq = 0
+        self.last_check: dict[str, Any] = {}
+        # When the gate last judged (a candidate or a check), monotonic.
+        self.judged_at = float("-inf")
         self.sink = sink
         self.gate = gate or GateSettings()
         self.server = server
@@ -298,13 +326,14 @@ class ReleaseManager:
         version = self.publisher.next_version(floor=self._version_floor)
         metrics: dict[str, Any] = {k: _finite(v) for k, v in snap.metrics.items()}
         metrics["writer_token"] = self._writer_token()
-        if self.deltas:
+        if self.deltas is not None:
             metrics["delta_seq"] = snap.delta_seq
         rolled = await self._maybe_roll_back(snap)
         if rolled is not None:
             self.freshness.requeue(snap.fresh_action_ts_ms)
             return rolled
         live = (self.live.model, self.live.vocabs) if self.live is not None else None
+        self.judged_at = time.monotonic()
         verdict = await asyncio.to_thread(judge, snap.model, snap.vocabs, live, snap.holdout, self.gate)
         metrics.update(verdict.metrics)
         if self.live is not None and "live_holdout_auc" in verdict.metrics:
@@ -312,7 +341,8 @@ class ReleaseManager:
         self._version_floor = max(self._version_floor, version)
         if verdict.reason is not None:
             outcome = self._reject(snap, version, metrics, f"gate: {verdict.reason}")
-            await self._hold_live_snapshot()
+            if self.held is None:
+                await self._hold(f"candidate {version} rejected: {verdict.reason}", by="gate")
             return outcome
         try:
             built = await asyncio.to_thread(self._build, snap, version)
@@ -358,7 +388,8 @@ class ReleaseManager:
             return ReleaseOutcome("published", version, self.served_version, str(exc))
         fresh: list[float] = []
         if served == version:
-            self.snapshot_only = False  # loaded as the newest: it follows the deltas again
+            self.checked_seq = snap.delta_seq
+            await self._release_hold()  # it named the version before: the new one follows the log
             fresh = self.freshness.served(snap.fresh_action_ts_ms, served_at)
             self._go_live(candidate)
             self._served_holdout(version, metrics, "")
@@ -394,28 +425,73 @@ class ReleaseManager:
         """Whether deltas serve now: on top of a version this process cut, served as the newest."""
         live = self.live
         return (
-            self.deltas
+            self.deltas is not None
             and live is not None
             and live.version in self.cuts
             and self.serving.mode == "latest"
-            and not self.snapshot_only
+            and self.held is None
             and not self.server_down
         )
 
-    async def _hold_live_snapshot(self) -> None:
-        """After a rejection with deltas flowing: serve the live version as it was cut."""
+    async def check(self, model: Ranker, vocabs: Vocabularies, holdout: list[Sample], seq: int) -> str | None:
+        """Judge the state serving has between versions: the live version plus deltas up to ``seq``,
+        which ``model`` is (the updater's learner, its trainer drained). Held to the wider
+        margins of :func:`exporter.gate.check_settings`: the state is compared with a version up
+        to a publish interval older. Failing puts a hold on serving; passing lifts a hold a
+        check put. Returns why it failed, or None."""
         live = self.live
-        if not self.deltas or self.server is None or live is None or self.serving.mode != "latest":
+        if self.deltas is None or live is None or live.version not in self.cuts:
+            return None
+        if self.serving.mode != "latest" or self.server_down:
+            return None
+        self.judged_at = time.monotonic()
+        settings = check_settings(self.gate)
+        verdict = await asyncio.to_thread(judge, model, vocabs, (live.model, live.vocabs), holdout, settings)
+        self.counters.checks += 1
+        self.last_check = {"seq": seq, "at": self.clock(), "reason": verdict.reason, **verdict.metrics}
+        if verdict.reason is None:
+            self.checked_seq = max(self.checked_seq, seq)
+            if self.held is not None and self.held.by == "check":
+                await self._release_hold()
+            return None
+        self.counters.checks_failed += 1
+        log.warning("the state at delta %d fails against version %d: %s", seq, live.version, verdict.reason)
+        if self.held is None:
+            await self._hold(f"delta {seq}: {verdict.reason}", by="check")
+        return verdict.reason
+
+    async def _hold(self, reason: str, by: str) -> None:
+        """Serve the live version as it was cut, no delta after it.
+
+        The snapshot is the one state known to be better on the current window (the state
+        that failed was judged against it); a state that passed an earlier check was judged
+        on an earlier window, which a poisoned period may have labelled too.
+        """
+        live = self.live
+        if self.deltas is None or live is None or live.version not in self.cuts:
             return
-        if self.snapshot_only or live.version not in self.publisher.versions():
+        if self.serving.mode != "latest":
+            return
+        upto = self.cuts[live.version]
+        try:
+            await asyncio.to_thread(self.deltas.hold, live.version, upto, reason)
+        except OSError as exc:
+            log.warning("could not hold serving at version %d delta %d: %s", live.version, upto, exc)
+            return
+        self.held = self.last_hold = Hold(live.version, upto, reason, by, self.clock())
+        self.counters.holds += 1
+        log.warning("serving held at version %d delta %d: %s", live.version, upto, reason)
+
+    async def _release_hold(self) -> None:
+        if self.held is None or self.deltas is None:
             return
         try:
-            await self._load(live.version, expect=live.version)
-        except DependencyError as exc:
-            self.health.mark(False, str(exc))
+            await asyncio.to_thread(self.deltas.release)
+        except OSError as exc:
+            log.warning("could not lift the hold on serving: %s", exc)
             return
-        self.snapshot_only = True
-        log.warning("serving version %d as it was cut until a candidate passes the gate", live.version)
+        log.info("serving follows the deltas again (hold at delta %d lifted)", self.held.upto)
+        self.held = None
 
     def _served_holdout(self, version: int, metrics: dict[str, Any], prefix: str) -> None:
         self.served_holdout = {

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from exporter.delta import DEFAULT_MAX_ABS, Delta, DeltaLog, guard
 from exporter.freshness import Freshness
+from exporter.records import AddDelta, RegistrySink
 from exporter.server import ModelServer
 from rankcore.errors import DependencyError
 
@@ -53,6 +54,7 @@ class DeltaStream:
         served_timeout_s: float = DEFAULT_SERVED_TIMEOUT_S,
         clock: Callable[[], float] = time.time,
         prune_upto: Callable[[], int | None] = lambda: None,
+        sink: RegistrySink | None = None,
     ) -> None:
         self.log = deltas
         self.server = server
@@ -62,6 +64,7 @@ class DeltaStream:
         self.clock = clock
         # The newest delta every version in the repository already includes (None: unknown).
         self.prune_upto = prune_upto
+        self.sink = sink  # each delta written is recorded there (the registry's outbox)
         self.counters = DeltaCounters(last_seq=deltas.last())
         self._pending: tuple[Delta, list[int]] | None = None
         self._wake = asyncio.Event()
@@ -74,6 +77,11 @@ class DeltaStream:
     @property
     def next_seq(self) -> int:
         return self.counters.last_seq + 1
+
+    @property
+    def handed_seq(self) -> int:
+        """The newest delta handed over (being written, or written)."""
+        return self._pending[0].seq if self._pending is not None else self.counters.last_seq
 
     @property
     def busy(self) -> bool:
@@ -136,11 +144,24 @@ class DeltaStream:
         started = time.perf_counter()
         path = await asyncio.to_thread(self.log.write, delta)
         written_at = time.perf_counter()
+        size = path.stat().st_size
         c.written += 1
         c.last_seq = delta.seq
         c.rows += delta.rows
         c.keys += delta.keys
-        c.bytes += path.stat().st_size
+        c.bytes += size
+        if self.sink is not None:
+            self.sink.record(
+                AddDelta(
+                    delta.seq,
+                    delta.offsets,
+                    delta.samples_trained,
+                    delta.rows,
+                    delta.keys,
+                    size,
+                    delta.created_ms,
+                )
+            )
         c.last_write_s = round(written_at - started, 4)
         upto = self.prune_upto()
         if upto is not None:

@@ -12,6 +12,7 @@ import orjson
 
 from exporter.publish import MODEL_NAME
 from exporter.records import (
+    AddDelta,
     AddVersion,
     MarkLive,
     RegistryOp,
@@ -99,6 +100,17 @@ CREATE TABLE IF NOT EXISTS model_versions (
     reason        text,
     PRIMARY KEY (model, version)
 );
+CREATE TABLE IF NOT EXISTS model_deltas (
+    model         text        NOT NULL,
+    seq           bigint      NOT NULL,
+    created_at    timestamptz NOT NULL,
+    offsets       jsonb       NOT NULL,
+    samples_seen  bigint      NOT NULL,
+    rows          integer     NOT NULL,
+    keys          integer     NOT NULL,
+    size_bytes    bigint      NOT NULL,
+    PRIMARY KEY (model, seq)
+);
 CREATE TABLE IF NOT EXISTS dead_letters (
     id          bigserial   PRIMARY KEY,
     received_at timestamptz NOT NULL DEFAULT now(),
@@ -142,6 +154,15 @@ _INSERT_VERSION = (
     " created_at = now()"
 )
 
+
+# A restarted updater numbers on from the log: a seq written again is the newer delta.
+_UPSERT_DELTA = (
+    "INSERT INTO model_deltas (model, seq, created_at, offsets, samples_seen, rows, keys, size_bytes)"
+    " VALUES ($1, $2, to_timestamp($3::float8 / 1000), $4::jsonb, $5, $6, $7, $8)"
+    " ON CONFLICT (model, seq) DO UPDATE SET created_at = EXCLUDED.created_at,"
+    " offsets = EXCLUDED.offsets, samples_seen = EXCLUDED.samples_seen, rows = EXCLUDED.rows,"
+    " keys = EXCLUDED.keys, size_bytes = EXCLUDED.size_bytes"
+)
 
 _UPSERT_SERVING = (
     "INSERT INTO serving (model, mode, version, reason) VALUES ($1, $2, $3, $4)"
@@ -285,6 +306,18 @@ class Registry:
             )
         elif isinstance(op, SetServing):
             await conn.execute(_UPSERT_SERVING, self.model, op.mode, op.version, op.reason)
+        elif isinstance(op, AddDelta):
+            await conn.execute(
+                _UPSERT_DELTA,
+                self.model,
+                op.seq,
+                op.created_ms,
+                _jsonb(op.offsets),
+                op.samples_seen,
+                op.rows,
+                op.keys,
+                op.size_bytes,
+            )
 
     async def dead_letter_counts(self) -> dict[str, int]:
         async with postgres_errors():
@@ -342,6 +375,23 @@ class Registry:
             row = dict(r)
             row["offsets"] = orjson.loads(row["offsets"])
             row["metrics"] = orjson.loads(row["metrics"])
+            out.append(row)
+        return out
+
+    async def deltas(self, after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+        """The deltas after sequence ``after``, oldest first, with the offsets each learned up to."""
+        async with postgres_errors():
+            rows = await self.pool.fetch(
+                "SELECT seq, created_at, offsets, samples_seen, rows, keys, size_bytes FROM model_deltas"
+                " WHERE model = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                self.model,
+                after,
+                limit,
+            )
+        out = []
+        for r in rows:
+            row = dict(r)
+            row["offsets"] = orjson.loads(row["offsets"])
             out.append(row)
         return out
 

@@ -108,8 +108,10 @@ class Updater:
             on_serving=lambda serving: self.release.follow(serving),
             on_max_version=lambda version: self.release.raise_version_floor(version),
         )
+        publisher = Publisher(s.repository, model=s.model_name, keep=s.keep_versions)
+        delta_log = DeltaLog(publisher.model_dir / DELTA_DIR) if s.delta_interval_s > 0 else None
         self.release = ReleaseManager(
-            Publisher(s.repository, model=s.model_name, keep=s.keep_versions),
+            publisher,
             self.registry,
             s.gate,
             server=server,
@@ -118,21 +120,22 @@ class Updater:
             watch_s=s.timeouts.triton_watch_s,
             probe_settle_s=s.timeouts.probe_settle_s,
             clock=self.clock.time,
-            deltas=s.delta_interval_s > 0,
+            deltas=delta_log,
         )
         # Between versions, the rows learned since the last delta (see exporter/delta.py).
         self.deltas: DeltaStream | None = None
-        if s.delta_interval_s > 0:
+        if delta_log is not None:
             self.learner.tracking = True
             self.vocabs.track_changes()
             self.ingest.catalogue.tracking = True
             self.deltas = DeltaStream(
-                DeltaLog(self.release.publisher.model_dir / DELTA_DIR),
+                delta_log,
                 server,
                 self.release.freshness,
                 served_timeout_s=s.timeouts.probe_settle_s,
                 clock=self.clock.time,
                 prune_upto=self._deltas_every_version_has,
+                sink=self.registry,
             )
         self.trainer = Trainer(
             self.learner,
@@ -378,9 +381,12 @@ class Updater:
         s = self.settings
         checkpoint_due = now - self._last_checkpoint >= s.checkpoint_interval_s
         trained_soon = self.learner.samples_trained + len(self.batcher) + self.trainer.queued_samples
+        held = self.release.held
+        # A candidate the gate rejected holds the deltas back: the next one is tried sooner.
+        interval = s.gate.check_interval_s if held is not None and held.by == "gate" else s.publish_interval_s
         publish_due = (
             not self._fenced
-            and now - self._last_publish >= s.publish_interval_s
+            and now - self._last_publish >= min(interval, s.publish_interval_s)
             and not self.release.busy
             # While the server is down, versions would pile up unserved; the reconcile loads on return.
             and not self.release.server_down
@@ -397,12 +403,23 @@ class Updater:
             and self.release.deltas_wanted
             and trained_soon > self._delta_samples
         )
-        if not (checkpoint_due or publish_due or delta_due):
+        # Between versions the gate judges what serving has: the state right after a delta.
+        check_due = (
+            self.deltas is not None
+            and not self._fenced
+            and not publish_due
+            and now - self.release.judged_at >= s.gate.check_interval_s
+            and (delta_due or self.release.held is not None)
+        )
+        if not (checkpoint_due or publish_due or delta_due or check_due):
             return
         await self._drain()
         if delta_due:
             self._last_delta = now
             self._cut_delta()
+        if check_due:
+            assert self.deltas is not None
+            await self.release.check(self.learner.model, self.vocabs, self._holdout(), self.deltas.handed_seq)
         if checkpoint_due:
             await self._checkpoint()
         trained_more = self.learner.samples_trained > self.release.samples_released
@@ -433,12 +450,19 @@ class Updater:
             self.learner.take_touched(),
             self.vocabs.take_changes(),
             titles,
+            samples_trained=self.learner.samples_trained,
+            offsets=self.positions,
         )
         self._delta_samples = self.learner.samples_trained
         self.deltas.submit(delta, self.release.freshness.take())
 
-    def _snapshot(self) -> Snapshot:
+    def _holdout(self) -> list[Sample]:
+        """Every held-out impression of the gate's window by what is known of it now: those whose
+        window is still open count as misses (until a click makes them a sample)."""
         s = self.settings
+        return recent([*self.holdout, *self.ingest.open_holdout()], s.holdout_recent_s, s.gate.min_samples)
+
+    def _snapshot(self) -> Snapshot:
         return Snapshot(
             model=self.learner.frozen_copy(),
             vocabs=self.vocabs.copy(),
@@ -451,11 +475,7 @@ class Updater:
                 **({"warm_start": self._warm} if self._warm is not None else {}),
             },
             parity_samples=list(self._recent),
-            # Every held-out impression by what is known of it now: those whose window is
-            # still open count as misses (until a click makes them a sample).
-            holdout=recent(
-                [*self.holdout, *self.ingest.open_holdout()], s.holdout_recent_s, s.gate.min_samples
-            ),
+            holdout=self._holdout(),
             titles=self.ingest.catalogue.titles(),
             # A delta still being written is learned here too: the version applies it again.
             delta_seq=self.deltas.counters.last_seq if self.deltas is not None else 0,

@@ -273,6 +273,9 @@ _HELP = {
     "gate__min_samples": "held-out samples needed before the gate compares",
     "gate__rollback_auc_drop": "roll back when the live AUC falls this far below an earlier version's",
     "gate__rollback_history": "earlier served versions kept as rollback targets",
+    "gate__check_interval_s": "seconds between judgements of the served state (live version + deltas)",
+    "gate__check_auc_margin": "hold serving when the served state's AUC is below the live version's by more",
+    "gate__check_logloss_margin": "hold serving when its logloss is above the live version's by more",
 }
 
 

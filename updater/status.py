@@ -139,7 +139,17 @@ def collect(u: Updater) -> Status:
         last_release=asdict(outcome) if outcome is not None else {},
         served_holdout=r.served_holdout,
         deltas=(
-            {**asdict(u.deltas.counters), "on": r.deltas_wanted, "snapshot_only": r.snapshot_only}
+            {
+                **asdict(u.deltas.counters),
+                "on": r.deltas_wanted,
+                "held": asdict(r.held) if r.held is not None else None,
+                "last_hold": asdict(r.last_hold) if r.last_hold is not None else None,
+                "checks": r.counters.checks,
+                "checks_failed": r.counters.checks_failed,
+                "holds": r.counters.holds,
+                "checked_seq": r.checked_seq,
+                "last_check": r.last_check,
+            }
             if u.deltas is not None
             else {}
         ),

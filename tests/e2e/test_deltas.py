@@ -1,8 +1,11 @@
-"""Deltas on real components: rows learned after a version reach Triton in place, no reload."""
+"""Deltas on real components: rows learned after a version reach Triton in place, no reload;
+a served state that fails the gate between versions is held at the snapshot, then released."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,13 +13,17 @@ from typing import Any
 import pytest
 
 from exporter.delta import DELTA_DIR, DeltaLog
+from exporter.gate import GateSettings
 from exporter.records import Serving
 from exporter.triton import Candidate, Ranking, TritonModel
+from rankcore.errors import DependencyError
 from rankcore.features import Vocabularies, encode
 from rankcore.features import score as rank_scores
 from rankcore.model import Ranker
 from rankcore.sample import Sample
 from tests.e2e.helpers import Lane, event, now_ms, traffic, wait_for
+from tests.e2e.test_gate import shop
+from updater.registry import Registry
 from updater.service import Updater
 from updater.settings import UpdaterSettings
 
@@ -119,3 +126,84 @@ async def test_rows_learned_after_a_version_are_served_in_place(
         again = await triton.rank("u1", "trail shoes", candidates)
         assert again.version == version and again.delta_seq >= after.delta_seq
         assert score(again) == pytest.approx(score(after), abs=1e-6) or again.delta_seq > after.delta_seq
+
+
+# On the shared stack: its own lane. Between versions the gate judges what Triton serves.
+async def test_a_poisoned_state_between_versions_is_held_at_the_snapshot_and_released(
+    lane: Lane, settings_for: Callable[..., UpdaterSettings]
+) -> None:
+    settings = settings_for(
+        lane,
+        holdout_every=4,
+        holdout_window=400,
+        publish_interval_s=3600.0,  # one version: everything after it is deltas
+        delta_interval_s=0.2,
+        gate=GateSettings(min_samples=100, check_interval_s=1.0, check_auc_margin=0.05),
+    )
+    start = now_ms() - 600_000
+    clock = {"t": start, "chunk": 0}
+
+    async def phase(seconds: float, flipped: bool) -> None:
+        end = asyncio.get_running_loop().time() + seconds
+        while asyncio.get_running_loop().time() < end:
+            await lane.send(shop(60, clock["t"], clock["chunk"], f"p{clock['chunk']}-", flipped))
+            clock["t"] += 1_000
+            clock["chunk"] += 1
+            await asyncio.sleep(0.3)
+
+    seen: list[tuple[float, int, int]] = []  # what Triton answered with, as it happened
+
+    async def watch(triton: TritonModel) -> None:
+        while True:
+            with contextlib.suppress(DependencyError):
+                version, seq = await triton.probe_state()
+                seen.append((time.time(), version, seq))
+            await asyncio.sleep(0.05)
+
+    updater = Updater.from_settings(settings)
+    async with updater, TritonModel(lane.triton_grpc, model=lane.model_name) as triton:
+        watcher = asyncio.create_task(watch(triton))
+        try:
+            await phase(10, flipped=False)
+            await wait_for(lambda: updater.status()["deltas"]["checks"] >= 2, 30, "checks between versions")
+            version = updater.status()["live_version"]
+            cut = updater.release.cuts[version]
+            assert updater.status()["deltas"]["held"] is None
+            await phase(8, flipped=True)  # bot clicks on "cold", none on "hot": poison
+            clean = asyncio.create_task(phase(40, flipped=False))
+            try:
+                await wait_for(lambda: updater.status()["deltas"]["holds"] >= 1, 40, "a hold")
+                hold = updater.status()["deltas"]["last_hold"]
+                print(f"hold: {hold}")
+                assert (hold["version"], hold["upto"], hold["by"]) == (version, cut, "check")
+
+                def back_at_the_cut() -> list[float]:
+                    return [t for t, v, s in seen if t >= hold["at"] and (v, s) == (version, cut)]
+
+                # Triton goes back to the version as cut, without a reload, within seconds ...
+                await wait_for(lambda: bool(back_at_the_cut()), 5, "Triton back at the snapshot")
+                assert back_at_the_cut()[0] - hold["at"] < 5
+                assert max(s for t, _, s in seen if t < hold["at"]) > cut  # it had been past the cut
+                # ... and follows the deltas again once the served state passes a check.
+                await wait_for(lambda: updater.status()["deltas"]["held"] is None, 40, "the hold lifted")
+                await wait_for(lambda: seen[-1][2] > cut, 10, "Triton following the deltas again")
+            finally:
+                clean.cancel()
+                await asyncio.gather(clean, return_exceptions=True)
+            assert {v for _, v, _ in seen} == {version}  # one version all along: no reload
+            assert await triton.served_version() == version
+            status = updater.status()["deltas"]
+            assert status["checks_failed"] >= 1 and status["refused"] == 0
+            written = status["written"]
+            await wait_for(lambda: updater.status()["registry_outbox"]["pending"] == 0, 20, "the outbox")
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+
+    # Every delta written is in the registry, with the offsets it had learned up to.
+    async with Registry(lane.pg_dsn, model=lane.model_name) as registry:
+        rows = await registry.deltas(limit=100_000)
+    assert len(rows) >= written and [r["seq"] for r in rows] == sorted(r["seq"] for r in rows)
+    positions = [sum(r["offsets"].values()) for r in rows]
+    assert positions == sorted(positions) and positions[-1] > 0
+    assert all(r["size_bytes"] > 0 for r in rows)

@@ -34,6 +34,7 @@ SPLIT_OUTPUT = "q_tokens"
 STATE_OUTPUT = "model_state"
 DELTA_SEQ_PROP = "freshrank.delta_seq"
 VERSION_PROP = "freshrank.version"
+HOLD_FILE = "hold.json"
 
 
 class DeltaError(ValueError):
@@ -63,6 +64,7 @@ class LiveModel:
         props = {p.key: p.value for p in proto.metadata_props}
         self.version = int(version if version is not None else props.get(VERSION_PROP, 0))
         self.seq = int(props.get(DELTA_SEQ_PROP, 0))
+        self.base_seq = self.seq  # the version's own cut: no hold goes below it
         graph = proto.graph
         self.encoders = {}
         kept = []
@@ -216,33 +218,84 @@ class LiveModel:
 class DeltaFollower:
     """Applies the deltas of ``directory`` to ``model`` as they appear, in order, on a thread.
 
-    ``limit``: apply none after this sequence number (a pinned or rolled-back snapshot).
+    ``limit``: apply none after this sequence number (a pinned or rolled-back snapshot). A hold
+    (``hold.json`` in the directory, written by the updater's gate) naming this version lowers
+    the limit while it is there; a state already past it is rebuilt by ``reload`` (a fresh
+    :class:`LiveModel` from the version's files) plus the deltas up to it, then swapped in:
+    requests go on with the old state meanwhile. :attr:`model` is the state to score with.
     """
 
-    def __init__(self, model, directory, limit=None, interval_s=0.02, log=None):
+    def __init__(self, model, directory, limit=None, interval_s=0.02, log=None, reload=None):
         self.model = model
         self.directory = directory
         self.limit = limit
         self.interval_s = interval_s
         self.log = log
+        self.reload = reload
         self.failed = None
+        self.rebuilt = 0
+        self._hold_error = None
         self._stop = threading.Event()
         self._thread = None
 
-    def pending(self):
+    def _listed(self):
         try:
             names = os.listdir(self.directory)
         except FileNotFoundError:
             return []
-        seqs = sorted(int(n[:-4]) for n in names if n.endswith(".npz") and n[:-4].isdigit())
-        return [s for s in seqs if s > self.model.seq and (self.limit is None or s <= self.limit)]
+        return sorted(int(n[:-4]) for n in names if n.endswith(".npz") and n[:-4].isdigit())
+
+    def _hold(self):
+        """The hold's delta for this version, or None."""
+        try:
+            with open(os.path.join(self.directory, HOLD_FILE), "rb") as f:
+                hold = json.loads(f.read())
+            if int(hold["version"]) != self.model.version:
+                return None
+            return max(int(hold["upto"]), self.model.base_seq)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            if self.log is not None and str(exc) != self._hold_error:
+                self.log(f"freshrank: ignoring an unreadable {HOLD_FILE}: {exc}")
+            self._hold_error = str(exc)
+            return None
+
+    def effective_limit(self):
+        held = self._hold()
+        if held is None:
+            return self.limit
+        return held if self.limit is None else min(self.limit, held)
+
+    def pending(self):
+        limit = self.effective_limit()
+        return [s for s in self._listed() if s > self.model.seq and (limit is None or s <= limit)]
 
     def catch_up(self):
         """Apply every delta there is now, in order; stop at a gap (one not written yet) or at
-        a delta that fails (serving stays on the last good state, and says why)."""
+        a delta that fails (serving stays on the last good state, and says why). Past a hold's
+        delta, go back to it first."""
+        seqs = self._listed()
+        # Read after listing: a hold written before a delta is in force by the time it is seen.
+        limit = self.effective_limit()
+        if limit is not None and self.model.seq > limit and self.reload is not None:
+            fresh = self.reload()
+            if self._apply(fresh, seqs, limit) is None:
+                return 0
+            self.model = fresh  # one reference: a request scores with the old state or the new
+            self.rebuilt += 1
+            if self.log is not None:
+                self.log(f"freshrank: serving version {fresh.version} at delta {fresh.seq} (held)")
+            return 0
+        return self._apply(self.model, seqs, limit) or 0
+
+    def _apply(self, model, seqs, limit):
+        """Apply ``seqs`` after ``model.seq`` up to ``limit`` in order; None when one did not fit."""
         applied = 0
-        for seq in self.pending():
-            if seq != self.model.seq + 1:
+        for seq in seqs:
+            if seq <= model.seq or (limit is not None and seq > limit):
+                continue
+            if seq != model.seq + 1:
                 break  # not the next one: wait until it is written
             path = os.path.join(self.directory, f"{seq:012d}.npz")
             try:
@@ -253,14 +306,14 @@ class DeltaFollower:
                     self.log(f"freshrank: delta {seq} not read yet: {exc}")
                 return applied
             try:
-                self.model.apply(data)
+                model.apply(data)
             except (ValueError, KeyError) as exc:
                 # A delta that does not fit this state: stay on the last good one, and say so.
                 self.failed = f"delta {seq}: {exc}"
                 if self.log is not None:
                     self.log(f"freshrank: not applying {self.failed}")
                 self._stop.set()
-                return applied
+                return None
             applied += 1
         return applied
 

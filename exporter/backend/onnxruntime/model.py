@@ -9,7 +9,8 @@ Unlike the native backend it applies deltas (``<model>/deltas/<seq>.npz``, see
 ``exporter/delta.py``) in place as they appear, without a reload (``live.py``): a version
 starts from its snapshot plus every delta after the one it was cut at, then follows the log.
 A config parameter ``delta_limit`` stops it at that delta (``snapshot``: none; what a version
-loaded by number, pinned or rolled back to, gets).
+loaded by number, pinned or rolled back to, gets); the gate's hold (``deltas/hold.json``) takes
+it back to an earlier delta without a reload.
 """
 
 import json
@@ -43,16 +44,18 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
         threads = int(os.environ.get("FRESHRANK_ORT_THREADS", "1"))
-        self.model = LiveModel(path, threads=threads, version=int(args["model_version"]))
+        version = int(args["model_version"])
+        model = LiveModel(path, threads=threads, version=version)
         self.inputs = [i["name"] for i in config["input"]]
         self.outputs = [o["name"] for o in config["output"]]
         # "snapshot": the version as it was cut (pinned, rolled back to, held); a number: up to it.
         limit = config.get("parameters", {}).get("delta_limit", {}).get("string_value") or None
         self.follower = DeltaFollower(
-            self.model,
+            model,
             os.path.join(args["model_repository"], "deltas"),
-            limit=self.model.seq if limit == "snapshot" else (int(limit) if limit else None),
+            limit=model.seq if limit == "snapshot" else (int(limit) if limit else None),
             log=lambda message: pb_utils.Logger.log_warn(message),
+            reload=lambda: LiveModel(path, threads=threads, version=version),
         )
         self.follower.catch_up()  # the first answer already has every delta there is
         self.follower.start()
@@ -64,7 +67,7 @@ class TritonPythonModel:
                 feed = {}
                 for name in self.inputs:
                     feed[name] = _strings(_as_numpy(pb_utils.get_input_tensor_by_name(request, name), name))
-                scores, state = self.model.run(feed)
+                scores, state = self.follower.model.run(feed)
                 values = {"score": scores.astype(np.float32), "model_state": state}
                 out = [pb_utils.Tensor(n, values[n]) for n in self.outputs]
                 responses.append(pb_utils.InferenceResponse(output_tensors=out))
@@ -74,4 +77,3 @@ class TritonPythonModel:
 
     def finalize(self):
         self.follower.stop()
-        self.model = None

@@ -163,3 +163,66 @@ def test_a_delta_not_readable_yet_is_retried_and_a_bad_one_stops_the_follower(tm
     log.write(build_delta(3, learner.model, {}, {}, {}))
     assert follower.catch_up() == 0 and served.seq == 1  # stays on the last good state
     assert follower.failed is not None and "non-finite" in follower.failed
+
+
+def test_a_hold_takes_serving_back_to_a_delta_without_a_reload_and_lifting_it_follows_again(
+    tmp_path: Path,
+) -> None:
+    config = VARIANTS[1]
+    learner, vocabs = version_1(config, tmp_path)
+    learner.tracking = True
+    vocabs.track_changes()
+    log = DeltaLog(tmp_path / "deltas")
+    # No titles: serving knows titles from the catalogue (none in these versions), not from requests.
+    checked = [dataclasses.replace(s, title="") for s in random_samples(60, 77)]
+    expected = {0: torch_scores(learner, vocabs, checked)}
+    for seq in (1, 2, 3):
+        batch = [dataclasses.replace(s, title="") for s in fresh(128, seq, f"h{seq}-")]
+        learner.learn(encode(batch, vocabs, config.max_tokens))
+        log.write(build_delta(seq, learner.model, learner.take_touched(), vocabs.take_changes(), {}))
+        expected[seq] = torch_scores(learner, vocabs, checked)
+    path = str(tmp_path / "1" / "model.onnx")
+    reloads: list[int] = []
+
+    def reload() -> object:
+        reloads.append(1)
+        return live.LiveModel(path)
+
+    follower = live.DeltaFollower(live.LiveModel(path), str(log.directory), reload=reload)
+    assert follower.catch_up() == 3 and follower.model.seq == 3
+    first = follower.model
+    assert np.abs(live_scores(first, checked) - expected[3]).max() < 1e-5
+
+    log.hold(1, 1, "delta 3: worse")
+    follower.catch_up()
+    assert follower.model is not first and follower.model.state.tolist() == [1, 1] and reloads == [1]
+    assert np.abs(live_scores(follower.model, checked) - expected[1]).max() < 1e-5
+    assert follower.catch_up() == 0 and follower.model.seq == 1  # held: 2 and 3 wait
+    log.write(build_delta(4, learner.model, learner.take_touched(), vocabs.take_changes(), {}))
+    assert follower.catch_up() == 0 and follower.model.seq == 1 and follower.rebuilt == 1
+
+    log.release()
+    assert follower.catch_up() == 3 and follower.model.seq == 4
+    assert np.abs(live_scores(follower.model, checked) - expected[3]).max() < 1e-5
+
+    # Below the version's own cut there is nothing to go back to; another version's hold is not ours.
+    log.hold(1, 0, "to the snapshot")
+    follower.catch_up()
+    assert follower.model.seq == 0
+    assert np.abs(live_scores(follower.model, checked) - expected[0]).max() < 1e-5
+    log.hold(2, 0, "another version")
+    assert follower.catch_up() == 4 and follower.model.seq == 4
+    (log.directory / "hold.json").write_text("{not json")
+    messages: list[str] = []
+    follower.log = messages.append
+    assert follower.catch_up() == 0 and "unreadable" in messages[-1]
+
+
+def test_pruning_keeps_the_newest_delta_and_deltas_carry_their_offsets(tmp_path: Path) -> None:
+    learner, _ = version_1(VARIANTS[0], tmp_path)
+    log = DeltaLog(tmp_path / "deltas")
+    for seq in (1, 2, 3):
+        log.write(build_delta(seq, learner.model, {}, {}, {}, samples_trained=seq * 10, offsets={"e:0": seq}))
+    assert log.prune(upto=5) == [1, 2] and log.seqs() == [3]
+    read = Delta.from_bytes(log.path(3).read_bytes())
+    assert (read.seq, read.samples_trained, read.offsets) == (3, 30, {"e:0": 3})

@@ -13,6 +13,7 @@ from unittest.mock import ANY
 
 import pytest
 
+from exporter.delta import DELTA_DIR, DeltaLog
 from exporter.gate import GateSettings
 from exporter.publish import ROLLED_BACK_PREFIX, Publisher
 from exporter.records import AddVersion, ListSink, MarkLive, Serving, SetServing, SetStatus
@@ -45,6 +46,7 @@ def rig(
     down: bool = False,
     stale_index: bool = False,
     load_delay_s: float = 0.0,
+    deltas: bool = False,
 ) -> Rig:
     publisher = Publisher(tmp_path / "repo")
     server = FakeServer(publisher.model_dir, down=down, stale_index=stale_index, load_delay_s=load_delay_s)
@@ -57,6 +59,7 @@ def rig(
         writer_token=lambda: 7,
         watch_s=0.05,
         clock=lambda: NOW,
+        deltas=DeltaLog(publisher.model_dir / DELTA_DIR) if deltas else None,
     )
     return Rig(release, server, sink, publisher)
 
@@ -416,3 +419,66 @@ async def test_a_version_loaded_by_the_reconcile_is_the_one_rolled_back_from(tmp
     assert (outcome.kind, outcome.version, outcome.served) == ("rolled_back", 1, 1)  # got rejected, 3, 2
     assert SetStatus(2, "rolled_back", ROLLBACK_REASON) in r.ops
     assert r.server.current == 1
+
+
+# ----------------------------------------------------------------- between versions: checks and holds
+
+
+async def test_a_served_state_that_fails_a_check_is_held_at_the_snapshot(tmp_path: Path) -> None:
+    r = rig(tmp_path, deltas=True)
+    log = r.release.deltas
+    assert log is not None
+    first = snapshot(trained(), HOLDOUT)
+    first.delta_seq = 4  # version 1 includes deltas up to 4
+    assert (await r.release.release(first)).kind == "live"
+    assert r.release.deltas_wanted and r.release.checked_seq == 4 and log.held() is None
+
+    good, bad = trained(), trained(flipped=True)
+    assert await r.release.check(good.model, good.vocabs, HOLDOUT, seq=6) is None
+    assert r.release.checked_seq == 6 and r.release.deltas_wanted
+    # Deltas 7 and 8 made serving worse than version 1: back to it as cut (delta 4), no load.
+    reason = await r.release.check(bad.model, bad.vocabs, HOLDOUT, seq=8)
+    assert reason is not None and reason.startswith("held-out AUC 0.0000 vs live 1.0000")
+    assert log.held() == {"version": 1, "upto": 4, "reason": f"delta 8: {reason}"}
+    assert r.release.held is not None and (r.release.held.by, r.release.held.upto) == ("check", 4)
+    assert r.release.checked_seq == 6
+    assert not r.release.deltas_wanted and len(r.server.loads) == 1
+    counters = r.release.counters
+    assert (counters.checks, counters.checks_failed, counters.holds) == (2, 1, 1)
+    # Failing again changes nothing; a state that passes lifts the hold.
+    assert await r.release.check(bad.model, bad.vocabs, HOLDOUT, seq=8) is not None
+    assert r.release.counters.holds == 1 and log.held() is not None
+    assert await r.release.check(good.model, good.vocabs, HOLDOUT, seq=9) is None
+    assert log.held() is None and r.release.held is None and r.release.deltas_wanted
+    assert r.release.checked_seq == 9
+
+
+async def test_a_rejected_candidate_holds_serving_until_a_candidate_passes(tmp_path: Path) -> None:
+    r = rig(tmp_path, deltas=True)
+    log = r.release.deltas
+    assert log is not None
+    assert (await r.release.release(snapshot(trained(), HOLDOUT))).kind == "live"
+    assert await r.release.check(trained().model, trained().vocabs, HOLDOUT, seq=3) is None
+    bad = snapshot(trained(flipped=True), HOLDOUT)
+    bad.delta_seq = 5
+    assert (await r.release.release(bad)).kind == "rejected"
+    assert r.release.held is not None and r.release.held.by == "gate"
+    assert log.held() == {"version": 1, "upto": 0, "reason": ANY}
+    # A check's wider margins do not lift what the gate held ...
+    assert await r.release.check(trained().model, trained().vocabs, HOLDOUT, seq=5) is None
+    assert log.held() is not None
+    # ... a candidate that passes does, and serving follows its deltas from its cut on.
+    good = snapshot(trained(), HOLDOUT)
+    good.delta_seq = 7
+    assert (await r.release.release(good)).kind == "live"
+    assert log.held() is None and r.release.held is None and r.release.checked_seq == 7
+    assert r.release.deltas_wanted
+
+
+async def test_no_check_or_hold_while_serving_is_pinned(tmp_path: Path) -> None:
+    r = rig(tmp_path, deltas=True)
+    assert (await r.release.release(snapshot(trained(), HOLDOUT))).kind == "live"
+    await r.release.apply_serving(Serving("pinned", 1, "by hand"))
+    bad = trained(flipped=True)
+    assert await r.release.check(bad.model, bad.vocabs, HOLDOUT, seq=2) is None
+    assert r.release.counters.checks == 0 and r.release.held is None

@@ -9,6 +9,7 @@ import numpy as np
 
 from exporter.delta import Delta, DeltaLog
 from exporter.freshness import Freshness
+from exporter.records import AddDelta, ListSink
 from exporter.stream import DeltaStream
 
 
@@ -35,5 +36,22 @@ async def test_a_delta_that_cannot_be_written_is_counted_and_the_stream_goes_on(
         assert stream.submit(Delta(1, 0, {"dense.w1": np.full(2, np.nan, np.float32)}), [])
         await settle(stream)
         assert stream.counters.refused == 1 and stream.next_seq == 1
+    finally:
+        await stream.close()
+
+
+async def test_each_delta_written_is_recorded_with_the_offsets_it_learned(tmp_path: Path) -> None:
+    sink = ListSink()
+    stream = DeltaStream(DeltaLog(tmp_path / "deltas"), None, Freshness(), sink=sink)
+    stream.start()
+    try:
+        delta = Delta(1, 1_700, {"dense.w1": np.zeros(2, np.float32)}, 640, {"events:0": 700})
+        assert stream.submit(delta, [])
+        assert stream.handed_seq == 1 and stream.counters.last_seq == 0  # handed over, not written yet
+        await settle(stream)
+        (op,) = sink.ops
+        size = (tmp_path / "deltas" / "000000000001.npz").stat().st_size
+        assert op == AddDelta(1, {"events:0": 700}, 640, 0, 0, size, 1_700)
+        assert stream.handed_seq == 1 == stream.counters.last_seq
     finally:
         await stream.close()
