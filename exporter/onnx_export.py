@@ -145,6 +145,13 @@ def _add_initializer(graph: onnx.GraphProto, name: str, array: np.ndarray) -> No
     tensor.raw_data = array.tobytes()
 
 
+def read_cut(path: Path) -> int:
+    """The last delta a version's ``model.onnx`` includes (its metadata; the weights are not read)."""
+    proto = onnx.load(str(path), load_external_data=False)
+    props = {p.key: p.value for p in proto.metadata_props}
+    return int(props.get(DELTA_SEQ_PROP, 0))
+
+
 def build_onnx(
     model: Ranker,
     vocabs: Vocabularies,

@@ -21,6 +21,8 @@ class Serving:
     mode: str = "latest"  # latest | rolled_back | pinned
     version: int | None = None
     reason: str | None = None
+    # With a held version: the deltas up to this one applied on it (None: the version as cut).
+    delta: int | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in SERVING_MODES:
@@ -29,6 +31,8 @@ class Serving:
             raise ValueError(
                 f"expected a version exactly when holding one, got {self.mode!r} {self.version!r}"
             )
+        if self.delta is not None and (self.version is None or self.delta < 0):
+            raise ValueError(f"expected a delta only with a held version, got {self.delta!r}")
 
     @property
     def held(self) -> int | None:
@@ -74,10 +78,11 @@ class SetServing:
     mode: str
     version: int | None
     reason: str | None
+    delta: int | None = None
 
     @classmethod
     def of(cls, serving: Serving) -> SetServing:
-        return cls(serving.mode, serving.version, serving.reason)
+        return cls(serving.mode, serving.version, serving.reason, serving.delta)
 
 
 @dataclass(frozen=True)

@@ -34,10 +34,10 @@ from pathlib import Path
 from typing import Any
 
 from exporter.check import check_parity
-from exporter.delta import DeltaLog
+from exporter.delta import DELTA_DIR, DeltaLog
 from exporter.freshness import Freshness, percentile
 from exporter.gate import GateSettings, check_settings, judge, should_roll_back
-from exporter.onnx_export import build_onnx, write_onnx
+from exporter.onnx_export import build_onnx, read_cut, write_onnx
 from exporter.publish import Published, Publisher
 from exporter.records import AddVersion, MarkLive, RegistrySink, Serving, SetServing, SetStatus
 from exporter.server import ModelServer
@@ -613,15 +613,18 @@ class ReleaseManager:
 
     # ----------------------------------------------------------------- serving
 
-    async def _load(self, version: int | None, expect: int | None) -> tuple[float, int, float]:
-        """Load ``version`` (None: the newest) and probe until ``expect`` answers (briefly).
+    async def _load(
+        self, version: int | None, expect: int | None, delta: int | None = None
+    ) -> tuple[float, int, float]:
+        """Load ``version`` (None: the newest; with ``delta``, the deltas up to it applied) and
+        probe until ``expect`` answers (briefly).
 
         Returns the load's seconds, the version that answered, and when it answered.
         """
         assert self.server is not None
         async with self._lock:
             config = self.publisher.config_text()
-            load_s = await self.server.load(version=version, config_text=config)
+            load_s = await self.server.load(version=version, config_text=config, delta=delta)
             deadline = time.monotonic() + self.probe_settle_s
             while True:
                 served = await self.server.probe()
@@ -632,6 +635,21 @@ class ReleaseManager:
         self.served_version = served
         self.health.mark(True)
         return load_s, served, served_at
+
+    def _check_deltas_for(self, version: int, delta: int) -> None:
+        """``version`` + the deltas up to ``delta`` must be a state the log can still rebuild."""
+        cut = read_cut(self.publisher.model_dir / str(version) / "model.onnx")
+        if delta < cut:
+            raise FreshrankError(
+                f"version {version} was cut after delta {cut}: it cannot serve delta {delta}"
+            )
+        present = set(DeltaLog(self.publisher.model_dir / DELTA_DIR).seqs())
+        missing = [s for s in range(cut + 1, delta + 1) if s not in present]
+        if missing:
+            raise FreshrankError(
+                f"version {version} + deltas {cut + 1}..{delta}: delta {missing[0]} is not in the log"
+                f" ({len(missing)} missing; retention removes those every kept version includes)"
+            )
 
     def wanted(self) -> int | None:
         """The version the server should answer with: the held one, else the newest published."""
@@ -665,7 +683,7 @@ class ReleaseManager:
         except DependencyError:
             pass  # nothing answers (a restarted server has no model loaded): load it
         try:
-            _, answered, _ = await self._load(self.serving.held, expect=wanted)
+            _, answered, _ = await self._load(self.serving.held, expect=wanted, delta=self.serving.delta)
         except DependencyError as exc:
             self.health.mark(False, str(exc))
             return
@@ -683,11 +701,13 @@ class ReleaseManager:
                 f"version {serving.held} is not in {self.publisher.model_dir} (retention removed it,"
                 " or it was rolled back)"
             )
+        if serving.held is not None and serving.delta is not None:
+            self._check_deltas_for(serving.held, serving.delta)
         self.serving = serving
         self.sink.record(SetServing.of(serving))
         if self.server is None:
             return None
-        _, served, _ = await self._load(serving.held, expect=self.wanted())
+        _, served, _ = await self._load(serving.held, expect=self.wanted(), delta=serving.delta)
         self._answered(served)
         self.sink.record(MarkLive(served))
         return served

@@ -17,8 +17,11 @@ class ModelServer(Protocol):
         """The server's own readiness answer."""
         ...
 
-    async def load(self, version: int | None = None, config_text: str | None = None) -> float:
-        """(Re)load the model, the newest version (``None``) or exactly ``version``; seconds taken."""
+    async def load(
+        self, version: int | None = None, config_text: str | None = None, delta: int | None = None
+    ) -> float:
+        """(Re)load the model, the newest version (``None``) or exactly ``version`` (as cut, or with
+        the deltas up to ``delta`` applied); seconds taken."""
         ...
 
     async def served_version(self) -> int | None:

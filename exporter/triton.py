@@ -85,10 +85,10 @@ def _as_json(config: Any) -> str:
     return str(json_format.MessageToJson(config, preserving_proto_field_name=True))
 
 
-def pinned_config(config_text: str, version: int) -> str:
-    """``config.pbtxt`` as Triton's JSON config, serving exactly ``version`` as it was cut: a
-    version loaded by number (pinned, rolled back to, or held after a rejection) applies no
-    deltas (the ``delta_limit`` parameter freshrank's backend reads)."""
+def pinned_config(config_text: str, version: int, delta: int | None = None) -> str:
+    """``config.pbtxt`` as Triton's JSON config, serving exactly ``version``: as it was cut (a
+    version loaded by number, pinned or rolled back to, applies no deltas), or with the deltas
+    up to ``delta`` (the ``delta_limit`` parameter freshrank's backend reads)."""
     from tritonclient.grpc import model_config_pb2
 
     config = _parsed(config_text)
@@ -97,7 +97,7 @@ def pinned_config(config_text: str, version: int) -> str:
             specific=model_config_pb2.ModelVersionPolicy.Specific(versions=[version])
         )
     )
-    config.parameters["delta_limit"].string_value = SNAPSHOT_ONLY
+    config.parameters["delta_limit"].string_value = SNAPSHOT_ONLY if delta is None else str(delta)
     return _as_json(config)
 
 
@@ -146,19 +146,21 @@ class TritonModel:
         except InferenceServerException as exc:
             raise DependencyError(f"Triton at {self.url} did not answer: {exc}") from exc
 
-    async def load(self, version: int | None = None, config_text: str | None = None) -> float:
+    async def load(
+        self, version: int | None = None, config_text: str | None = None, delta: int | None = None
+    ) -> float:
         """Ask Triton to (re)load the model; return seconds taken.
 
         Without ``version`` Triton takes the newest version directory (the repository's policy);
         with it, exactly that version, through a config override built from ``config_text``
-        (the repository's ``config.pbtxt``), which applies no deltas.
+        (the repository's ``config.pbtxt``), which applies no deltas, or those up to ``delta``.
         """
         started = time.perf_counter()
         config = None
         if version is not None:
             if config_text is None:
                 raise ValueError("loading a specific version needs the model's config.pbtxt text")
-            config = pinned_config(config_text, version)
+            config = pinned_config(config_text, version, delta)
         elif config_text is not None:
             # Sent, not left to the repository: Triton reloads a version it already serves only
             # when the config differs, and a pinned one (no deltas) must follow them again.

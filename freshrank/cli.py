@@ -598,6 +598,7 @@ def _set_serving(args: argparse.Namespace, serving: Any, check: Any = None) -> i
             {
                 "mode": wanted.mode,
                 "version": wanted.version,
+                "delta": wanted.delta,
                 "reason": wanted.reason,
                 "served_version": served,
             }
@@ -609,7 +610,8 @@ def _set_serving(args: argparse.Namespace, serving: Any, check: Any = None) -> i
 def cmd_pin(args: argparse.Namespace) -> int:
     from exporter.records import Serving
 
-    return _set_serving(args, Serving("pinned", args.version, f"pinned by hand: {args.reason}"))
+    reason = f"pinned by hand: {args.reason}"
+    return _set_serving(args, Serving("pinned", args.version, reason, args.delta))
 
 
 def cmd_unpin(args: argparse.Namespace) -> int:
@@ -624,7 +626,9 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
     reason = f"rolled back by hand: {args.reason}"
     if args.to is not None:
-        return _set_serving(args, Serving("pinned", args.to, reason))
+        return _set_serving(args, Serving("pinned", args.to, reason, args.delta))
+    if args.delta is not None:
+        raise FreshrankError("--delta needs --to V: the version the deltas apply on")
 
     async def previous(release: Any, registry: Any) -> Serving:
         # What answers now, not the registry's "live" row: that lags while the updater's writes
@@ -860,6 +864,10 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--reason", default="operator", help="recorded in the registry")
 
+    delta_help = (
+        "serve V with the deltas up to N applied (a state between versions; the registry's"
+        " model_deltas says what each learned); default: V as it was cut"
+    )
     versions = sub.add_parser("versions", help="published versions: status, metrics, offsets, size")
     versions.add_argument("--limit", type=int, default=20)
     versions.add_argument("--json", action="store_true")
@@ -870,11 +878,13 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument(
         "--to", type=int, metavar="V", help="default: the version served before the live one"
     )
+    rollback.add_argument("--delta", type=int, metavar="N", help=delta_help)
     serving_options(rollback)
     rollback.set_defaults(func=cmd_rollback)
 
     pin = sub.add_parser("pin", help="hold serving on version V while training goes on")
     pin.add_argument("version", type=int, metavar="V")
+    pin.add_argument("--delta", type=int, metavar="N", help=delta_help)
     serving_options(pin)
     pin.set_defaults(func=cmd_pin)
 

@@ -138,6 +138,7 @@ CREATE TABLE IF NOT EXISTS serving (
     reason      text,
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
+ALTER TABLE serving ADD COLUMN IF NOT EXISTS delta bigint;
 """
 
 
@@ -165,9 +166,9 @@ _UPSERT_DELTA = (
 )
 
 _UPSERT_SERVING = (
-    "INSERT INTO serving (model, mode, version, reason) VALUES ($1, $2, $3, $4)"
+    "INSERT INTO serving (model, mode, version, reason, delta) VALUES ($1, $2, $3, $4, $5)"
     " ON CONFLICT (model) DO UPDATE SET mode = EXCLUDED.mode, version = EXCLUDED.version,"
-    " reason = EXCLUDED.reason, updated_at = now()"
+    " reason = EXCLUDED.reason, delta = EXCLUDED.delta, updated_at = now()"
 )
 
 
@@ -305,7 +306,7 @@ class Registry:
                 op.reason,
             )
         elif isinstance(op, SetServing):
-            await conn.execute(_UPSERT_SERVING, self.model, op.mode, op.version, op.reason)
+            await conn.execute(_UPSERT_SERVING, self.model, op.mode, op.version, op.reason, op.delta)
         elif isinstance(op, AddDelta):
             await conn.execute(
                 _UPSERT_DELTA,
@@ -399,12 +400,12 @@ class Registry:
         """What the server should serve: the newest version, or the one a rollback or a pin holds."""
         async with postgres_errors():
             row = await self.pool.fetchrow(
-                "SELECT mode, version, reason FROM serving WHERE model = $1", self.model
+                "SELECT mode, version, reason, delta FROM serving WHERE model = $1", self.model
             )
         if row is None:
             return Serving()
         try:
-            return Serving(row["mode"], row["version"], row["reason"])
+            return Serving(row["mode"], row["version"], row["reason"], row["delta"])
         except ValueError as exc:
             raise RejectedRequest(f"the registry's serving row is not a serving decision: {exc}") from exc
 

@@ -118,7 +118,12 @@ def collect(u: Updater) -> Status:
         writer_token=u.lease.token,
         dead_letters_by_reason=dict(i.dead_letters_by_reason),
         dependencies={h.name: h.to_dict() for h in (u.kafka, u.registry.health, r.health)},
-        serving={"mode": r.serving.mode, "version": r.serving.version, "reason": r.serving.reason},
+        serving={
+            "mode": r.serving.mode,
+            "version": r.serving.version,
+            "reason": r.serving.reason,
+            "delta": r.serving.delta,
+        },
         last_rollback=r.last_rollback,
         registry_outbox=u.registry.to_dict(),
         vocab_sizes=u.vocabs.sizes(),

@@ -121,6 +121,9 @@ async def test_rows_learned_after_a_version_are_served_in_place(
         assert score(pinned) == pytest.approx(
             model_scores(live.model, live.vocabs, updater, candidates), abs=1e-5
         )
+        # Pinned with deltas up to one: that state between versions, exactly.
+        await updater.release.apply_serving(Serving("pinned", version, "test", delta=cut + 1))
+        assert (await triton.rank("u1", "trail shoes", candidates)).state == (version, cut + 1)
         # Unpinned, it follows the log again from where it was cut.
         await updater.release.apply_serving(Serving())
         again = await triton.rank("u1", "trail shoes", candidates)

@@ -40,6 +40,7 @@ class Load:
 
     version: int | None
     config_text: str | None
+    delta: int | None = None
 
 
 class FakeServer:
@@ -78,11 +79,13 @@ class FakeServer:
         self._check()
         return True
 
-    async def load(self, version: int | None = None, config_text: str | None = None) -> float:
+    async def load(
+        self, version: int | None = None, config_text: str | None = None, delta: int | None = None
+    ) -> float:
         self._check()
         if version is not None and config_text is None:
             raise ValueError("loading a specific version needs the model's config.pbtxt text")
-        self.loads.append(Load(version, config_text))
+        self.loads.append(Load(version, config_text, delta))
         if self.load_delay_s:
             await asyncio.sleep(self.load_delay_s)
         versions = self._versions()

@@ -13,7 +13,7 @@ from unittest.mock import ANY
 
 import pytest
 
-from exporter.delta import DELTA_DIR, DeltaLog
+from exporter.delta import DELTA_DIR, Delta, DeltaLog
 from exporter.gate import GateSettings
 from exporter.publish import ROLLED_BACK_PREFIX, Publisher
 from exporter.records import AddVersion, ListSink, MarkLive, Serving, SetServing, SetStatus
@@ -482,3 +482,32 @@ async def test_no_check_or_hold_while_serving_is_pinned(tmp_path: Path) -> None:
     bad = trained(flipped=True)
     assert await r.release.check(bad.model, bad.vocabs, HOLDOUT, seq=2) is None
     assert r.release.counters.checks == 0 and r.release.held is None
+
+
+async def test_pinning_a_version_with_its_deltas_up_to_one_checks_the_log(tmp_path: Path) -> None:
+    r = rig(tmp_path, deltas=True)
+    first = snapshot(trained(), HOLDOUT)
+    first.delta_seq = 3
+    assert (await r.release.release(first)).kind == "live"
+    log = r.release.deltas
+    assert log is not None
+    for seq in (4, 5):
+        log.write(Delta(seq, 0, {}))
+    with pytest.raises(FreshrankError, match="cut after delta 3: it cannot serve delta 2"):
+        await r.release.apply_serving(Serving("pinned", 1, "by hand", delta=2))
+    with pytest.raises(FreshrankError, match="delta 6 is not in the log"):
+        await r.release.apply_serving(Serving("pinned", 1, "by hand", delta=7))
+    assert r.release.serving == Serving()  # refused: nothing recorded, nothing loaded
+    assert await r.release.apply_serving(Serving("pinned", 1, "by hand", delta=5)) == 1
+    assert r.server.loads[-1] == Load(1, r.publisher.config_text(), 5)
+    assert r.ops[-2] == SetServing("pinned", 1, "by hand", 5)
+    # A restarted server is reconciled to the same state.
+    r.server.current = None
+    await r.release.reconcile()
+    assert r.server.loads[-1] == Load(1, r.publisher.config_text(), 5)
+
+
+def test_a_delta_is_named_only_with_a_held_version() -> None:
+    with pytest.raises(ValueError, match="only with a held version"):
+        Serving(delta=3)
+    assert Serving("pinned", 4, "x", 3).delta == 3

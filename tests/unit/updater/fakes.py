@@ -258,7 +258,9 @@ class TinyServer:
         self._check()
         return True
 
-    async def load(self, version: int | None = None, config_text: str | None = None) -> float:
+    async def load(
+        self, version: int | None = None, config_text: str | None = None, delta: int | None = None
+    ) -> float:
         self._check()
         self.loads.append(version)
         versions = sorted(int(p.name) for p in self.model_dir.iterdir() if p.name.isdigit())

@@ -244,6 +244,7 @@ async def test_pinned_serving_publishes_but_loads_nothing_new(tmp_path: Path) ->
             "mode": "pinned",
             "version": first,
             "reason": "pinned by hand: test",
+            "delta": None,
         }
 
 
