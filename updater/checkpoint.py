@@ -1,7 +1,11 @@
-"""Checkpoints: weights, optimisers, vocabularies, join state and offsets in one file.
+"""Checkpoints: weights, optimisers, vocabularies, join state and offsets.
 
-Written to a temporary file, flushed, then renamed over the previous checkpoint, so a crash
-leaves either the old checkpoint or the new one, never a torn file.
+Two files: ``checkpoint.pt`` (everything but the embedding tables, plus the table rows
+changed since the base) and the *base* it names, ``tables-<n>.pt`` (the tables and their
+optimiser moments, whole). A state that carries :data:`TABLES` writes a new base first; one
+that does not is a patch on the current base. Each file is written to a temporary name,
+fsynced, then renamed, and a base is removed only once no checkpoint names it, so a crash
+leaves either the old checkpoint or the new one, each with its base, never a torn file.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import torch
 
 CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT_VERSION = 1
+TABLES = "_tables"  # a state's key for the base's tensors (updater.learner.TABLES)
+TABLES_FILE = "tables_file"
 
 
 class CheckpointStore:
@@ -23,27 +29,54 @@ class CheckpointStore:
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
         self.path = self.directory / CHECKPOINT_FILE
+        self.tables_file: str | None = None  # the base the last checkpoint written or read names
+        self.last_base_bytes = 0
+        self.last_bytes = 0
+        self.last_kind = ""  # "base" (tables written whole) or "patch" (rows changed since)
+
+    @property
+    def has_base(self) -> bool:
+        return self.tables_file is not None
 
     def save(self, state: dict[str, Any]) -> float:
-        """Write ``state`` atomically; return the seconds it took."""
+        """Write ``state`` atomically (its base first, when it carries one); return the seconds."""
         started = time.perf_counter()
         self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
+        body = {k: v for k, v in state.items() if k != TABLES}
+        if TABLES in state:
+            name = f"tables-{time.time_ns()}.pt"
+            base = {"format": FORMAT_VERSION, **state[TABLES]}
+            self.last_base_bytes = self._write(self.directory / name, base)
+            body[TABLES_FILE] = name
+            self.last_kind = "base"
+        elif self.tables_file is not None:
+            self.last_kind = "patch"
+            body[TABLES_FILE] = self.tables_file
+        self.last_bytes = self._write(self.path, {"format": FORMAT_VERSION, "saved_at": time.time(), **body})
+        self.tables_file = body.get(TABLES_FILE)
+        for old in self.directory.glob("tables-*.pt"):
+            if old.name != self.tables_file:
+                old.unlink(missing_ok=True)
+        return time.perf_counter() - started
+
+    def _write(self, path: Path, state: dict[str, Any]) -> int:
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
         with open(tmp, "wb") as fh:
-            torch.save({"format": FORMAT_VERSION, "saved_at": time.time(), **state}, fh)
+            torch.save(state, fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+            size = fh.tell()
+        os.replace(tmp, path)
         fd = os.open(self.directory, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
-        return time.perf_counter() - started
+        return size
 
     def load(self) -> dict[str, Any] | None:
         """The last complete checkpoint, or None when there is none."""
-        for orphan in self.directory.glob(f"{CHECKPOINT_FILE}.tmp-*") if self.directory.exists() else []:
+        for orphan in self.directory.glob("*.tmp-*") if self.directory.exists() else []:
             orphan.unlink(missing_ok=True)
         if not self.path.exists():
             return None
@@ -52,4 +85,10 @@ class CheckpointStore:
             raise ValueError(
                 f"expected checkpoint format {FORMAT_VERSION}, got {state.get('format')!r} in {self.path}"
             )
+        name = state.pop(TABLES_FILE, None)
+        if name is not None:
+            tables: dict[str, Any] = torch.load(self.directory / name, map_location="cpu", weights_only=False)
+            tables.pop("format", None)
+            state[TABLES] = tables
+        self.tables_file = name
         return state

@@ -28,6 +28,21 @@ def pick_device(requested: str = "auto") -> torch.device:
 
 # Batches of touched rows kept per table before they are merged into one sorted array.
 TOUCHED_PARTS = 256
+# Where Learner.state() puts the embedding tables and their moments: the checkpoint's base.
+TABLES = "_tables"
+MOMENTS = ("exp_avg", "exp_avg_sq")
+
+
+def _feature_of(name: str) -> str:
+    """``embeddings.user.weight`` -> ``user``; the item bias shares the item table's rows."""
+    return "item" if name == "item_bias.weight" else name.split(".")[1]
+
+
+def _compact(parts_by_feature: dict[str, list[np.ndarray]], keep: int = TOUCHED_PARTS) -> None:
+    """The same rows, once each, in one sorted array per feature with more than ``keep`` parts."""
+    for feature, parts in parts_by_feature.items():
+        if len(parts) > keep:
+            parts_by_feature[feature] = [np.unique(np.concatenate(parts))]
 
 
 class Learner:
@@ -66,6 +81,8 @@ class Learner:
         # row was reset).
         self.tracking = False
         self._touched: dict[str, list[np.ndarray]] = {f: [] for f in FEATURES}
+        # Always, per feature, the rows changed since the last checkpoint base (see state()).
+        self._dirty: dict[str, list[np.ndarray]] = {f: [] for f in FEATURES}
 
     def learn(self, batch: Batch) -> np.ndarray:
         """Score ``batch`` (recorded in the prequential metrics), then learn from it.
@@ -93,26 +110,23 @@ class Learner:
         loss.backward()
         self.sparse_opt.step()
         self.dense_opt.step()
-        if self.tracking:
-            touched = self._touched
-            touched["user"].append(batch.user)
-            touched["token"].append(batch.tokens.ravel())
-            touched["item"].append(batch.item)
-            touched["category"].append(batch.category)
-            touched["brand"].append(batch.brand)
-            for feature, reset in (batch.recycled or {}).items():
-                touched[feature].append(np.asarray(reset, dtype=np.int64))
-            if len(touched["user"]) > TOUCHED_PARTS:
-                self._compact_touched()
+        changed: dict[str, np.ndarray] = {
+            "user": batch.user,
+            "token": batch.tokens.ravel(),
+            "item": batch.item,
+            "category": batch.category,
+            "brand": batch.brand,
+        }
+        for feature, reset in (batch.recycled or {}).items():
+            changed[feature] = np.concatenate([changed[feature], np.asarray(reset, dtype=np.int64)])
+        for tracked in (self._dirty, self._touched) if self.tracking else (self._dirty,):
+            for feature, part in changed.items():
+                tracked[feature].append(part)
+            if len(tracked["user"]) > TOUCHED_PARTS:
+                _compact(tracked)
         self.samples_trained += len(batch)
         self.steps += 1
         return scores
-
-    def _compact_touched(self) -> None:
-        """Bounded while no delta takes them (serving pinned, say): the same rows, once each."""
-        for feature, parts in self._touched.items():
-            if len(parts) > TOUCHED_PARTS:
-                self._touched[feature] = [np.unique(np.concatenate(parts))]
 
     def take_touched(self) -> dict[str, np.ndarray]:
         """Per feature, the sorted rows changed since the last call (the item's bias shares its rows)."""
@@ -154,17 +168,65 @@ class Learner:
         model.eval()
         return model
 
-    def state(self) -> dict[str, Any]:
-        return {
+    def dirty_fraction(self) -> float:
+        """Rows changed since the last base, as a share of all embedding rows."""
+        _compact(self._dirty, keep=0)
+        changed = sum(len(parts[0]) for parts in self._dirty.values() if parts)
+        return changed / sum(self.config.capacity(f) for f in FEATURES)
+
+    def state(self, patch: bool = False) -> dict[str, Any]:
+        """Everything to resume from. The embedding tables and their optimiser moments (all but
+        a few kB of a large model) go under ``TABLES``, a *base* the checkpoint store writes to
+        a file of its own; with ``patch``, only the rows changed since the last base do, under
+        ``"patch"`` (the rest of the base on disk stands): a checkpoint's cost follows the rows
+        the stream touches, not the tables' size. :meth:`base_written` clears the changed rows."""
+        sparse = self._sparse_names()
+        model = {k: v for k, v in self.model.state_dict().items() if k not in sparse}
+        opt = self.sparse_opt.state_dict()
+        moments = {i: opt["state"].get(i, {}) for i in range(len(sparse))}
+        steps = {i: m["step"] for i, m in moments.items() if "step" in m}
+        state: dict[str, Any] = {
             "config": self.config.to_dict(),
-            "model": self.model.state_dict(),
-            "sparse_opt": self.sparse_opt.state_dict(),
+            "model": model,
+            "sparse_steps": steps,
+            "sparse_groups": opt["param_groups"],
             "dense_opt": self.dense_opt.state_dict(),
             "metrics": self.metrics.state(),
             "samples_trained": self.samples_trained,
             "steps": self.steps,
             "dropout_rng": self.dropout_rng.get_state(),
         }
+        params = self.model.sparse_parameters()
+        if not patch:
+            tables: dict[str, torch.Tensor] = {}
+            for i, name in enumerate(sparse):
+                tables[name] = params[i].detach()
+                for moment in MOMENTS:
+                    if moment in moments[i]:
+                        tables[f"{name}.{moment}"] = moments[i][moment]
+            state[TABLES] = tables
+            return state
+        _compact(self._dirty, keep=0)
+        rows = {f: parts[0] if parts else np.zeros(0, np.int64) for f, parts in self._dirty.items()}
+        patches: dict[str, dict[str, torch.Tensor]] = {}
+        for i, name in enumerate(sparse):
+            index = torch.from_numpy(rows[_feature_of(name)]).to(params[i].device)
+            entry = {"rows": index.cpu(), "weight": params[i].detach()[index].cpu()}
+            for moment in MOMENTS:
+                if moment in moments[i]:
+                    entry[moment] = moments[i][moment][index].cpu()
+            patches[name] = entry
+        state["patch"] = patches
+        return state
+
+    def base_written(self) -> None:
+        """A base with every row is on disk: the next patch starts from nothing."""
+        self._dirty = {f: [] for f in FEATURES}
+
+    def _sparse_names(self) -> list[str]:
+        """The state-dict names of :meth:`Ranker.sparse_parameters`, in that order."""
+        by_id = {id(p): n for n, p in self.model.named_parameters()}
+        return [by_id[id(p)] for p in self.model.sparse_parameters()]
 
     def restore(self, state: dict[str, Any]) -> None:
         # Checkpoints from before the text tower name neither setting: they had neither, so
@@ -176,11 +238,41 @@ class Learner:
                 " (pass the same --model-* flags, or start from an empty --state-dir),"
                 f" got {self.config.to_dict()}"
             )
-        self.model.load_state_dict(state["model"])
-        self.sparse_opt.load_state_dict(state["sparse_opt"])
+        if "sparse_opt" in state:  # a checkpoint from before bases and patches: everything inline
+            self.model.load_state_dict(state["model"])
+            self.sparse_opt.load_state_dict(state["sparse_opt"])
+        else:
+            self._restore_tables(state)
         self.dense_opt.load_state_dict(state["dense_opt"])
         self.metrics.restore(state["metrics"])
         self.samples_trained = int(state["samples_trained"])
         self.steps = int(state["steps"])
         if "dropout_rng" in state:
             self.dropout_rng.set_state(state["dropout_rng"])
+
+    def _restore_tables(self, state: dict[str, Any]) -> None:
+        """The base's tables, the patch's rows over them, then the rest of the model."""
+        tables, patches = state[TABLES], state.get("patch", {})
+        sparse = self._sparse_names()
+        self.model.load_state_dict({**state["model"], **{n: tables[n] for n in sparse}})
+        params = self.model.sparse_parameters()
+        opt_state: dict[int, dict[str, Any]] = {}
+        dirty: dict[str, list[np.ndarray]] = {f: [] for f in FEATURES}
+        for i, name in enumerate(sparse):
+            entry = patches.get(name)
+            moments = {m: tables[f"{name}.{m}"].clone() for m in MOMENTS if f"{name}.{m}" in tables}
+            if entry is not None and len(entry["rows"]):
+                index = entry["rows"].to(params[i].device)
+                with torch.no_grad():
+                    params[i].index_copy_(0, index, entry["weight"].to(params[i].device))
+                for moment in MOMENTS:
+                    if moment in entry:
+                        target = moments.setdefault(moment, torch.zeros_like(params[i]))
+                        target.index_copy_(0, index.to(target.device), entry[moment].to(target.device))
+                if name != "item_bias.weight":
+                    dirty[_feature_of(name)].append(entry["rows"].numpy())
+            if i in state["sparse_steps"]:
+                opt_state[i] = {"step": state["sparse_steps"][i], **moments}
+        self.sparse_opt.load_state_dict({"state": opt_state, "param_groups": state["sparse_groups"]})
+        # The rows the patch held are still changed since that base.
+        self._dirty = dirty

@@ -507,7 +507,11 @@ class Updater:
             )
             await asyncio.sleep(1.0)
         counters = self._counters()
-        seconds = await self.checkpointer.save(lambda: self.state.capture(self.release.serving, counters))
+        store = self.checkpointer.store
+        seconds = await self.checkpointer.save(
+            lambda: self.state.capture(self.release.serving, counters, has_base=store.has_base),
+            after=self.state.saved,
+        )
         positions = self.positions
         if positions:
             try:
@@ -521,6 +525,9 @@ class Updater:
         self.last_checkpoint = {
             "at": self.clock.time(),
             "seconds": round(seconds, 3),
+            "kind": store.last_kind,
+            "bytes": store.last_bytes,
+            "base_bytes": store.last_base_bytes,
             "offsets": positions,
             "samples_trained": self.learner.samples_trained,
         }

@@ -19,7 +19,11 @@ from rankcore.features import Vocabularies
 from rankcore.sample import Sample
 from updater.checkpoint import CheckpointStore
 from updater.ingest import Ingest
-from updater.learner import Learner
+from updater.learner import TABLES, Learner
+
+# A new base once the rows changed since the last one are this share of all rows: a patch
+# then costs a quarter of a base, at most.
+REBASE_FRACTION = 0.25
 
 
 @dataclass
@@ -31,20 +35,38 @@ class ModelState:
     ingest: Ingest
     holdout: deque[Sample]
 
-    def capture(self, serving: Serving, counters: dict[str, int]) -> dict[str, Any]:
-        """Everything needed to resume exactly here (called with the queue drained)."""
+    def capture(self, serving: Serving, counters: dict[str, int], has_base: bool = False) -> dict[str, Any]:
+        """Everything needed to resume exactly here (called with the queue drained): a patch on
+        the checkpoint store's base (``has_base``) while few rows changed since, else a new base."""
+        patch = has_base and self.learner.dirty_fraction() < REBASE_FRACTION
+        learner = self.learner.state(patch=patch)
+        tables = learner.pop(TABLES, None)
         return {
-            "learner": self.learner.state(),
+            **({TABLES: tables} if tables is not None else {}),
+            "learner": learner,
             "vocabs": self.vocabs.state(),
             **self.ingest.state(),
             "counters": counters,
             "holdout": list(self.holdout),
-            "serving": {"mode": serving.mode, "version": serving.version, "reason": serving.reason},
+            "serving": {
+                "mode": serving.mode,
+                "version": serving.version,
+                "reason": serving.reason,
+                "delta": serving.delta,
+            },
         }
+
+    def saved(self, state: dict[str, Any]) -> None:
+        """``state`` is on disk: when it wrote a base, the next patch starts from it."""
+        if TABLES in state:
+            self.learner.base_written()
 
     def restore(self, saved: dict[str, Any]) -> tuple[Serving, dict[str, int]]:
         """Load a captured state; returns the serving decision and the counters it held."""
-        self.learner.restore(saved["learner"])
+        learner = saved["learner"]
+        if TABLES in saved:
+            learner = {**learner, TABLES: saved[TABLES]}
+        self.learner.restore(learner)
         self.vocabs.restore(saved["vocabs"])
         self.ingest.restore(saved)
         self.holdout.clear()
@@ -62,14 +84,23 @@ class Checkpointer:
     def load(self) -> dict[str, Any] | None:
         return self.store.load()
 
-    async def save(self, capture: Any) -> float:
-        """Run ``capture()`` and write the result; return the seconds the write took.
+    async def save(self, capture: Any, after: Any = None) -> float:
+        """Run ``capture()`` and write the result, then ``after(state)``; return the seconds the
+        write took.
 
         In a worker thread: nothing trains or consumes while it runs (the queue is drained and
         only the consumer fills it), and building the state of a large join takes seconds.
         """
         loop = asyncio.get_running_loop()
-        self._writing = loop.run_in_executor(None, lambda: self.store.save(capture()))
+
+        def write() -> float:
+            state = capture()
+            seconds = self.store.save(state)
+            if after is not None:
+                after(state)
+            return seconds
+
+        self._writing = loop.run_in_executor(None, write)
         # Shielded: a cancelled caller leaves the write to finish (it is atomic either way);
         # wait_idle() then waits for it.
         return await asyncio.shield(self._writing)

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from rankcore.errors import ConfigError
 from rankcore.features import Vocabularies, encode
 from rankcore.model import RankerConfig
 from rankcore.sample import Sample
 from tests.unit.helpers import VARIANTS, random_samples
-from updater.learner import Learner
+from updater.checkpoint import CheckpointStore
+from updater.learner import TABLES, Learner
 
 
 @pytest.mark.parametrize("config", VARIANTS)
@@ -157,3 +160,60 @@ def test_tracked_rows_are_every_row_a_step_moved_once_each() -> None:
     moved = (learner.model.table("item").weight.detach() != before).any(dim=1).nonzero().squeeze(1).numpy()
     assert set(moved.tolist()) <= set(expected.tolist())
     assert learner.take_touched() == {}
+
+
+def _same_learners(a: Learner, b: Learner) -> None:
+    for (name, x), (_, y) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
+        assert torch.equal(x, y), name
+    sa, sb = a.sparse_opt.state_dict()["state"], b.sparse_opt.state_dict()["state"]
+    assert sa.keys() == sb.keys()
+    for i in sa:
+        for moment in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(sa[i][moment], sb[i][moment]), (i, moment)
+
+
+@pytest.mark.parametrize("config", VARIANTS)
+def test_a_patch_on_a_base_restores_exactly_and_learns_on_as_the_original(
+    config: RankerConfig, tmp_path: Path
+) -> None:
+    store = CheckpointStore(tmp_path)
+    a, vocabs = Learner(config, device="cpu"), Vocabularies(config)
+    a.learn(encode(random_samples(64, 0), vocabs, config.max_tokens))
+    base = a.state()
+    store.save({"learner": {k: v for k, v in base.items() if k != TABLES}, TABLES: base[TABLES]})
+    a.base_written()
+    for i in (1, 2):  # rows of the base change, new rows join
+        a.learn(encode(random_samples(64, i), vocabs, config.max_tokens))
+    patch = a.state(patch=True)
+    assert TABLES not in patch and 0 < a.dirty_fraction() < 0.5
+    store.save({"learner": patch})
+    assert store.last_kind == "patch"
+    # Its tables part holds the changed rows only: a fraction of the base's tensors.
+    held = sum(t.numel() * t.element_size() for e in patch["patch"].values() for t in e.values())
+    whole = sum(t.numel() * t.element_size() for t in base[TABLES].values())
+    assert held < 0.6 * whole
+    assert [p.name for p in tmp_path.glob("tables-*.pt")] == [store.tables_file]
+
+    loaded = CheckpointStore(tmp_path).load()
+    assert loaded is not None
+    b = Learner(config, device="cpu", seed=99)
+    b.restore({**loaded["learner"], TABLES: loaded[TABLES]})
+    _same_learners(a, b)
+    batch = random_samples(64, 3)
+    a.learn(encode(batch, vocabs, config.max_tokens))
+    b.learn(encode(batch, vocabs, config.max_tokens))
+    _same_learners(a, b)
+    # The restored learner's next patch still holds every row changed since that base.
+    assert b.dirty_fraction() == a.dirty_fraction()
+
+
+def test_a_checkpoint_with_the_tables_inline_still_restores() -> None:
+    config = VARIANTS[0]
+    a, vocabs = Learner(config, device="cpu"), Vocabularies(config)
+    a.learn(encode(random_samples(64), vocabs, config.max_tokens))
+    legacy = {k: v for k, v in a.state().items() if k not in (TABLES, "sparse_steps", "sparse_groups")}
+    legacy["model"] = a.model.state_dict()
+    legacy["sparse_opt"] = a.sparse_opt.state_dict()
+    b = Learner(config, device="cpu", seed=5)
+    b.restore(legacy)
+    _same_learners(a, b)
