@@ -9,7 +9,8 @@ one). When full, the item updated least recently is forgotten first.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import astuple, dataclass, replace
+from dataclasses import dataclass, replace
+from typing import Any
 
 from rankcore.items import ItemUpdate
 
@@ -86,13 +87,33 @@ class Catalogue:
         return out
 
     def state(self) -> dict[str, object]:
+        """Columns, oldest first: pickled in a fraction of the time rows of tuples take (150k
+        items: 0.54 s as rows built with ``astuple``, in the checkpoint's stall)."""
+        items = list(self._items.values())
         return {
             "capacity": self.capacity,
-            "items": [astuple(item) for item in self._items.values()],
+            "columns": {
+                "item_id": [i.item_id for i in items],
+                "ts_ms": [i.ts_ms for i in items],
+                "title": [i.title for i in items],
+                "category": [i.category for i in items],
+                "brand": [i.brand for i in items],
+                "price": [i.price for i in items],
+                "attributes": [i.attributes for i in items],
+            },
             "counters": [self.updates, self.stale, self.forgotten],
         }
 
     def restore(self, state: dict[str, object]) -> None:
+        columns = state.get("columns")
+        if columns is not None:
+            c: Any = columns
+            rows: Any = zip(
+                c["item_id"], c["ts_ms"], c["title"], c["category"], c["brand"], c["price"], c["attributes"],
+                strict=True,
+            )  # fmt: skip
+        else:  # rows of tuples, as checkpoints before the columns held them
+            rows = state["items"]
         items = [
             Item(
                 item_id=row[0],
@@ -103,7 +124,7 @@ class Catalogue:
                 price=float(row[5]),
                 attributes=tuple((str(k), str(v)) for k, v in row[6]),
             )
-            for row in state["items"]  # type: ignore[attr-defined]
+            for row in rows
         ]
         self._items = OrderedDict((item.item_id, item) for item in items[-self.capacity :])
         self.updates, self.stale, self.forgotten = (int(n) for n in state["counters"])  # type: ignore[attr-defined]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import astuple
+
 import orjson
 import pytest
 
@@ -78,5 +80,10 @@ def test_the_catalogue_is_bounded_and_round_trips() -> None:
     restored.restore(c.state())
     assert restored.get("a") == c.get("a") and restored.get("c") == c.get("c")
     assert (restored.updates, restored.forgotten) == (4, 1)
+    # Checkpoints from before the columns held rows of tuples.
+    legacy = Catalogue(capacity=2)
+    rows = [astuple(item) for item in (c.get("a"), c.get("c")) if item is not None]
+    legacy.restore({"capacity": 2, "items": rows, "counters": [4, 0, 1]})
+    assert legacy.get("a") == c.get("a") and legacy.get("c") == c.get("c")
     with pytest.raises(ValueError, match="capacity"):
         Catalogue(0)
