@@ -4,7 +4,7 @@ still catches poisoning, and what its rejections cost in freshness and served qu
 The updater's loop replayed on stream time, without the I/O: the simulator's events go
 through the updater's consumer path (:class:`updater.ingest.Ingest`: every
 ``DEFAULT_HOLDOUT_EVERY``-th request held out), its learner learns the rest in batches of
-``DEFAULT_BATCH_SIZE``, and every ``DEFAULT_PUBLISH_INTERVAL_S`` of stream time a candidate
+``DEFAULT_BATCH_SIZE``, and every ``CANDIDATE_INTERVAL_S`` of stream time a candidate
 is cut and put through the release side's decisions on the latest ``DEFAULT_HOLDOUT_WINDOW``
 held-out samples: the rollback check (:func:`exporter.gate.should_roll_back` against the
 versions served before), then the gate. Exporting and loading take no time here, so the
@@ -55,9 +55,12 @@ from updater.batcher import DEFAULT_BATCH_SIZE, Batcher
 from updater.ingest import Ingest, Record
 from updater.joiner import DEFAULT_WINDOW_MS
 from updater.learner import Learner
-from updater.settings import DEFAULT_HOLDOUT_WINDOW, DEFAULT_PUBLISH_INTERVAL_S
+from updater.settings import DEFAULT_HOLDOUT_WINDOW
 
 SEED = 7
+# Candidates this often (stream time): the rate at which the gate's rule is exercised, as with
+# versions every 2 s; the served state between versions is judged at the same cadence.
+CANDIDATE_INTERVAL_S = 2.0
 RATE = 330.0
 DURATION_S = 360.0
 START_MS = 1_700_000_000_000
@@ -213,7 +216,7 @@ def replay(
     seen: list[Sample] = []
 
     batcher = Batcher(DEFAULT_BATCH_SIZE)
-    interval_ms = int(DEFAULT_PUBLISH_INTERVAL_S * 1000)
+    interval_ms = int(CANDIDATE_INTERVAL_S * 1000)
     next_cut = START_MS + interval_ms
     number = 0
     started = time.perf_counter()
@@ -304,7 +307,7 @@ def run(out: Path, progress: Progress) -> dict[str, Any]:
         "holdout_recent_s": DEFAULT_RECENT_S,
         "poison": {"at_s": POISON_AT_S, "for_s": POISON_FOR_S},
         "batch_size": DEFAULT_BATCH_SIZE,
-        "publish_interval_s": DEFAULT_PUBLISH_INTERVAL_S,
+        "publish_interval_s": CANDIDATE_INTERVAL_S,
         "holdout_every": DEFAULT_HOLDOUT_EVERY,
         "holdout_window": DEFAULT_HOLDOUT_WINDOW,
         "gate": {

@@ -42,6 +42,8 @@ def test_up_runs_the_loop_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
             "180",
             "--rate",
             "1000",
+            "--publish-interval",  # versions often enough to count a few
+            "2",
             "--state-dir",
             str(state),
             "--listen-host",
