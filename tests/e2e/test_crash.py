@@ -1,16 +1,25 @@
-"""Exactly-once learning across SIGKILLs of a real updater process."""
+"""Exactly-once learning across SIGKILLs of a real updater process, with deltas flowing: a kill
+mid-delta leaves no half delta served, no number used twice, and Triton's state reproducible
+from the newest version and the log."""
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import random
 import signal
 import subprocess
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
+from exporter.check import feeds
+from exporter.delta import DELTA_DIR, Delta, DeltaLog
+from exporter.publish import Publisher
+from exporter.triton import Candidate, TritonModel
+from rankcore.sample import Sample
 from tests.e2e.helpers import Lane, event, now_ms, traffic, updater_command
 from updater.status import read_status
 
@@ -34,6 +43,8 @@ async def test_sigkill_restarts_learn_every_sample_exactly_once(lane: Lane, tmp_
         "0.5",
         "--checkpoint-interval",
         "0.4",
+        "--delta-interval",  # often, so that kills land while one is being written
+        "0.1",
     )
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     log = open(tmp_path / "updater.log", "ab")  # noqa: ASYNC230, SIM115 - closed below
@@ -49,34 +60,41 @@ async def test_sigkill_restarts_learn_every_sample_exactly_once(lane: Lane, tmp_
     closer = event("impression", start + 200_000, "u0", "closer", "x", "closer")
     total_records = sum(len(c) for c in chunks) + 1
 
-    async def produce() -> None:
-        for records in chunks:
-            await lane.send(records)
-            await asyncio.sleep(1.5)
-        await lane.send([closer])
+    async def produce(records: list[object]) -> None:
+        """One chunk over ~4 s: the stream goes on while a run publishes and cuts deltas."""
+        step = len(records) // 10 + 1
+        for i in range(0, len(records), step):
+            await lane.send(records[i : i + step])  # type: ignore[arg-type]
+            await asyncio.sleep(0.4)
 
-    producer = asyncio.create_task(produce())
     rng = random.Random(42)
     kills = 0
+    producers: list[asyncio.Task[None]] = []
     try:
         trained_before = 0
         while kills < KILLS:
             proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=env)  # noqa: ASYNC220
-            # Kill only once this run has learned something new, at a random moment after that.
+            producers.append(asyncio.create_task(produce(chunks[kills])))
+            # Kill once this run has learned something new and written a delta (a version of
+            # its own is live), at a random moment after that: deltas are cut every 0.1 s.
             for _ in range(600):
                 await asyncio.sleep(0.1)
                 assert proc.poll() is None, (tmp_path / "updater.log").read_text()[-3000:]
                 current = read_status(status_file)
                 # This run's own status (the file outlives each killed run), with something new learned.
                 learned = int(current.get("samples_trained") or 0)
-                if current.get("pid") == proc.pid and learned > trained_before:
+                written = int((current.get("deltas") or {}).get("written", 0))  # type: ignore[attr-defined]
+                if current.get("pid") == proc.pid and learned > trained_before and written > 0:
                     break
-            await asyncio.sleep(rng.uniform(0.0, 1.5))
+            await asyncio.sleep(rng.uniform(0.0, 1.0))
             proc.kill()
             proc.wait()
             kills += 1
             trained_before = int(read_status(status_file).get("samples_trained") or 0)
-        await producer
+        for records in chunks[kills:]:
+            await lane.send(records)
+        await lane.send([closer])
+        await asyncio.gather(*producers)
 
         proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=env)  # noqa: ASYNC220
         status: dict[str, object] = {}
@@ -94,7 +112,8 @@ async def test_sigkill_restarts_learn_every_sample_exactly_once(lane: Lane, tmp_
         # Graceful: batch finished, checkpoint written, offsets committed.
         assert code == 0, (tmp_path / "updater.log").read_text()[-3000:]
     finally:
-        producer.cancel()
+        for task in producers:
+            task.cancel()
         log.close()
 
     status = read_status(status_file)
@@ -109,3 +128,49 @@ async def test_sigkill_restarts_learn_every_sample_exactly_once(lane: Lane, tmp_
     assert sum(r["records"] for r in ranges.values()) == total_records
     assert status["duplicates"] == 0
     assert status["checkpoints"] >= 1
+
+    # The delta log: whole files only, numbered on across the runs without a gap or a reuse.
+    model_dir = Path(lane.repository) / lane.model_name
+    log = DeltaLog(model_dir / DELTA_DIR)
+    seqs = log.seqs()
+    print(f"deltas {seqs[0]}..{seqs[-1]} in the log, {status['deltas']['written']} by the last run")
+    assert seqs == list(range(seqs[0], seqs[-1] + 1))
+    assert not list(log.directory.glob(".*.tmp"))
+    for seq in seqs:
+        assert Delta.from_bytes(log.path(seq).read_bytes()).seq == seq
+    # Triton serves the newest version plus every delta after its cut ...
+    newest = Publisher(Path(lane.repository), model=lane.model_name).versions()[-1]
+    candidates = [Candidate(i, "shoes", "acme", 49.0) for i in ("hot", "cold", "f1", "f2", "f3")]
+    async with TritonModel(lane.triton_grpc, model=lane.model_name) as triton:
+        await wait_for_state(triton, (newest, seqs[-1]))
+        served = await triton.rank("u1", "red shoes", candidates)
+    # ... which is exactly that version's files with the log replayed over them, here.
+    replayed = LIVE.LiveModel(str(model_dir / str(newest) / "model.onnx"), version=newest)
+    LIVE.DeltaFollower(replayed, str(log.directory)).catch_up()
+    assert replayed.state.tolist() == [newest, seqs[-1]]
+    samples = [
+        Sample("u1", "red shoes", c.item_id, c.category, c.brand, c.price, 0, 0, 0) for c in candidates
+    ]
+    scores, _ = replayed.run(feeds(samples))
+    expected = {c.item_id: float(v) for c, v in zip(candidates, scores, strict=True)}
+    assert {c.item_id: v for c, v in served.items} == pytest.approx(expected, abs=1e-6)
+
+
+def _live_backend() -> ModuleType:
+    path = Path(__file__).resolve().parents[2] / "exporter" / "backend" / "onnxruntime" / "live.py"
+    spec = importlib.util.spec_from_file_location("freshrank_live_e2e", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+LIVE = _live_backend()
+
+
+async def wait_for_state(triton: TritonModel, state: tuple[int, int]) -> None:
+    for _ in range(100):
+        if await triton.probe_state() == state:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"Triton answers with {await triton.probe_state()}, expected {state}")

@@ -1,4 +1,5 @@
-"""Zero-downtime swaps: 100 new versions loaded under steady HTTP and gRPC traffic."""
+"""Zero-downtime swaps: 100 new versions loaded under steady HTTP and gRPC traffic, with deltas
+applied in place between them."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import tritonclient.http as httpclient
 import tritonclient.http.aio as httpaio
 from tritonclient.utils import InferenceServerException
 
+from exporter.delta import DELTA_DIR, DeltaLog, build_delta
 from exporter.onnx_export import build_onnx, write_onnx
 from exporter.publish import Publisher
 from exporter.triton import TritonModel
@@ -55,27 +57,38 @@ def triton_rss(pid: int) -> int:
     return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)])
 
 
+def state_of(result: object) -> tuple[int, int]:
+    state = result.as_numpy("model_state")  # type: ignore[attr-defined]
+    return int(state[0]), int(state[1])
+
+
 class Load:
     def __init__(self) -> None:
         self.ok = 0
         self.failed: list[str] = []
         self.backwards = 0
+        self.states: set[tuple[int, int]] = set()  # (version, delta) that answered
         self.stop = asyncio.Event()
 
-    def saw(self, last: int, version: int) -> int:
+    def saw(self, last: tuple[int, int], version: int, state: tuple[int, int]) -> tuple[int, int]:
+        """One answer: its version and state must never go back (per client)."""
         self.ok += 1
-        if version < last:
+        if state[0] != version:
+            self.failed.append(f"model_state {state} from version {version}")
+        if state < last:
             self.backwards += 1
-        return max(last, version)
+        self.states.add(state)
+        return max(last, state)
 
     async def http_worker(self, url: str) -> None:
         client = httpaio.InferenceServerClient(url)
-        last = 0
+        last = (0, 0)
         try:
             while not self.stop.is_set():
                 try:
                     result = await client.infer("ranker", tensors(httpclient))
-                    last = self.saw(last, int(result.get_response()["model_version"]))
+                    version = int(result.get_response()["model_version"])
+                    last = self.saw(last, version, state_of(result))
                 except InferenceServerException as exc:
                     self.failed.append(f"http: {exc}")
         finally:
@@ -83,12 +96,13 @@ class Load:
 
     def grpc_worker(self, url: str) -> None:
         client = grpcclient.InferenceServerClient(url)
-        last = 0
+        last = (0, 0)
         try:
             while not self.stop.is_set():
                 try:
                     result = client.infer("ranker", tensors(grpcclient), client_timeout=10)
-                    last = self.saw(last, int(result.get_response().model_version))
+                    version = int(result.get_response().model_version)
+                    last = self.saw(last, version, state_of(result))
                 except InferenceServerException as exc:
                     self.failed.append(f"grpc: {exc}")
         finally:
@@ -103,13 +117,24 @@ async def test_hundred_swaps_under_load_drop_no_request(stack: EmbeddedStack, tm
         Sample(f"u{i % 7}", "red shoes", f"i{i}", "shoes", "acme", 20.0, i % 2, 0, 0) for i in range(200)
     ]
     publisher = Publisher(Path(a.repository), keep=3)
+    log = DeltaLog(publisher.model_dir / DELTA_DIR)
+    learner.tracking = True
+    vocabs.track_changes()
+    cuts: dict[int, int] = {}
 
     def publish_next() -> int:
+        """Two deltas on the version served, then the next version, cut after them."""
+        for _ in range(2):
+            learner.learn(encode(samples, vocabs, SMALL_MODEL.max_tokens))
+            seq = log.last() + 1
+            log.write(build_delta(seq, learner.model, learner.take_touched(), vocabs.take_changes(), {}))
         learner.learn(encode(samples, vocabs, SMALL_MODEL.max_tokens))
-        model = learner.frozen_copy()
-        return publisher.publish(
-            publisher.next_version(), lambda d: write_onnx(build_onnx(model, vocabs), d)
+        model, cut, number = learner.frozen_copy(), log.last(), publisher.next_version()
+        version = publisher.publish(
+            number, lambda d: write_onnx(build_onnx(model, vocabs, version=number, delta_seq=cut), d)
         ).version
+        cuts[version] = cut
+        return version
 
     async with TritonModel(a.triton_grpc) as triton:
         await asyncio.to_thread(publish_next)
@@ -129,6 +154,7 @@ async def test_hundred_swaps_under_load_drop_no_request(stack: EmbeddedStack, tm
                 await triton.load()
                 assert await triton.served_version() == version
                 publisher.prune(protect={version})
+                log.prune(min(cuts[v] for v in publisher.versions()))
                 rss.append(triton_rss(triton_pid))
         finally:
             load.stop.set()
@@ -142,6 +168,9 @@ async def test_hundred_swaps_under_load_drop_no_request(stack: EmbeddedStack, tm
     )
     assert load.failed == []
     assert load.backwards == 0
+    # Deltas were served in place (a state past its version's cut), on most versions.
+    in_place = {v for v, seq in load.states if seq > cuts.get(v, seq)}
+    assert len(in_place) > SWAPS // 2, sorted(load.states)[-10:]
     assert load.ok > SWAPS * 10
     assert rss_after < rss_before + 300 * 2**20  # bounded
     assert rss[99] < rss[49] + 100 * 2**20  # and not growing with every swap
