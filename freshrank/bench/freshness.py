@@ -6,7 +6,7 @@ by a state that learned the sample it completed — a version, or a delta applie
 (``model_state`` in the response) — measured by the updater itself when that state answers
 (see ``Updater.freshness_by_action``); only actions produced after the warm-up count. Runs
 the real loop (broker, updater, PostgreSQL registry, Triton) at several event rates, with
-and without deltas, with rare snapshots, and with embedding tables of 10k to 10M rows.
+with and without deltas, with frequent snapshots, and with embedding tables of 10k to 10M rows.
 
 Black-box: a brand-new item appears and gets every click for its query; the time from its
 first event to the first Triton response that ranks it on top, seen from a client.
@@ -37,12 +37,17 @@ from updater.settings import DEFAULT_DELTA_INTERVAL_S, DEFAULT_PUBLISH_INTERVAL_
 from updater.source import ensure_topic
 
 RATES = (500, 2_000, 5_000)
-WARMUP_S = 10.0
+# The first attribution window (10 s) brings clicks and no misses yet: a learner that starts
+# from nothing over-predicts clicks then, the gate holds serving at the first version, and
+# freshness during that start says nothing about a running shop. Measured from 20 s on; each
+# run also reports the figures from 10 s on (``freshness_from_10s_s``).
+WARMUP_S = 20.0
+EARLY_S = 10.0
 MEASURE_S = 30.0
 LARGE = ("--items", "150000", "--users", "150000")  # vocabularies near the default capacities
 TARGET_P50_S = 1.0
 TARGET_P99_S = 2.5
-RARE_SNAPSHOTS_S = 30.0
+FREQUENT_SNAPSHOTS_S = 2.0  # the default before versions became rare
 # Embedding rows (user + item tables, half each; the other tables as the default model's), and
 # the simulator's ids for them: its default shop below 100k rows, 150k users and items above.
 ROWS = (10_000, 1_000_000, 10_000_000)
@@ -104,6 +109,7 @@ async def rate_run(
             stdout=asyncio.subprocess.PIPE, stderr=log,
         )  # fmt: skip
         try:
+            early_from = time.time() + EARLY_S
             await asyncio.sleep(WARMUP_S)
             measured_from = time.time()  # actions produced from now on; the start-up is not steady state
             versions0 = updater.status()["versions_published"]
@@ -137,6 +143,7 @@ async def rate_run(
             log.close()
         status = updater.status()
         fresh = [f for at, f in updater.freshness_by_action if at >= measured_from]
+        early = [f for at, f in updater.freshness_by_action if at >= early_from]
     result: dict[str, Any] = {
         "rate_target": rate,
         "events_produced": produced.get("events_produced"),
@@ -150,6 +157,7 @@ async def rate_run(
         "actions_measured": len(fresh),
         "all_served_at_end": settled,
         "freshness_s": percentiles(fresh),
+        "freshness_from_10s_s": percentiles(early),
         "max_consumer_lag": max(lags, default=None),
         "vocab_sizes": status.get("vocab_sizes"),
         "last_export": status.get("last_export"),
@@ -194,6 +202,7 @@ async def launch_run(stack: EmbeddedStack, root: Path, progress: Progress) -> di
             started = time.time()
             seq = 0
             first_top: dict[str, Any] | None = None
+            trajectory: list[dict[str, Any]] = []  # the new item's rank at each probe
             while time.time() - started < LAUNCH_TIMEOUT_S:
                 # 20 requests/s for the query: the new item is shown among rivals and always clicked.
                 for _ in range(2):
@@ -211,7 +220,16 @@ async def launch_run(stack: EmbeddedStack, root: Path, progress: Progress) -> di
                         topic, _event("click", now + 300, user, request, query, new, seq, None)
                     )
                 ranking = await triton.rank(probe_user, query, candidates)
-                if ranking.items[0][0].item_id == new.item_id:
+                rank = [c.item_id for c, _ in ranking.items].index(new.item_id) + 1
+                trajectory.append(
+                    {
+                        "s": round(time.time() - started, 2),
+                        "rank": rank,
+                        "version": ranking.version,
+                        "delta_seq": ranking.delta_seq,
+                    }
+                )
+                if rank == 1:
                     first_top = {
                         "seconds": round(time.time() - started, 2),
                         "version": ranking.version,
@@ -236,6 +254,7 @@ async def launch_run(stack: EmbeddedStack, root: Path, progress: Progress) -> di
         "served_by_delta": first_top["delta_seq"] if first_top else None,
         "versions_published": updater.status()["versions_published"],
         "timeout_s": LAUNCH_TIMEOUT_S,
+        "rank_over_time": trajectory,
     }
     progress(f"launch: a new item went from rank {rank_before} to the top in {result['time_to_top_s']} s")
     return result
@@ -270,10 +289,11 @@ def run(out: Path, progress: Progress) -> dict[str, Any]:
                 for rate in RATES:
                     result["rates"][str(rate)] = await rate_run(stack, root, f"rate-{rate}", rate, progress)
                 result["no_deltas_2000"] = await rate_run(
-                    stack, root, "no-deltas-2000", 2_000, progress, delta_interval_s=0.0
-                )
-                result["rare_snapshots_2000"] = await rate_run(
-                    stack, root, "rare-2000", 2_000, progress, publish_interval_s=RARE_SNAPSHOTS_S
+                    stack, root, "no-deltas-2000", 2_000, progress,
+                    publish_interval_s=FREQUENT_SNAPSHOTS_S, delta_interval_s=0.0,
+                )  # fmt: skip
+                result["frequent_snapshots_2000"] = await rate_run(
+                    stack, root, "frequent-2000", 2_000, progress, publish_interval_s=FREQUENT_SNAPSHOTS_S
                 )
                 result["large_vocab_2000"] = await rate_run(
                     stack, root, "large-2000", 2_000, progress, simulate=LARGE
@@ -281,8 +301,7 @@ def run(out: Path, progress: Progress) -> dict[str, Any]:
                 result["rows"] = {}
                 for rows in ROWS:
                     result["rows"][str(rows)] = await rate_run(
-                        stack, root, f"rows-{rows}", 2_000, progress,
-                        publish_interval_s=RARE_SNAPSHOTS_S, rows=rows,
+                        stack, root, f"rows-{rows}", 2_000, progress, rows=rows,
                         simulate=LARGE if rows >= 300_000 else (),
                     )  # fmt: skip
                 result["launch"] = await launch_run(stack, root, progress)
@@ -334,7 +353,7 @@ def _plot(result: dict[str, Any], out: Path) -> None:
 
     runs = {f"{k} ev/s": v for k, v in result["rates"].items()}
     runs["2000, no deltas"] = result["no_deltas_2000"]
-    runs[f"2000, snapshots every {RARE_SNAPSHOTS_S:g} s"] = result["rare_snapshots_2000"]
+    runs[f"2000, snapshots every {FREQUENT_SNAPSHOTS_S:g} s"] = result["frequent_snapshots_2000"]
     runs["2000, 150k items/users"] = result["large_vocab_2000"]
     for rows, r in result["rows"].items():
         runs[f"2000, {int(rows):,} rows"] = r

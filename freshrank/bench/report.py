@@ -77,14 +77,14 @@ def rows(directory: Path) -> list[tuple[str, str, str, str]]:
                 (
                     "freshness",
                     f"{int(rate):,} events/s (measured {r['events_per_s']:,.0f}), deltas every 0.5 s,"
-                    " versions every 2 s, p50 / p95 / p99",
+                    f" versions every {r['publish_interval_s']:g} s, p50 / p95 / p99",
                     f"{q['p50']:.2f} / {q['p95']:.2f} / {q['p99']:.2f} s",
                     target,
                 )
             )
         runs = [
             ("no_deltas_2000", "2,000 events/s, no deltas (versions every 2 s)"),
-            ("rare_snapshots_2000", "2,000 events/s, deltas, versions every 30 s"),
+            ("frequent_snapshots_2000", "2,000 events/s, deltas, versions every 2 s"),
             ("large_vocab_2000", "2,000 events/s, deltas, 150k items and users"),
         ]
         runs += [
@@ -164,6 +164,28 @@ def rows(directory: Path) -> list[tuple[str, str, str, str]]:
                 f"p99 ≤ 15 ms {_met(v['targets']['p99_at_half_peak_ms'])}",
             )
         )
+        d = v.get("deltas")
+        if d:
+            on, off = d["open_loop_with_deltas"], d["open_loop_without_deltas"]
+            out.append(
+                (
+                    "serving",
+                    f"gRPC at half the peak with a {d['rows_per_delta']:,}-row delta every"
+                    f" {d['interval_s']:g} s / without, p99 (failed)",
+                    f"{on['p99_ms']:.1f} ({on['errors']}) / {off['p99_ms']:.1f} ({off['errors']}) ms",
+                    f"within 20 %, 0 failed {_met(v['targets']['deltas_p99_within_20pct_no_failures'])}",
+                )
+            )
+            m = d["memory"]
+            out.append(
+                (
+                    "serving",
+                    f"Triton RSS over {m['deltas']:,} deltas applied in place",
+                    f"{m['rss'][1]['rss_mb']:,.0f} MB after 1,000, {m['rss'][-1]['rss_mb']:,.0f} MB after"
+                    f" {m['deltas']:,} ({m['ms_per_delta']} ms a delta)",
+                    "",
+                )
+            )
     qd = _load(directory, "quality")
     if qd:
         auc = qd["after_drift_auc"]

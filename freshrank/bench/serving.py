@@ -7,6 +7,11 @@ runs in full) is published and loaded into the embedded Triton. Closed-loop clie
 ``model.onnx`` with the same inputs is the limit. Then an open-loop generator at half the
 measured gRPC peak gives the latency a client sees when the server is not saturated.
 
+Deltas: the same open loop again while deltas of ~1,500 rows arrive every 0.5 s (the
+updater's cadence at 2,000 events/s) and are applied in place, against the run without them;
+then 10,000 deltas applied as fast as the backend takes them, with the resident memory of
+Triton's process tree (server and Python stub) sampled every 1,000.
+
 Clients are tritonclient's blocking clients, one per thread: the network wait releases the
 GIL, and it is the client the project itself uses against Triton (``exporter/triton.py``
 moved off ``grpc.aio`` after a crash under cancellation on Python 3.11). The load generator
@@ -33,6 +38,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from exporter.check import open_session
+from exporter.delta import DELTA_DIR, Delta, DeltaLog, build_delta
 from exporter.onnx_export import build_onnx, write_onnx
 from exporter.publish import MODEL_NAME, Publisher
 from exporter.triton import TritonModel
@@ -95,7 +101,103 @@ def open_loop_schedule(rate: float, duration_s: float) -> np.ndarray:
 # ----------------------------------------------------------------------------- the model
 
 
-def publish_model(repository: Path) -> tuple[Publisher, int, Path]:
+DELTA_ROWS = 1_500  # per delta: what one carries at 2,000 events/s
+DELTA_INTERVAL_S = 0.5
+MEMORY_DELTAS = 10_000
+MEMORY_SAMPLE_EVERY = 1_000
+TARGET_DELTA_P99_RATIO = 1.2
+
+
+def delta_arrays(model: Ranker) -> dict[str, np.ndarray]:
+    """The arrays of a delta of ``DELTA_ROWS`` rows (users and items, half each) and the dense weights."""
+    rng = np.random.default_rng(3)
+    touched = {
+        "item": np.sort(rng.choice(ITEMS, DELTA_ROWS // 2, replace=False)) + 2,
+        "user": np.sort(rng.choice(USERS, DELTA_ROWS // 2, replace=False)) + 2,
+    }
+    return build_delta(1, model, touched, {}, {}).arrays
+
+
+def triton_rss(pid: int) -> int:
+    proc = psutil.Process(pid)
+    return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)])
+
+
+class DeltaWriter:
+    """Writes deltas (renumbered copies of one) into the model's log from a thread."""
+
+    def __init__(self, log: DeltaLog, arrays: dict[str, np.ndarray], start: int) -> None:
+        self.log, self.arrays, self.seq = log, arrays, start
+        self.stop = threading.Event()
+        self.written = 0
+
+    def write(self) -> int:
+        self.seq += 1
+        self.log.write(Delta(self.seq, int(time.time() * 1000), self.arrays))
+        self.written += 1
+        return self.seq
+
+    def every(self, interval_s: float) -> None:
+        while not self.stop.wait(interval_s):
+            self.write()
+
+
+def deltas_under_load(
+    make: Callable[[], tuple[Infer, Callable[[], None]]],
+    pool: list[dict[str, np.ndarray]],
+    rate: float,
+    meter: CpuMeter,
+    writer: DeltaWriter,
+) -> dict[str, Any]:
+    """The open loop at ``rate`` while a delta arrives every ``DELTA_INTERVAL_S``."""
+    writer.stop.clear()
+    thread = threading.Thread(target=writer.every, args=(DELTA_INTERVAL_S,), daemon=True)
+    before = writer.written
+    thread.start()
+    try:
+        row = open_loop(make, pool, rate, OPEN_LOOP_S, meter)
+    finally:
+        writer.stop.set()
+        thread.join(10)
+    row["deltas_written"] = writer.written - before
+    return row
+
+
+async def memory_over_deltas(
+    triton: TritonModel, writer: DeltaWriter, pid: int, progress: Progress
+) -> dict[str, Any]:
+    """``MEMORY_DELTAS`` deltas through the backend, applied before the next batch is written;
+    the log is pruned as it goes (as the updater's retention does)."""
+    samples = [{"applied": 0, "rss_mb": round(triton_rss(pid) / 2**20, 1)}]
+    started = time.perf_counter()
+    applied = 0
+    while applied < MEMORY_DELTAS:
+        for _ in range(50):
+            last = writer.write()
+        for _ in range(6_000):  # 30 s at most
+            if (await triton.probe_state())[1] >= last:
+                break
+            await asyncio.sleep(0.005)
+        else:
+            raise RuntimeError(f"Triton did not apply delta {last} within 30 s")
+        applied += 50
+        writer.log.prune(last - 1)
+        if applied % MEMORY_SAMPLE_EVERY == 0:
+            samples.append({"applied": applied, "rss_mb": round(triton_rss(pid) / 2**20, 1)})
+            progress(f"deltas: {applied:,} applied inside Triton, RSS {samples[-1]['rss_mb']} MB")
+    elapsed = time.perf_counter() - started
+    first, tenth = samples[1]["rss_mb"], samples[-1]["rss_mb"]
+    return {
+        "deltas": applied,
+        "rows_per_delta": DELTA_ROWS,
+        "seconds": round(elapsed, 1),
+        "ms_per_delta": round(1000 * elapsed / applied, 2),
+        "rss": samples,
+        "growth_after_first_1000_mb": round(tenth - first, 1),
+    }
+
+
+def publish_model(repository: Path) -> tuple[Publisher, int, Path, Ranker]:
     config = RankerConfig()
     torch.manual_seed(0)
     model = Ranker(config).eval()
@@ -118,7 +220,7 @@ def publish_model(repository: Path) -> tuple[Publisher, int, Path]:
     published = publisher.publish(
         publisher.next_version(), lambda d: write_onnx(build_onnx(model, vocabs, titles), d)
     )
-    return publisher, published.version, published.path / "model.onnx"
+    return publisher, published.version, published.path / "model.onnx", model
 
 
 def request_columns(rng: random.Random) -> dict[str, np.ndarray]:
@@ -392,7 +494,7 @@ def run(out: Path, progress: Progress) -> dict[str, Any]:
             progress(
                 f"publishing a default-size model ({ITEMS:,} items, {USERS:,} users in the vocabularies)"
             )
-            publisher, version, model_path = publish_model(stack.repository)
+            publisher, version, model_path, model = publish_model(stack.repository)
             result["model_bytes"] = sum(f.stat().st_size for f in model_path.parent.iterdir())
             base_config = publisher.config_text()
             triton = TritonModel(stack.triton.grpc_url, load_timeout_s=120)
@@ -463,12 +565,35 @@ def run(out: Path, progress: Progress) -> dict[str, Any]:
                 f"open loop: {half_row['rps']:.0f} req/s achieved, p50 {half_row['p50_ms']} ms, "
                 f"p99 {half_row['p99_ms']} ms, errors {half_row['errors']}"
             )
+            writer = DeltaWriter(DeltaLog(publisher.model_dir / DELTA_DIR), delta_arrays(model), start=0)
+            with_deltas = deltas_under_load(grpc_make, pool, half, meter, writer)
+            # The same load without deltas right after, so both see the machine in the same state.
+            without = open_loop(grpc_make, pool, half, OPEN_LOOP_S, meter)
+            progress(
+                f"open loop with a delta every {DELTA_INTERVAL_S} s ({with_deltas['deltas_written']} "
+                f"applied): p50 {with_deltas['p50_ms']} ms, p99 {with_deltas['p99_ms']} ms, "
+                f"errors {with_deltas['errors']}; without: p99 {without['p99_ms']} ms"
+            )
+            memory = asyncio.run(memory_over_deltas(triton, writer, triton_pid, progress))
             asyncio.run(triton.close())
         finally:
             stack.stop()
 
     result["curves"] = curves
     result["open_loop_half_peak"] = half_row
+    ratio = (
+        round(with_deltas["p99_ms"] / without["p99_ms"], 3)
+        if with_deltas["p99_ms"] and without["p99_ms"]
+        else None
+    )
+    result["deltas"] = {
+        "rows_per_delta": DELTA_ROWS,
+        "interval_s": DELTA_INTERVAL_S,
+        "open_loop_with_deltas": with_deltas,
+        "open_loop_without_deltas": without,
+        "p99_ratio": ratio,
+        "memory": memory,
+    }
     result["peaks"] = {"in_process_rps": inproc_peak, "grpc_rps": grpc_peak, "http_rps": http_peak}
     result["ratios"] = {
         "grpc_peak_over_in_process": round(grpc_peak / inproc_peak, 3),
@@ -480,6 +605,11 @@ def run(out: Path, progress: Progress) -> dict[str, Any]:
             "target": TARGET_GRPC_RATIO,
             "measured": result["ratios"]["grpc_peak_over_in_process"],
             "met": result["ratios"]["grpc_peak_over_in_process"] >= TARGET_GRPC_RATIO,
+        },
+        "deltas_p99_within_20pct_no_failures": {
+            "target": TARGET_DELTA_P99_RATIO,
+            "measured": ratio,
+            "met": ratio is not None and ratio <= TARGET_DELTA_P99_RATIO and with_deltas["errors"] == 0,
         },
         "p99_at_half_peak_ms": {
             "target": TARGET_P99_MS,
