@@ -174,12 +174,7 @@ async def memory_over_deltas(
     while applied < MEMORY_DELTAS:
         for _ in range(50):
             last = writer.write()
-        for _ in range(6_000):  # 30 s at most
-            if (await triton.probe_state())[1] >= last:
-                break
-            await asyncio.sleep(0.005)
-        else:
-            raise RuntimeError(f"Triton did not apply delta {last} within 30 s")
+        await _applied(triton, last)
         applied += 50
         writer.log.prune(last - 1)
         if applied % MEMORY_SAMPLE_EVERY == 0:
@@ -476,8 +471,19 @@ def requests_per_execute(before: tuple[int, int], after: tuple[int, int]) -> flo
     return round(requests / executions, 3) if executions > 0 else None
 
 
-async def _load(triton: TritonModel, version: int, config_text: str) -> float:
+async def _load(triton: TritonModel, version: int | None, config_text: str) -> float:
+    """``version`` by number (as cut: no deltas), or None: the newest, following the deltas."""
     return await triton.load(version, config_text)
+
+
+async def _applied(triton: TritonModel, seq: int, timeout_s: float = 30.0) -> float:
+    """Seconds until Triton answers with delta ``seq`` applied; RuntimeError after ``timeout_s``."""
+    started = time.perf_counter()
+    for _ in range(int(timeout_s / 0.005)):
+        if (await triton.probe_state())[1] >= seq:
+            return time.perf_counter() - started
+        await asyncio.sleep(0.005)
+    raise RuntimeError(f"Triton did not apply delta {seq} within {timeout_s:.0f} s")
 
 
 def run(out: Path, progress: Progress) -> dict[str, Any]:
@@ -566,7 +572,11 @@ def run(out: Path, progress: Progress) -> dict[str, Any]:
                 f"p99 {half_row['p99_ms']} ms, errors {half_row['errors']}"
             )
             writer = DeltaWriter(DeltaLog(publisher.model_dir / DELTA_DIR), delta_arrays(model), start=0)
+            # Loaded as the newest (not by number, which serves the version as cut): it follows the log.
+            asyncio.run(_load(triton, None, base_config))
             with_deltas = deltas_under_load(grpc_make, pool, half, meter, writer)
+            # Every delta written during the load was applied (none piled up behind it).
+            with_deltas["last_applied_after_s"] = round(asyncio.run(_applied(triton, writer.seq)), 3)
             # The same load without deltas right after, so both see the machine in the same state.
             without = open_loop(grpc_make, pool, half, OPEN_LOOP_S, meter)
             progress(
