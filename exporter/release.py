@@ -449,6 +449,9 @@ class ReleaseManager:
         verdict = await asyncio.to_thread(judge, model, vocabs, (live.model, live.vocabs), holdout, settings)
         self.counters.checks += 1
         self.last_check = {"seq": seq, "at": self.clock(), "reason": verdict.reason, **verdict.metrics}
+        # What serves now on the latest window: this state, or the version as cut while held.
+        held = verdict.reason is not None or self.held is not None
+        self._served_holdout(live.version, verdict.metrics, "live_" if held else "")
         if verdict.reason is None:
             self.checked_seq = max(self.checked_seq, seq)
             if self.held is not None and self.held.by == "check":
@@ -561,10 +564,11 @@ class ReleaseManager:
     # ----------------------------------------------------------------- rollback
 
     async def _maybe_roll_back(self, snap: Snapshot) -> ReleaseOutcome | None:
-        """Go back to the best recent version when the live one fell too far below it.
+        """Go back to the best recent version when what serves fell too far below it.
 
-        The live version and the versions served before it are scored on the latest held-out
-        window; the best of those is the rollback target.
+        What serves (the live version, or with deltas flowing the state in hand) and the
+        versions served before it are scored on the latest held-out window; the best of those
+        is the rollback target.
         """
         live, history = self.live, list(self.history)
         if self.server is None or live is None or not history or self.serving.mode != "latest":
@@ -572,12 +576,22 @@ class ReleaseManager:
         if not snap.holdout:
             return None
 
-        def score_all() -> list[tuple[LiveModel, HoldoutMetrics]]:
-            return [(m, evaluate(m.model, m.vocabs, snap.holdout)) for m in (live, *history)]
+        # With deltas flowing, what serves is the live version plus its deltas, which the
+        # snapshot in hand is (the learner now); the live version's own weights are a publish
+        # interval old, and judged alone against older versions on today's window they can
+        # look worse than what is served. Without deltas the live version is what serves.
+        serving_now = (snap.model, snap.vocabs) if self.deltas_wanted else (live.model, live.vocabs)
+
+        def score_all() -> list[tuple[LiveModel | None, HoldoutMetrics]]:
+            return [(None, evaluate(*serving_now, snap.holdout))] + [
+                (m, evaluate(m.model, m.vocabs, snap.holdout)) for m in history
+            ]
 
         scored = await asyncio.to_thread(score_all)
         now_m = scored[0][1]
-        previous, prev_m = max(scored[1:], key=lambda pair: -1.0 if math.isnan(pair[1].auc) else pair[1].auc)
+        best, prev_m = max(scored[1:], key=lambda pair: -1.0 if math.isnan(pair[1].auc) else pair[1].auc)
+        assert best is not None
+        previous = best
         reason = should_roll_back(now_m, prev_m, self.gate)
         if reason is None:
             return None

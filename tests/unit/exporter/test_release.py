@@ -511,3 +511,21 @@ def test_a_delta_is_named_only_with_a_held_version() -> None:
     with pytest.raises(ValueError, match="only with a held version"):
         Serving(delta=3)
     assert Serving("pinned", 4, "x", 3).delta == 3
+
+
+async def test_with_deltas_flowing_the_rollback_check_judges_what_serves_not_the_stale_snapshot(
+    tmp_path: Path,
+) -> None:
+    r = rig(tmp_path, deltas=True)
+    assert (await r.release.release(snapshot(trained(), HOLDOUT))).kind == "live"
+    # Version 2's own weights are bad (nothing to judge it on when it was cut) ...
+    assert (await r.release.release(snapshot(trained(flipped=True)))).kind == "live"
+    assert r.release.deltas_wanted
+    # ... but deltas since carried serving to the learner's state, which is good: no rollback.
+    outcome = await r.release.release(snapshot(trained(), HOLDOUT))
+    assert outcome.kind == "live" and r.release.counters.rollbacks == 0
+    # Without deltas the live version's weights are what serves, and they are rolled back from.
+    plain = rig(tmp_path / "plain")
+    assert (await plain.release.release(snapshot(trained(), HOLDOUT))).kind == "live"
+    assert (await plain.release.release(snapshot(trained(flipped=True)))).kind == "live"
+    assert (await plain.release.release(snapshot(trained(), HOLDOUT))).kind == "rolled_back"
