@@ -337,7 +337,9 @@ class ReleaseManager:
         verdict = await asyncio.to_thread(judge, snap.model, snap.vocabs, live, snap.holdout, self.gate)
         metrics.update(verdict.metrics)
         if self.live is not None and "live_holdout_auc" in verdict.metrics:
-            self._served_holdout(self.live.version, verdict.metrics, "live_")
+            # With deltas flowing serving has the candidate's state, not the live version's weights.
+            prefix = "" if self.deltas_wanted else "live_"
+            self._served_holdout(self.live.version, verdict.metrics, prefix)
         self._version_floor = max(self._version_floor, version)
         if verdict.reason is not None:
             outcome = self._reject(snap, version, metrics, f"gate: {verdict.reason}")
