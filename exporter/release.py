@@ -465,6 +465,26 @@ class ReleaseManager:
             await self._hold(f"delta {seq}: {verdict.reason}", by="check")
         return verdict.reason
 
+    def adopt_hold(self) -> None:
+        """Take over a hold left in the log (by a writer that crashed or handed over): serving
+        stays held until this process's first version goes live, which lifts it."""
+        if self.deltas is None or self.held is not None:
+            return
+        try:
+            found = self.deltas.held()
+        except (OSError, ValueError) as exc:
+            log.warning("an unreadable hold in the delta log is left as it is: %s", exc)
+            return
+        if found is None:
+            return
+        try:
+            version, upto = int(found["version"]), int(found["upto"])
+        except (KeyError, TypeError, ValueError):
+            log.warning("a hold in the delta log that names no version and delta: %s", found)
+            return
+        self.held = Hold(version, upto, str(found.get("reason", "")), "gate", self.clock())
+        log.warning("serving stays held at version %d delta %d until a version of this writer", version, upto)
+
     async def _hold(self, reason: str, by: str) -> None:
         """Serve the live version as it was cut, no delta after it.
 

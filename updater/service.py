@@ -231,6 +231,8 @@ class Updater:
         if self.deltas is not None:
             # A writer before this one (a standby took over) may have written more since start-up.
             self.deltas.resume_from_log()
+            # A hold a writer before this one put stays in force until this one's first version.
+            self.release.adopt_hold()
         if not self._restore() and s.warm_start is not None:
             await asyncio.to_thread(self._warm_start, s.warm_start)
         await self.source.start()

@@ -279,7 +279,12 @@ class DeltaFollower:
         # Read after listing: a hold written before a delta is in force by the time it is seen.
         limit = self.effective_limit()
         if limit is not None and self.model.seq > limit and self.reload is not None:
-            fresh = self.reload()
+            try:
+                fresh = self.reload()
+            except Exception as exc:  # noqa: BLE001 - the thread must live on: retried next round
+                if self.log is not None:
+                    self.log(f"freshrank: could not rebuild version {self.model.version} for a hold: {exc}")
+                return 0
             if self._apply(fresh, seqs, limit) is None:
                 return 0
             self.model = fresh  # one reference: a request scores with the old state or the new

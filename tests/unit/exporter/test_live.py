@@ -226,3 +226,27 @@ def test_pruning_keeps_the_newest_delta_and_deltas_carry_their_offsets(tmp_path:
     assert log.prune(upto=5) == [1, 2] and log.seqs() == [3]
     read = Delta.from_bytes(log.path(3).read_bytes())
     assert (read.seq, read.samples_trained, read.offsets) == (3, 30, {"e:0": 3})
+
+
+def test_a_rebuild_that_fails_leaves_serving_as_it_is_and_is_retried(tmp_path: Path) -> None:
+    learner, _ = version_1(VARIANTS[0], tmp_path)
+    log = DeltaLog(tmp_path / "deltas")
+    log.write(build_delta(1, learner.model, {}, {}, {}))
+    path = str(tmp_path / "1" / "model.onnx")
+    attempts: list[int] = []
+
+    def reload() -> object:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise OSError("the version's files are not readable yet")
+        return live.LiveModel(path)
+
+    messages: list[str] = []
+    follower = live.DeltaFollower(
+        live.LiveModel(path), str(log.directory), log=messages.append, reload=reload
+    )
+    assert follower.catch_up() == 1
+    log.hold(1, 0, "worse")
+    assert follower.catch_up() == 0 and follower.model.seq == 1 and "could not rebuild" in messages[-1]
+    follower.catch_up()
+    assert follower.model.seq == 0 and len(attempts) == 2

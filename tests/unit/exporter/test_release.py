@@ -529,3 +529,16 @@ async def test_with_deltas_flowing_the_rollback_check_judges_what_serves_not_the
     assert (await plain.release.release(snapshot(trained(), HOLDOUT))).kind == "live"
     assert (await plain.release.release(snapshot(trained(flipped=True)))).kind == "live"
     assert (await plain.release.release(snapshot(trained(), HOLDOUT))).kind == "rolled_back"
+
+
+async def test_a_hold_left_by_an_earlier_writer_stays_until_this_writers_first_version(
+    tmp_path: Path,
+) -> None:
+    r = rig(tmp_path, deltas=True)
+    log = r.release.deltas
+    assert log is not None
+    log.hold(7, 40, "delta 41: worse")  # what a writer that crashed while held left
+    r.release.adopt_hold()
+    assert r.release.held is not None and (r.release.held.version, r.release.held.upto) == (7, 40)
+    assert (await r.release.release(snapshot(trained(), HOLDOUT))).kind == "live"
+    assert r.release.held is None and log.held() is None and r.release.deltas_wanted
