@@ -184,6 +184,17 @@ def _jsonb(value: object) -> str:
     return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS).decode()
 
 
+def _decoded(rows: list[asyncpg.Record], *jsonb: str) -> list[dict[str, Any]]:
+    """Rows as dictionaries, their ``jsonb`` columns parsed."""
+    out = []
+    for r in rows:
+        row = dict(r)
+        for column in jsonb:
+            row[column] = orjson.loads(row[column])
+        out.append(row)
+    return out
+
+
 class Registry:
     """asyncpg pool over the registry tables; ``async with Registry(dsn)``.
 
@@ -371,13 +382,7 @@ class Registry:
                 self.model,
                 limit,
             )
-        out = []
-        for r in rows:
-            row = dict(r)
-            row["offsets"] = orjson.loads(row["offsets"])
-            row["metrics"] = orjson.loads(row["metrics"])
-            out.append(row)
-        return out
+        return _decoded(rows, "offsets", "metrics")
 
     async def deltas(self, after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
         """The deltas after sequence ``after``, oldest first, with the offsets each learned up to."""
@@ -389,12 +394,7 @@ class Registry:
                 after,
                 limit,
             )
-        out = []
-        for r in rows:
-            row = dict(r)
-            row["offsets"] = orjson.loads(row["offsets"])
-            out.append(row)
-        return out
+        return _decoded(rows, "offsets")
 
     async def serving(self) -> Serving:
         """What the server should serve: the newest version, or the one a rollback or a pin holds."""

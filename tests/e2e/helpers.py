@@ -160,3 +160,39 @@ def traffic(requests: int, start_ms: int, seed: int = 0, prefix: str = "a") -> t
             if item == "hot" or (item.startswith("f") and rng.random() < 0.2):
                 records.append(event("click", ts + 5, user, request, item, f"{prefix}{r}-{item}-clk"))
     return records, samples
+
+
+def shop(requests: int, start_ms: int, seed: int, prefix: str, flipped: bool) -> list[Any]:
+    """Requests showing "hot" (clicked), "cold" (not) and fillers; ``flipped`` swaps the labels (poison)."""
+    rng = random.Random(seed)
+    records: list[Any] = []
+    for r in range(requests):
+        ts = start_ms + r * 10
+        user, request = f"u{rng.randint(0, 40)}", f"{prefix}r{r}"
+        shown = list(dict.fromkeys(["hot", "cold", *(f"f{rng.randint(0, 30)}" for _ in range(3))]))
+        for pos, item in enumerate(shown):
+            records.append(
+                event("impression", ts, user, request, item, f"{prefix}{r}-{item}-i", position=pos)
+            )
+            clicked = (item == "hot") != flipped if item in ("hot", "cold") else rng.random() < 0.2
+            if clicked:
+                records.append(event("click", ts + 5, user, request, item, f"{prefix}{r}-{item}-c"))
+    return records
+
+
+class ShopTraffic:
+    """:func:`shop` requests sent to ``lane`` in phases, 60 a round every 0.3 s, each round one
+    second of event time after the last."""
+
+    def __init__(self, lane: Lane, start_ms: int) -> None:
+        self.lane = lane
+        self.t = start_ms
+        self.chunk = 0
+
+    async def phase(self, seconds: float, flipped: bool) -> None:
+        end = asyncio.get_running_loop().time() + seconds
+        while asyncio.get_running_loop().time() < end:
+            await self.lane.send(shop(60, self.t, self.chunk, f"p{self.chunk}-", flipped))
+            self.t += 1_000
+            self.chunk += 1
+            await asyncio.sleep(0.3)

@@ -21,8 +21,7 @@ from rankcore.features import Vocabularies, encode
 from rankcore.features import score as rank_scores
 from rankcore.model import Ranker
 from rankcore.sample import Sample
-from tests.e2e.helpers import Lane, event, now_ms, traffic, wait_for
-from tests.e2e.test_gate import shop
+from tests.e2e.helpers import Lane, ShopTraffic, event, now_ms, traffic, wait_for
 from updater.registry import Registry
 from updater.service import Updater
 from updater.settings import UpdaterSettings
@@ -143,16 +142,7 @@ async def test_a_poisoned_state_between_versions_is_held_at_the_snapshot_and_rel
         delta_interval_s=0.2,
         gate=GateSettings(min_samples=100, check_interval_s=1.0, check_auc_margin=0.05),
     )
-    start = now_ms() - 600_000
-    clock = {"t": start, "chunk": 0}
-
-    async def phase(seconds: float, flipped: bool) -> None:
-        end = asyncio.get_running_loop().time() + seconds
-        while asyncio.get_running_loop().time() < end:
-            await lane.send(shop(60, clock["t"], clock["chunk"], f"p{clock['chunk']}-", flipped))
-            clock["t"] += 1_000
-            clock["chunk"] += 1
-            await asyncio.sleep(0.3)
+    phase = ShopTraffic(lane, now_ms() - 600_000).phase
 
     seen: list[tuple[float, int, int]] = []  # what Triton answered with, as it happened
 

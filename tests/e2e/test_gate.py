@@ -4,42 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from exporter.gate import GateSettings
 from exporter.publish import Publisher
 from exporter.triton import TritonModel
-from tests.e2e.helpers import Lane, event, now_ms, wait_for
+from tests.e2e.helpers import Lane, ShopTraffic, now_ms, shop, wait_for
 from updater.registry import Registry
 from updater.service import Updater
 from updater.settings import UpdaterSettings
 
 pytestmark = pytest.mark.e2e
-
-
-def shop(requests: int, start_ms: int, seed: int, prefix: str, flipped: bool) -> list[Any]:
-    """Requests showing "hot" (clicked), "cold" (not) and fillers; ``flipped`` swaps the labels (poison)."""
-    rng = random.Random(seed)
-    records: list[Any] = []
-    for r in range(requests):
-        ts = start_ms + r * 10
-        user, request = f"u{rng.randint(0, 40)}", f"{prefix}r{r}"
-        shown = list(dict.fromkeys(["hot", "cold", *(f"f{rng.randint(0, 30)}" for _ in range(3))]))
-        for pos, item in enumerate(shown):
-            records.append(
-                event("impression", ts, user, request, item, f"{prefix}{r}-{item}-i", position=pos)
-            )
-            clicked = (item == "hot") != flipped if item in ("hot", "cold") else rng.random() < 0.2
-            if clicked:
-                records.append(event("click", ts + 5, user, request, item, f"{prefix}{r}-{item}-c"))
-    return records
 
 
 # On the shared stack: the updater and `freshrank pin/unpin/rollback/versions` act on its lane's model.
@@ -55,17 +35,8 @@ async def test_a_poisoned_period_is_rolled_back_and_pins_hold(
             auc_margin=0.02, logloss_margin=0.05, min_samples=100, rollback_auc_drop=0.05, rollback_history=10
         ),
     )
-    start = now_ms() - 600_000
-    clock = {"t": start, "chunk": 0}
-
-    async def phase(seconds: float, flipped: bool) -> None:
-        end = asyncio.get_running_loop().time() + seconds
-        while asyncio.get_running_loop().time() < end:
-            records = shop(60, clock["t"], clock["chunk"], f"p{clock['chunk']}-", flipped)
-            await lane.send(records)
-            clock["t"] += 1_000
-            clock["chunk"] += 1
-            await asyncio.sleep(0.3)
+    traffic = ShopTraffic(lane, now_ms() - 600_000)
+    phase = traffic.phase
 
     updater = Updater.from_settings(settings)
     async with updater:
@@ -114,7 +85,7 @@ async def test_a_poisoned_period_is_rolled_back_and_pins_hold(
         await wait_for(
             lambda: updater.status()["serving"]["mode"] == "pinned", 10, "the updater to see the pin"
         )
-        await lane.send(shop(200, clock["t"], 999, "late-", flipped=False))
+        await lane.send(shop(200, traffic.t, 999, "late-", flipped=False))
 
         def exports() -> int:
             status = updater.status()

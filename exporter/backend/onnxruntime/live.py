@@ -267,10 +267,6 @@ class DeltaFollower:
             return self.limit
         return held if self.limit is None else min(self.limit, held)
 
-    def pending(self):
-        limit = self.effective_limit()
-        return [s for s in self._listed() if s > self.model.seq and (limit is None or s <= limit)]
-
     def catch_up(self):
         """Apply every delta there is now, in order; stop at a gap (one not written yet) or at
         a delta that fails (serving stays on the last good state, and says why). Past a hold's
