@@ -19,8 +19,9 @@ DEFAULT_ATOL = 1e-4
 
 
 def feeds(samples: list[Sample]) -> dict[str, np.ndarray]:
-    """Serving-contract inputs for ``samples`` (raw ids, as a client would send them)."""
-    return {
+    """Serving-contract inputs for ``samples`` (raw ids, as a client would send them): one
+    batch row per sample, each input ``[n, 1]``."""
+    columns = {
         "user_id": np.array([s.user_id for s in samples], dtype=object),
         "query": np.array([s.query for s in samples], dtype=object),
         "item_id": np.array([s.item_id for s in samples], dtype=object),
@@ -28,6 +29,7 @@ def feeds(samples: list[Sample]) -> dict[str, np.ndarray]:
         "brand": np.array([s.brand for s in samples], dtype=object),
         "price": np.array([s.price for s in samples], dtype=np.float32),
     }
+    return {name: values.reshape(-1, 1) for name, values in columns.items()}
 
 
 def open_session(onnx_path: Path, threads: int = 1) -> ort.InferenceSession:
@@ -54,6 +56,7 @@ def check_parity(
     try:
         session = open_session(onnx_path)
         (onnx_scores,) = session.run(["score"], feeds(samples))
+        onnx_scores = onnx_scores.reshape(-1)
     except Exception as exc:
         raise CheckFailed(f"onnxruntime could not run {onnx_path}: {exc}") from exc
     # The graph lower-cases and splits raw queries itself; torch sees them as the cleaner leaves them.

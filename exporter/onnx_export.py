@@ -31,6 +31,9 @@ QUERY_INPUT = "query"
 PRICE_INPUT = "price"
 OUTPUT = "score"
 STATE_OUTPUT = "model_state"
+ROWS_SUFFIX = "_rows"  # inputs squeezed to [N] (and the score before it is unsqueezed)
+INPUT_NODE_PREFIX = "input_"
+MAX_PRICE = 1e9  # the items contract's bound
 VERSION_PROP = "freshrank.version"
 DELTA_SEQ_PROP = "freshrank.delta_seq"
 INPUT_NAMES = ("user_id", "query", "item_id", "category", "brand", "price")
@@ -99,7 +102,7 @@ def _text_nodes(
         helper.make_node("ReduceL2", ["qt_sum", "axis1"], ["qt_norm0"], keepdims=1),
         helper.make_node("Max", ["qt_norm0", "norm_floor"], ["qt_norm"]),
         helper.make_node("Div", ["qt_sum", "qt_norm"], ["q_text"]),
-        _encoder("text_titles", "item_id", "title_row", default=0),
+        _encoder("text_titles", _rows("item_id"), "title_row", default=0),
         helper.make_node("Gather", ["title_vectors", "title_row"], ["t_half"], axis=0),
         helper.make_node("Cast", ["t_half"], ["t_text"], to=TensorProto.FLOAT),
         helper.make_node("Mul", ["q_text", "t_text"], ["qt_prod"]),
@@ -152,6 +155,11 @@ def read_cut(path: Path) -> int:
     return int(props.get(DELTA_SEQ_PROP, 0))
 
 
+def _rows(name: str) -> str:
+    """The [N] form of the [N, 1] tensor ``name``."""
+    return f"{name}{ROWS_SUFFIX}"
+
+
 def build_onnx(
     model: Ranker,
     vocabs: Vocabularies,
@@ -173,16 +181,24 @@ def build_onnx(
     inits = [
         numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
         numpy_helper.from_array(np.array([0], dtype=np.int64), "zero_i"),
+        numpy_helper.from_array(np.array([2], dtype=np.int64), "model_state_cols"),
         numpy_helper.from_array(np.array([cfg.max_tokens], dtype=np.int64), "max_tokens"),
         numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one_f"),
         numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero_f"),
+        numpy_helper.from_array(np.array(MAX_PRICE, dtype=np.float32), "max_price"),
         numpy_helper.from_array(np.array(PAD, dtype=np.int64), "pad_row"),
+    ]
+    # Candidates are batch rows: every input is [N, 1] (Triton's dims [1] with max_batch_size);
+    # the graph works on [N].
+    nodes += [
+        helper.make_node("Squeeze", [name, "axis1"], [_rows(name)], name=f"{INPUT_NODE_PREFIX}{name}")
+        for name in INPUT_NAMES
     ]
     emb: dict[str, str] = {}
     keys_by_node: dict[str, list[str]] = {"vocab_token": vocabs["token"].keys()}
     for feature, inp in STRING_INPUTS.items():
         keys_by_node[f"vocab_{feature}"] = vocabs[feature].keys()
-        nodes.append(_encoder(f"vocab_{feature}", inp, f"row_{feature}"))
+        nodes.append(_encoder(f"vocab_{feature}", _rows(inp), f"row_{feature}"))
         nodes.append(
             helper.make_node("Gather", [f"emb_{feature}", f"row_{feature}"], [f"e_{feature}"], axis=0)
         )
@@ -191,7 +207,11 @@ def build_onnx(
     # Query: lower-case, split on spaces, keep the first max_tokens, mean of token embeddings.
     nodes += [
         helper.make_node(
-            "StringNormalizer", [QUERY_INPUT], ["q_lower"], case_change_action="LOWER", locale="C.UTF-8"
+            "StringNormalizer",
+            [_rows(QUERY_INPUT)],
+            ["q_lower"],
+            case_change_action="LOWER",
+            locale="C.UTF-8",
         ),
         helper.make_node("StringSplit", ["q_lower"], ["q_tokens", "q_ntok"]),
         _encoder("vocab_token", "q_tokens", "q_rows_all"),
@@ -205,9 +225,13 @@ def build_onnx(
         helper.make_node("Max", ["q_count0", "one_f"], ["q_count"]),
         helper.make_node("Div", ["q_sum", "q_count"], ["e_query"]),
     ]
-    # Price: log1p(max(price, 0)) as one column.
+    # Price: log1p(max(price, 0)) as one column. The contract asks for finite prices (freshrank's
+    # backend refuses others); a server that cannot refuse them (the native ONNX Runtime backend)
+    # scores NaN as no price and clamps infinities into the items contract's 0..1e9.
     nodes += [
-        helper.make_node("Max", [PRICE_INPUT, "zero_f"], ["p_pos"]),
+        helper.make_node("IsNaN", [_rows(PRICE_INPUT)], ["p_nan"]),
+        helper.make_node("Where", ["p_nan", "zero_f", _rows(PRICE_INPUT)], ["p_num"]),
+        helper.make_node("Clip", ["p_num", "zero_f", "max_price"], ["p_pos"]),
         helper.make_node("Add", ["p_pos", "one_f"], ["p_1"]),
         helper.make_node("Log", ["p_1"], ["p_log"]),
         helper.make_node("Unsqueeze", ["p_log", "axis1"], ["p_col"]),
@@ -244,25 +268,39 @@ def build_onnx(
         nodes.append(helper.make_node("Identity", ["logit_ids"], ["logit2"]))
     nodes += [
         helper.make_node("Squeeze", ["logit2", "axis1"], ["logit"]),
-        helper.make_node("Sigmoid", ["logit"], [OUTPUT]),
+        helper.make_node("Sigmoid", ["logit"], [_rows(OUTPUT)]),
+        helper.make_node("Unsqueeze", [_rows(OUTPUT), "axis1"], [OUTPUT]),
+        # model_state: one [version, delta_seq] row per candidate row (candidates are batch rows).
         helper.make_node(
             "Constant",
             [],
-            [STATE_OUTPUT],
-            value=numpy_helper.from_array(np.array([version, delta_seq], dtype=np.int64)),
+            ["model_state_row"],
+            name="model_state_row",
+            value=numpy_helper.from_array(np.array([[version, delta_seq]], dtype=np.int64)),
+        ),
+        helper.make_node("Shape", [_rows(OUTPUT)], ["model_state_n"], name="model_state_n"),
+        helper.make_node(
+            "Concat",
+            ["model_state_n", "model_state_cols"],
+            ["model_state_shape"],
+            name="model_state_shape",
+            axis=0,
+        ),
+        helper.make_node(
+            "Expand", ["model_state_row", "model_state_shape"], [STATE_OUTPUT], name=STATE_OUTPUT
         ),
     ]
     # Topological order matters to the checker: "q_is_pad" is produced after its consumer above.
     nodes = _toposort(nodes, {i.name for i in inits} | set(w) | set(INPUT_NAMES))
-    inputs = [helper.make_tensor_value_info(n, TensorProto.STRING, ["N"]) for n in INPUT_NAMES[:-1]]
-    inputs.append(helper.make_tensor_value_info(PRICE_INPUT, TensorProto.FLOAT, ["N"]))
+    inputs = [helper.make_tensor_value_info(n, TensorProto.STRING, ["N", 1]) for n in INPUT_NAMES[:-1]]
+    inputs.append(helper.make_tensor_value_info(PRICE_INPUT, TensorProto.FLOAT, ["N", 1]))
     graph = helper.make_graph(
         nodes,
         "freshrank_ranker",
         inputs,
         [
-            helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N"]),
-            helper.make_tensor_value_info(STATE_OUTPUT, TensorProto.INT64, [2]),
+            helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N", 1]),
+            helper.make_tensor_value_info(STATE_OUTPUT, TensorProto.INT64, ["N", 2]),
         ],
         initializer=inits,
     )

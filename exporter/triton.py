@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +23,24 @@ log = logging.getLogger(__name__)
 DEFAULT_LOAD_TIMEOUT_S = 60.0
 DEFAULT_CALL_TIMEOUT_S = 10.0
 SNAPSHOT_ONLY = "snapshot"
+# Model control (load, unload, the repository index) and shared memory are restricted on
+# freshrank's Triton (``--grpc-restricted-protocol`` / ``--http-restricted-api``): a call needs
+# this header with the key, which only the updater and the CLI hold.
+CONTROL_KEY_HEADER = "freshrank-key"  # over HTTP; gRPC metadata carries Triton's prefix:
+GRPC_CONTROL_KEY_HEADER = f"triton-grpc-protocol-{CONTROL_KEY_HEADER}"
+CONTROL_KEY_ENV = "FRESHRANK_TRITON_KEY"
+CONTROL_KEY_FILE = "triton.key"
+
+
+def control_key(path: Path | None = None) -> str | None:
+    """The model-control key: ``$FRESHRANK_TRITON_KEY``, else the file ``path`` (a state
+    directory's ``triton.key``) when it exists, else None (a Triton without restrictions)."""
+    key = os.environ.get(CONTROL_KEY_ENV, "").strip()
+    if key:
+        return key
+    if path is not None and path.is_file():
+        return path.read_text().strip() or None
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +67,7 @@ class Ranking:
 
 
 def make_inputs(user: str, query: str, candidates: Sequence[Candidate]) -> list[grpcclient.InferInput]:
-    """Serving-contract tensors: one row per candidate."""
+    """Serving-contract tensors: one batch row per candidate, each input shaped ``[n, 1]``."""
     n = len(candidates)
     columns: dict[str, list[str]] = {
         "user_id": [user] * n,
@@ -58,11 +78,11 @@ def make_inputs(user: str, query: str, candidates: Sequence[Candidate]) -> list[
     }
     inputs = []
     for name, values in columns.items():
-        tensor = grpcclient.InferInput(name, [n], "BYTES")
-        tensor.set_data_from_numpy(np.array([v.encode() for v in values], dtype=np.object_))
+        tensor = grpcclient.InferInput(name, [n, 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([v.encode() for v in values], dtype=np.object_).reshape(n, 1))
         inputs.append(tensor)
-    price = grpcclient.InferInput("price", [n], "FP32")
-    price.set_data_from_numpy(np.array([c.price for c in candidates], dtype=np.float32))
+    price = grpcclient.InferInput("price", [n, 1], "FP32")
+    price.set_data_from_numpy(np.array([c.price for c in candidates], dtype=np.float32).reshape(n, 1))
     inputs.append(price)
     return inputs
 
@@ -115,11 +135,15 @@ class TritonModel:
         model: str = MODEL_NAME,
         timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
         load_timeout_s: float = DEFAULT_LOAD_TIMEOUT_S,
+        key: str | None = None,
     ) -> None:
         self.url = url
         self.model = model
         self.timeout_s = timeout_s
         self.load_timeout_s = load_timeout_s
+        key = key if key is not None else control_key()
+        # Sent with control calls only; never logged (it is not part of repr or of any message).
+        self._control = {GRPC_CONTROL_KEY_HEADER: key} if key else None
         self._client: grpcclient.InferenceServerClient | None = None
 
     @property
@@ -167,7 +191,11 @@ class TritonModel:
             config = latest_config(config_text)
         try:
             await asyncio.to_thread(
-                self.client.load_model, self.model, config=config, client_timeout=self.load_timeout_s
+                self.client.load_model,
+                self.model,
+                headers=self._control,
+                config=config,
+                client_timeout=self.load_timeout_s,
             )
         except InferenceServerException as exc:
             raise DependencyError(f"Triton at {self.url} failed to load {self.model!r}: {exc}") from exc
@@ -181,7 +209,10 @@ class TritonModel:
         """
         try:
             index = await asyncio.to_thread(
-                self.client.get_model_repository_index, as_json=True, client_timeout=self.timeout_s
+                self.client.get_model_repository_index,
+                headers=self._control,
+                as_json=True,
+                client_timeout=self.timeout_s,
             )
         except InferenceServerException as exc:
             raise DependencyError(f"Triton at {self.url} did not list its models: {exc}") from exc
@@ -211,9 +242,9 @@ class TritonModel:
             )
         except InferenceServerException as exc:
             raise DependencyError(f"Triton at {self.url} could not rank: {exc}") from exc
-        scores = result.as_numpy("score")
+        scores = result.as_numpy("score").reshape(-1)
         version = int(result.get_response().model_version)
-        state = result.as_numpy("model_state")
+        state = result.as_numpy("model_state")  # [version, delta] on every row
         order = np.argsort(-scores, kind="stable")
-        seq = int(state[1]) if state is not None and state.size == 2 else 0
+        seq = int(state.reshape(-1, 2)[0, 1]) if state is not None and state.size >= 2 else 0
         return Ranking(version, [(candidates[i], float(scores[i])) for i in order], seq)

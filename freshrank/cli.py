@@ -386,7 +386,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         # and the error says why it is not fresher.
         if triton_url:
             try:
-                async with TritonModel(triton_url, args.model_name) as triton:
+                async with TritonModel(triton_url, args.model_name, key=_key(args)) as triton:
                     status["triton_ready"] = await triton.ready()
                     status["served_version"] = await triton.served_version()
             except DependencyError as exc:
@@ -548,7 +548,7 @@ def _serving_release(args: argparse.Namespace) -> tuple[Any, Any]:
         return None, sink  # the decision alone: the running updater applies it
     if not (Path(repository) / args.model_name).is_dir():
         raise FreshrankError(f"expected a model {args.model_name!r} in {repository}, found none")
-    server = TritonModel(triton_url, args.model_name) if triton_url else None
+    server = TritonModel(triton_url, args.model_name, key=_key(args)) if triton_url else None
     return ReleaseManager(Publisher(repository, model=args.model_name), sink, server=server), sink
 
 
@@ -605,6 +605,13 @@ def _set_serving(args: argparse.Namespace, serving: Any, check: Any = None) -> i
         )
     )
     return 0
+
+
+def _key(args: argparse.Namespace) -> str | None:
+    """Triton's model-control key: $FRESHRANK_TRITON_KEY, else ``<state-dir>/triton.key``."""
+    from exporter.triton import CONTROL_KEY_FILE, control_key
+
+    return control_key(Path(args.state_dir) / CONTROL_KEY_FILE)
 
 
 def cmd_pin(args: argparse.Namespace) -> int:

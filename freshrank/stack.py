@@ -17,6 +17,7 @@ import atexit
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from exporter.triton import CONTROL_KEY_ENV, CONTROL_KEY_FILE, CONTROL_KEY_HEADER, control_key
 from rankcore.errors import DependencyError
 
 log = logging.getLogger(__name__)
@@ -263,6 +265,21 @@ class Triton:
         self.state_dir = state_dir.resolve()
         self.ort_threads = ort_threads
         self.process: ChildProcess | None = None
+        self.key_file = self.state_dir / CONTROL_KEY_FILE
+        self.key: str | None = None
+
+    def _control_key(self) -> str:
+        """The key model control needs: the environment's, else this state directory's (kept
+        across restarts), else a new one; kept in ``triton.key`` (0600) for the CLI and put into
+        this process's environment for what it starts (updaters). Never logged."""
+        key = control_key(self.key_file) or secrets.token_urlsafe(32)
+        if not self.key_file.is_file() or self.key_file.read_text().strip() != key:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(key + "\n")
+        os.environ[CONTROL_KEY_ENV] = key
+        return key
 
     @property
     def http_url(self) -> str:
@@ -283,8 +300,17 @@ class Triton:
         env["FRESHRANK_ORT_THREADS"] = str(self.ort_threads)
         return env
 
-    def argv(self, backends: Path) -> list[str]:
+    def argv(self, backends: Path, key: str | None = None) -> list[str]:
         binary = _site_packages() / "pytriton" / "tritonserver" / "bin" / "tritonserver"
+        restricted = []
+        if key is not None:
+            # Serving clients infer and read metadata; loading, unloading, the repository index
+            # and shared-memory registration need the key.
+            grant = f"{CONTROL_KEY_HEADER}={key}"
+            restricted = [
+                f"--grpc-restricted-protocol=model-repository,shared-memory:{grant}",
+                f"--http-restricted-api=model-repository,shared-memory:{grant}",
+            ]
         return [
             str(binary),
             f"--model-repository={self.repository}",
@@ -300,6 +326,7 @@ class Triton:
             "--exit-on-error=false",
             "--strict-readiness=false",
             "--log-verbose=0",
+            *restricted,
         ]
 
     def start(self) -> None:
@@ -310,8 +337,9 @@ class Triton:
         if self.process is not None:
             self.process.stop()  # a previous run (killed, say): reap it and close its log
         backends = prepare_backends(self.state_dir / "triton" / "backends")
+        self.key = self._control_key()
         self.process = ChildProcess(
-            "triton", self.argv(backends), self.state_dir / "logs" / "triton.log", env=self._env()
+            "triton", self.argv(backends, self.key), self.state_dir / "logs" / "triton.log", env=self._env()
         )
         self.process.start()
         _wait_for(

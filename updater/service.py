@@ -29,11 +29,12 @@ from typing import Any
 import torch
 
 from exporter.delta import DELTA_DIR, DeltaLog, build_delta
+from exporter.fleet import ReplicaSet
 from exporter.publish import Publisher
 from exporter.release import ReleaseManager, Snapshot
 from exporter.server import ModelServer
 from exporter.stream import DeltaStream
-from exporter.triton import TritonModel
+from exporter.triton import CONTROL_KEY_FILE, TritonModel, control_key
 from rankcore.errors import DependencyError, LeaseLost, TrainingFailed
 from rankcore.features import Vocabularies, encode
 from rankcore.health import Health
@@ -168,10 +169,14 @@ class Updater:
     def from_settings(cls, settings: UpdaterSettings, clock: Clock | None = None) -> Updater:
         """An updater with the real adapters (Kafka, Triton, PostgreSQL) built from ``settings``."""
         s, t = settings, settings.timeouts
-        server = (
-            TritonModel(s.triton_grpc, s.model_name, t.triton_call_s, t.triton_load_s)
-            if s.triton_grpc
-            else None
+        key = control_key(s.triton_key_file or s.state_dir / CONTROL_KEY_FILE)
+        replicas = [
+            TritonModel(url, s.model_name, t.triton_call_s, t.triton_load_s, key=key)
+            for url in (s.triton_grpc or "").split(",")
+            if url
+        ]
+        server: ModelServer | None = (
+            None if not replicas else replicas[0] if len(replicas) == 1 else ReplicaSet(replicas)
         )
         return cls(
             settings,

@@ -106,9 +106,17 @@ class UpdaterSettings:
     state_dir: Path = _knob(DEFAULT_UPDATER_STATE_DIR, "checkpoint, outbox and status directory")  # noqa: RUF009
     triton_grpc: str | None = _knob(
         None,
-        "Triton to load each version into (explicit model control); "
-        "without it versions are only written to the repository",
+        "Triton to load each version into (explicit model control); repeat the flag for replicas "
+        "that share the repository (a version is live once every one serves it); without it "
+        "versions are only written to the repository",
         metavar="HOST:PORT",
+        append=True,  # several: kept comma-separated
+    )
+    triton_key_file: Path | None = _knob(  # noqa: RUF009
+        None,
+        "file with the key for Triton's restricted model control (default: $FRESHRANK_TRITON_KEY, "
+        "else <state-dir>/triton.key when there is one)",
+        metavar="FILE",
     )
     model_name: str = _knob(MODEL_NAME, "model name in the repository, in Triton and in the registry")
     topic: str = _knob(DEFAULT_TOPIC, "Kafka topic of shop events")
@@ -322,6 +330,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type = UpdaterSettings, 
         )
         kwargs["metavar"] = f.metadata.get("metavar", default_metavar)
         help_text = f.metadata.get("help", _HELP.get(kwargs["dest"], ""))
+        if f.metadata.get("append"):
+            kwargs["action"] = "append"
         if required:
             kwargs["required"] = True
         else:
@@ -343,6 +353,8 @@ def _values(args: argparse.Namespace, cls: type, prefix: str) -> dict[str, Any]:
             values[f.name] = nested(**_values(args, nested, str(f.metadata["prefix"])))
             continue
         value = getattr(args, _dest(f, prefix))
+        if f.metadata.get("append") and isinstance(value, list):
+            value = ",".join(value)
         if "scale" in f.metadata and value is not None:
             value = round(value * f.metadata["scale"])
         values[f.name] = value

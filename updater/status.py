@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from exporter.fleet import ReplicaSet
 from rankcore.text import TextEncoder
 
 if TYPE_CHECKING:
@@ -72,6 +73,8 @@ class Status:
     # The delta stream (exporter/stream.py): written, refused, rows, last sequence numbers, and
     # whether deltas flow now ("on": over a version this process cut, served as the newest).
     deltas: dict[str, Any] = field(default_factory=dict)
+    # Each Triton replica's last answer (several --triton-grpc): url, ok, state, error, at.
+    replicas: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -125,6 +128,7 @@ def collect(u: Updater) -> Status:
             "delta": r.serving.delta,
         },
         last_rollback=r.last_rollback,
+        replicas=r.server.replicas() if isinstance(r.server, ReplicaSet) else [],
         registry_outbox=u.registry.to_dict(),
         vocab_sizes=u.vocabs.sizes(),
         vocab_evictions=u.vocabs.evictions(),

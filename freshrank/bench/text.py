@@ -156,6 +156,7 @@ def probe_ranks(session: Any, requests: list[tuple[str, list[Sample]]]) -> list[
     ranks = []
     for query, candidates in requests:
         (scores,) = session.run(["score"], feeds([dataclasses.replace(c, query=query) for c in candidates]))
+        scores = scores.reshape(-1)
         ranks.append(1 + int(np.sum(scores > scores[0])))
     return ranks
 

@@ -24,6 +24,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from exporter.publish import MODEL_NAME
+from exporter.triton import GRPC_CONTROL_KEY_HEADER, control_key
 from freshrank.stack import EmbeddedStack, free_port
 from tests.e2e.helpers import ITEMS_TOPIC, SMALL_MODEL, TOPIC, Lane
 from updater.settings import UpdaterSettings
@@ -62,11 +63,12 @@ def database_dsn(server_dsn: str, database: str) -> str:
 def _unload(url: str, model: str) -> None:
     """Unload ``model`` from Triton and wait until it is gone (a no-op if it was never loaded)."""
     client = grpcclient.InferenceServerClient(url)
+    control = {GRPC_CONTROL_KEY_HEADER: control_key() or ""}  # model control is restricted
     try:
-        index = client.get_model_repository_index(as_json=True, client_timeout=10)
+        index = client.get_model_repository_index(headers=control, as_json=True, client_timeout=10)
         if not any(m.get("name") == model and m.get("state") for m in index.get("models", [])):
             return
-        client.unload_model(model, client_timeout=UNLOAD_TIMEOUT_S)
+        client.unload_model(model, headers=control, client_timeout=UNLOAD_TIMEOUT_S)
         deadline = time.monotonic() + UNLOAD_TIMEOUT_S
         while time.monotonic() < deadline:
             with contextlib.suppress(InferenceServerException):

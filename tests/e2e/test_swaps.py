@@ -7,7 +7,6 @@ import asyncio
 import time
 from pathlib import Path
 
-import numpy as np
 import psutil
 import pytest
 import tritonclient.grpc as grpcclient
@@ -22,7 +21,7 @@ from exporter.triton import TritonModel
 from freshrank.stack import EmbeddedStack
 from rankcore.features import Vocabularies, encode
 from rankcore.sample import Sample
-from tests.e2e.helpers import SMALL_MODEL
+from tests.e2e.helpers import SMALL_MODEL, request_columns, request_tensors
 from updater.learner import Learner
 
 pytestmark = pytest.mark.e2e
@@ -32,24 +31,8 @@ WORKERS = 3  # per protocol
 CANDIDATES = 100
 
 
-def columns() -> dict[str, np.ndarray]:
-    return {
-        "user_id": np.array([b"u1"] * CANDIDATES, dtype=object),
-        "query": np.array([b"red shoes"] * CANDIDATES, dtype=object),
-        "item_id": np.array([f"i{i}".encode() for i in range(CANDIDATES)], dtype=object),
-        "category": np.array([b"shoes"] * CANDIDATES, dtype=object),
-        "brand": np.array([b"acme"] * CANDIDATES, dtype=object),
-        "price": np.full(CANDIDATES, 20.0, dtype=np.float32),
-    }
-
-
 def tensors(module: object) -> list[object]:
-    out = []
-    for name, values in columns().items():
-        t = module.InferInput(name, [CANDIDATES], "FP32" if name == "price" else "BYTES")  # type: ignore[attr-defined]
-        t.set_data_from_numpy(values)
-        out.append(t)
-    return out
+    return request_tensors(module, request_columns(CANDIDATES))
 
 
 def triton_rss(pid: int) -> int:
@@ -58,8 +41,9 @@ def triton_rss(pid: int) -> int:
 
 
 def state_of(result: object) -> tuple[int, int]:
-    state = result.as_numpy("model_state")  # type: ignore[attr-defined]
-    return int(state[0]), int(state[1])
+    state = result.as_numpy("model_state").reshape(-1, 2)  # type: ignore[attr-defined]
+    assert (state == state[0]).all(), f"one request scored by more than one state: {state}"
+    return int(state[0, 0]), int(state[0, 1])
 
 
 class Load:

@@ -21,6 +21,7 @@ import io
 import json
 import os
 import threading
+from itertools import repeat
 
 import numpy as np
 import onnx
@@ -35,6 +36,44 @@ STATE_OUTPUT = "model_state"
 DELTA_SEQ_PROP = "freshrank.delta_seq"
 VERSION_PROP = "freshrank.version"
 HOLD_FILE = "hold.json"
+INPUT_NODE_PREFIX = "input_"  # the graph's Squeeze of each [N, 1] input (exporter/onnx_export.py)
+
+
+STRING_INPUTS = ("user_id", "query", "item_id", "category", "brand")
+PRICE_INPUT = "price"
+
+
+def request_error(columns, max_rows=None):
+    """Why a request breaks the serving contract, naming the input; None when it holds.
+
+    The contract (README, "Serving"): the six inputs, one row per candidate in each (the same
+    number of rows in all, at least one, at most ``max_rows``), ids as strings, ``price`` finite.
+    """
+    lengths = {}
+    for name in (*STRING_INPUTS, PRICE_INPUT):
+        values = columns.get(name)
+        if values is None:
+            return f"missing input {name!r}"
+        if values.ndim > 2 or (values.ndim == 2 and values.shape[1] != 1):
+            return f"input {name!r} has shape {list(values.shape)}: expected one value per candidate row"
+        lengths[name] = values.size
+    first = lengths["item_id"]
+    unequal = {name: n for name, n in lengths.items() if n != first}
+    if unequal:
+        listed = ", ".join(f"{name} {n}" for name, n in sorted(unequal.items()))
+        return f"inputs differ in length: item_id has {first} rows, {listed}"
+    if first == 0:
+        return "input 'item_id' is empty: a request ranks at least one candidate"
+    if max_rows is not None and first > max_rows:
+        return f"input 'item_id' has {first} rows, more than the {max_rows} a request may hold"
+    price = columns[PRICE_INPUT]
+    if price.dtype.kind != "f":
+        return f"input 'price' is {price.dtype}: expected FP32"
+    finite = np.isfinite(price)
+    if not finite.all():
+        row = int(np.flatnonzero(~finite.ravel())[0])
+        return f"input 'price' holds {float(price.ravel()[row])} at row {row}: prices must be finite"
+    return None
 
 
 class DeltaError(ValueError):
@@ -42,18 +81,35 @@ class DeltaError(ValueError):
 
 
 class _Encoder:
+    """A ``LabelEncoder`` as a dictionary keyed by the ids' UTF-8 bytes, as Triton hands them
+    over: no decoding, and one C-level ``dict.get`` a value (100 ids in ~7 us; decoding to
+    ``str`` and looking those up was ~3/4 of the backend's time a request)."""
+
     def __init__(self, node):
         attrs = {a.name: a for a in node.attribute}
-        keys = [k.decode("utf-8") for k in attrs["keys_strings"].strings]
-        self.rows = dict(zip(keys, attrs["values_int64s"].ints, strict=True))
+        self.rows = dict(zip(attrs["keys_strings"].strings, attrs["values_int64s"].ints, strict=True))
         self.default = int(attrs["default_int64"].i) if "default_int64" in attrs else -1
         self.input = node.input[0]
         self.output = node.output[0]
 
+    def set(self, key, row):
+        """``key`` (``str``) now maps to ``row``; to nothing when ``row`` is the default."""
+        key = key.encode("utf-8")
+        if row == self.default:
+            self.rows.pop(key, None)
+        else:
+            self.rows[key] = row
+
+    def get(self, key):
+        return self.rows.get(key.encode("utf-8"))
+
     def lookup(self, values):
-        rows, default = self.rows, self.default
-        flat = [rows.get(v, default) for v in values.ravel()]
-        return np.array(flat, dtype=np.int64).reshape(values.shape)
+        """Rows for an array of ids: ``bytes`` (from Triton) or ``str`` (from onnxruntime)."""
+        flat = values.ravel()
+        if len(flat) and not isinstance(flat[0], bytes):
+            flat = [str(v).encode("utf-8") for v in flat]
+        rows = np.fromiter(map(self.rows.get, flat, repeat(self.default)), dtype=np.int64, count=len(flat))
+        return rows.reshape(values.shape)
 
 
 class LiveModel:
@@ -80,9 +136,23 @@ class LiveModel:
                 self.tables[init.name] = np.array(numpy_helper.to_array(init))  # owned, writable
             else:
                 rest.append(init)
+        # Inputs are [N, 1] and squeezed to [N] first (graphs from before batch rows take [N]
+        # as they are): this object feeds the [N] forms itself.
+        squeezed = {
+            n.input[0]: n.output[0]
+            for n in kept
+            if n.op_type == "Squeeze" and n.name.startswith(INPUT_NODE_PREFIX)
+        }
+        kept = [n for n in kept if not (n.op_type == "Squeeze" and n.name.startswith(INPUT_NODE_PREFIX))]
+        self.row_names = {i.name: squeezed.get(i.name, i.name) for i in graph.input}
+        query_rows = self.row_names["query"]
         split = [n for n in kept if n.output and n.output[0] in ("q_lower", SPLIT_OUTPUT)]
         core = [n for n in kept if n not in split]
-        inputs = [i for i in graph.input if i.name != "query"]
+        inputs = [
+            helper.make_tensor_value_info(self.row_names[i.name], i.type.tensor_type.elem_type, ["N"])
+            for i in graph.input
+            if i.name != "query"
+        ]
         inputs.append(helper.make_tensor_value_info(SPLIT_OUTPUT, onnx.TensorProto.STRING, ["N", "T"]))
         for enc in self.encoders.values():
             rank = ["N", "T"] if enc.input == SPLIT_OUTPUT else ["N"]
@@ -94,7 +164,8 @@ class LiveModel:
                 )
             )
         outputs = [o for o in graph.output if o.name != STATE_OUTPUT]
-        core = [n for n in core if STATE_OUTPUT not in n.output]
+        # The state is this object's (it moves with deltas): the graph's state nodes go.
+        core = [n for n in core if not (n.name.startswith(STATE_OUTPUT) or STATE_OUTPUT in n.output)]
         opsets = list(proto.opset_import)
         core_graph = helper.make_graph(core, "freshrank_live", inputs, outputs, initializer=rest)
         core_model = helper.make_model(core_graph, opset_imports=opsets)
@@ -102,7 +173,7 @@ class LiveModel:
         split_graph = helper.make_graph(
             split,
             "freshrank_split",
-            [i for i in graph.input if i.name == "query"],
+            [helper.make_tensor_value_info(query_rows, onnx.TensorProto.STRING, ["N"])],
             [helper.make_tensor_value_info(SPLIT_OUTPUT, onnx.TensorProto.STRING, ["N", "T"])],
         )
         split_model = helper.make_model(split_graph, opset_imports=opsets)
@@ -127,18 +198,39 @@ class LiveModel:
         return np.array([self.version, self.seq], dtype=np.int64)
 
     def run(self, feed):
-        """``score`` and ``model_state`` for one request: raw string arrays and ``price`` in."""
+        """``score`` and ``model_state`` for one request: raw string arrays (``bytes`` as Triton
+        hands them, or ``str``) and ``price`` in."""
+        feed = {self.row_names.get(name, name): np.asarray(v).reshape(-1) for name, v in feed.items()}
+        query = feed[self.row_names["query"]]
+        # A search request has one query for all its rows: split and look it up once.
+        same = len(query) > 1 and (query == query[0]).all()
         with self.lock:
-            (tokens,) = self.split.run([SPLIT_OUTPUT], {"query": feed["query"]})
-            inputs = {SPLIT_OUTPUT: tokens}
+            tokens = self._split(query[:1] if same else query)
+            inputs = {}
             for enc in self.encoders.values():
-                source = tokens if enc.input == SPLIT_OUTPUT else feed[enc.input]
-                inputs[enc.output] = enc.lookup(source)
+                if enc.input == SPLIT_OUTPUT:
+                    inputs[enc.output] = enc.lookup(tokens)
+                else:
+                    inputs[enc.output] = enc.lookup(feed[enc.input])
+            inputs[SPLIT_OUTPUT] = tokens
+            if same:
+                for name in [
+                    SPLIT_OUTPUT,
+                    *(e.output for e in self.encoders.values() if e.input == SPLIT_OUTPUT),
+                ]:
+                    inputs[name] = np.repeat(inputs[name], len(query), axis=0)
             for name in self.core_inputs:
                 if name not in inputs:
                     inputs[name] = self.tables[name] if name in self.tables else feed[name]
             (scores,) = self.core.run(["score"], inputs)
-            return scores, self.state
+            return scores.reshape(-1), self.state
+
+    def _split(self, query):
+        """The graph's own lower-casing and split of the query column."""
+        if query.dtype == np.object_ and len(query) and isinstance(query[0], bytes):
+            query = np.array([q.decode("utf-8", "replace") for q in query], dtype=object)
+        (tokens,) = self.split.run([SPLIT_OUTPUT], {self.row_names["query"]: query})
+        return tokens
 
     def apply(self, data):
         """Apply one delta (the bytes of its ``.npz``); it must be the next in sequence."""
@@ -191,10 +283,7 @@ class LiveModel:
                     continue
                 rows_of = arrays["keyrows." + name[len("keys.") :]]
                 for key, row in zip(arrays[name].tolist(), rows_of.tolist(), strict=True):
-                    if row == enc.default:
-                        enc.rows.pop(key, None)
-                    else:
-                        enc.rows[key] = row
+                    enc.set(key, row)
         ids = arrays.get("titles.ids")
         if ids is not None and "text_titles" in self.encoders and "title_vectors" in self.tables:
             self._titles(ids.tolist(), arrays["titles.vectors"])
@@ -203,7 +292,7 @@ class LiveModel:
         enc = self.encoders["text_titles"]
         table = self.tables["title_vectors"]
         for item, vector in zip(ids, vectors, strict=True):
-            row = enc.rows.get(item)
+            row = enc.get(item)
             if row is None:
                 row = self._title_count
                 self._title_count += 1
@@ -211,7 +300,7 @@ class LiveModel:
                     grown = np.zeros((max(2 * len(table), row + 1), table.shape[1]), dtype=table.dtype)
                     grown[: len(table)] = table
                     table = self.tables["title_vectors"] = grown
-                enc.rows[item] = row
+                enc.set(item, row)
             table[row] = vector
 
 

@@ -250,3 +250,60 @@ def test_a_rebuild_that_fails_leaves_serving_as_it_is_and_is_retried(tmp_path: P
     assert follower.catch_up() == 0 and follower.model.seq == 1 and "could not rebuild" in messages[-1]
     follower.catch_up()
     assert follower.model.seq == 0 and len(attempts) == 2
+
+
+def contract_columns(n: int = 3) -> dict[str, np.ndarray]:
+    cols = {name: np.array([b"x"] * n, dtype=object).reshape(-1, 1) for name in live.STRING_INPUTS}
+    cols["price"] = np.full((n, 1), 9.5, dtype=np.float32)
+    return cols
+
+
+def test_requests_that_break_the_serving_contract_are_named() -> None:
+    assert live.request_error(contract_columns(), max_rows=4096) is None
+    short = contract_columns()
+    short["brand"] = short["brand"][:2]
+    assert "brand 2" in live.request_error(short) and "item_id has 3" in live.request_error(short)
+    assert "empty" in live.request_error(contract_columns(0))
+    assert "more than the 4" in live.request_error(contract_columns(5), max_rows=4)
+    for bad in (np.nan, np.inf, -np.inf):
+        cols = contract_columns()
+        cols["price"][2, 0] = bad
+        assert live.request_error(cols) == f"input 'price' holds {bad} at row 2: prices must be finite"
+    missing = contract_columns()
+    del missing["query"]
+    assert live.request_error(missing) == "missing input 'query'"
+    wide = contract_columns()
+    wide["user_id"] = np.array([[b"a", b"b"]] * 3, dtype=object)
+    assert "'user_id' has shape [3, 2]" in live.request_error(wide)
+    ints = contract_columns()
+    ints["price"] = np.ones((3, 1), dtype=np.int32)
+    assert "expected FP32" in live.request_error(ints)
+
+
+def test_ids_are_looked_up_as_bytes_or_str_alike(tmp_path: Path) -> None:
+    """Triton hands the backend bytes, the in-process checks str: both find the same rows, and a
+    key a delta adds or removes is found (or not) either way."""
+    _, vocabs = version_1(VARIANTS[0], tmp_path)
+    served = live.LiveModel(str(tmp_path / "1" / "model.onnx"))
+    enc = served.encoders["vocab_item"]
+    known = vocabs["item"].keys()[:5]
+    as_str = np.array([*known, "never-seen"], dtype=object)
+    as_bytes = np.array([k.encode() for k in as_str], dtype=object).reshape(-1, 1)
+    assert enc.lookup(as_str).tolist() == enc.lookup(as_bytes).ravel().tolist()
+    assert enc.lookup(as_str)[-1] == enc.default
+    enc.set("never-seen", 7)
+    enc.set(known[0], enc.default)
+    rows = enc.lookup(as_bytes).ravel().tolist()
+    assert rows[-1] == 7 and rows[0] == enc.default and enc.get("never-seen") == 7
+
+
+def test_one_query_for_all_rows_scores_as_the_same_query_row_by_row(tmp_path: Path) -> None:
+    version_1(VARIANTS[0], tmp_path)
+    served = live.LiveModel(str(tmp_path / "1" / "model.onnx"))
+    samples = [dataclasses.replace(s, query="Red  shoes") for s in random_samples(20, 3)]
+    same, _ = served.run(feeds(samples))
+    mixed = [*samples[:-1], dataclasses.replace(samples[-1], query="blue hat")]
+    scores, _ = served.run(feeds(mixed))  # not all the same: split row by row
+    assert np.allclose(same[:-1], scores[:-1], atol=1e-6)
+    one_by_one = np.concatenate([served.run(feeds([s]))[0] for s in samples])
+    assert np.allclose(same, one_by_one, atol=1e-6)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +42,24 @@ def test_onnx_scores_match_torch(config: RankerConfig, tmp_path: Path) -> None:
     assert [i.name for i in session.get_inputs()] == list(INPUT_NAMES)
     assert [o.name for o in session.get_outputs()] == ["score", "model_state"]
     # A server that applies no deltas answers with the state the version was cut at.
+    # A server that applies no deltas answers with the state the version was cut at, on every row.
     (state,) = session.run(["model_state"], feeds(checked))
-    assert state.tolist() == [0, 0]
+    assert state.tolist() == [[0, 0]] * len(checked)
+
+
+def test_a_price_that_is_not_finite_scores_as_a_bounded_one(tmp_path: Path) -> None:
+    """The graph's own rule, for servers that cannot refuse such prices (the native backend)."""
+    config = VARIANTS[0]
+    learner, vocabs = Learner(config, device="cpu"), Vocabularies(config)
+    samples = random_samples(64)
+    learner.learn(encode(samples, vocabs, config.max_tokens))
+    write_onnx(build_onnx(learner.frozen_copy(), vocabs), tmp_path)
+    session = open_session(tmp_path / "model.onnx")
+    odd = [dataclasses.replace(samples[0], price=p) for p in (math.nan, math.inf, -math.inf, 0.0, 1e9)]
+    (scores,) = session.run(["score"], feeds(odd))
+    assert np.isfinite(scores).all()
+    assert scores[0] == scores[3] == scores[2]  # NaN and -inf: no price
+    assert scores[1] == scores[4]  # +inf: the largest price the items contract allows
 
 
 def test_parity_check_catches_a_wrong_graph(tmp_path: Path) -> None:

@@ -16,12 +16,14 @@ def test_summary() -> None:
     assert summarise([], 0, 1.0)["p99_ms"] is None
 
 
-def test_config_variant_changes_instances_and_adds_batcher() -> None:
+def test_config_variant_changes_instances_and_the_batchers_delay() -> None:
     base = default_config()
+    assert "max_batch_size: 4096" in base and "dynamic_batching { }" in base
     two = config_variant(base, instances=2)
-    assert "count: 2" in two and "dynamic_batching" not in two
-    batched = config_variant(base, queue_delay_us=500)
-    assert "max_queue_delay_microseconds: 500" in batched and "count: 1" in batched
+    assert "count: 2" in two and "dynamic_batching { }" in two
+    delayed = config_variant(base, queue_delay_us=500)
+    assert "dynamic_batching { max_queue_delay_microseconds: 500 }" in delayed and "count: 1" in delayed
+    assert delayed.count("dynamic_batching") == 1
     with pytest.raises(ValueError, match="instance_group"):
         config_variant('name: "x"')
 
