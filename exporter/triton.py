@@ -66,25 +66,29 @@ class Ranking:
         return (self.version, self.delta_seq)
 
 
-def make_inputs(user: str, query: str, candidates: Sequence[Candidate]) -> list[grpcclient.InferInput]:
-    """Serving-contract tensors: one batch row per candidate, each input shaped ``[n, 1]``."""
-    n = len(candidates)
-    columns: dict[str, list[str]] = {
-        "user_id": [user] * n,
-        "query": [query] * n,
-        "item_id": [c.item_id for c in candidates],
-        "category": [c.category for c in candidates],
-        "brand": [c.brand for c in candidates],
-    }
-    inputs = []
+def contract_tensors(module: Any, columns: dict[str, np.ndarray]) -> list[Any]:
+    """The serving contract's tensors for tritonclient's ``module`` (grpc or http): each column
+    (BYTES, ``price`` FP32) as one batch row per candidate, shaped ``[n, 1]``."""
+    out = []
     for name, values in columns.items():
-        tensor = grpcclient.InferInput(name, [n, 1], "BYTES")
-        tensor.set_data_from_numpy(np.array([v.encode() for v in values], dtype=np.object_).reshape(n, 1))
-        inputs.append(tensor)
-    price = grpcclient.InferInput("price", [n, 1], "FP32")
-    price.set_data_from_numpy(np.array([c.price for c in candidates], dtype=np.float32).reshape(n, 1))
-    inputs.append(price)
-    return inputs
+        tensor = module.InferInput(name, [len(values), 1], "FP32" if name == "price" else "BYTES")
+        tensor.set_data_from_numpy(values.reshape(-1, 1))
+        out.append(tensor)
+    return out
+
+
+def make_inputs(user: str, query: str, candidates: Sequence[Candidate]) -> list[grpcclient.InferInput]:
+    """Serving-contract tensors for ``user``, ``query`` and ``candidates``."""
+    n = len(candidates)
+    columns = {
+        "user_id": np.array([user.encode()] * n, dtype=np.object_),
+        "query": np.array([query.encode()] * n, dtype=np.object_),
+        "item_id": np.array([c.item_id.encode() for c in candidates], dtype=np.object_),
+        "category": np.array([c.category.encode() for c in candidates], dtype=np.object_),
+        "brand": np.array([c.brand.encode() for c in candidates], dtype=np.object_),
+        "price": np.array([c.price for c in candidates], dtype=np.float32),
+    }
+    return contract_tensors(grpcclient, columns)
 
 
 def latest_config(config_text: str) -> str:

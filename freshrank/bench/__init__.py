@@ -8,4 +8,15 @@ They are never run as timed tests.
 
 from __future__ import annotations
 
-NAMES = ("throughput", "freshness", "snapshot", "serving", "quality", "replay", "gate", "vocab", "text")
+NAMES = (
+    "throughput",
+    "freshness",
+    "snapshot",
+    "serving",
+    "swaps",
+    "quality",
+    "replay",
+    "gate",
+    "vocab",
+    "text",
+)

@@ -14,6 +14,7 @@ import numpy as np
 import orjson
 
 from freshrank.simulator import encode_event
+from rankcore.model import RankerConfig
 from rankcore.sample import Sample
 from updater.ingest import Ingest, Record
 
@@ -57,6 +58,30 @@ def write_result(out: Path, name: str, result: dict[str, Any]) -> Path:
     path = out / f"{name}.json"
     path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
     return path
+
+
+# Small enough that what a benchmark (or an end-to-end test) measures is not the model's size.
+SMALL_MODEL = RankerConfig(
+    user_capacity=2_000,
+    token_capacity=500,
+    item_capacity=2_000,
+    category_capacity=50,
+    brand_capacity=50,
+    dim=8,
+    hidden=16,
+)
+
+
+def request_columns(n: int) -> dict[str, np.ndarray]:
+    """One request of the serving contract: a user and a query over ``n`` candidates."""
+    return {
+        "user_id": np.array([b"u1"] * n, dtype=object),
+        "query": np.array([b"red shoes"] * n, dtype=object),
+        "item_id": np.array([f"i{i}".encode() for i in range(n)], dtype=object),
+        "category": np.array([b"shoes"] * n, dtype=object),
+        "brand": np.array([b"acme"] * n, dtype=object),
+        "price": np.full(n, 20.0, dtype=np.float32),
+    }
 
 
 EVENTS_TOPIC = "bench"

@@ -211,6 +211,28 @@ def rows(directory: Path) -> list[tuple[str, str, str, str]]:
                     "",
                 )
             )
+    sw = _load(directory, "swaps")
+    if sw:
+        g, targets = sw["growth"], sw["targets"]
+        flat = targets["rss_mb_per_100_swaps"]["met"] and targets["stubs_and_fds_flat"]["met"]
+        out.append(
+            (
+                "swaps",
+                f"{sw['swaps']} version swaps under gRPC + HTTP traffic: requests (failed)",
+                f"{sw['requests']:,} ({sw['failed']}) in {sw['seconds']:,.0f} s",
+                f"0 failed {_met(targets['no_failed_request'])}",
+            )
+        )
+        out.append(
+            (
+                "swaps",
+                f"Triton RSS, stubs, fds from swap {g['from_swap']} to {g['to_swap']}",
+                f"{g['rss_mb'][0]:,.0f} → {g['rss_mb'][1]:,.0f} MB ({g['rss_mb_per_100_swaps']:+.1f} MB / 100"
+                f" swaps); stubs {g['stubs'][0]} → {g['stubs'][1]}; fds {g['fds'][0]} → {g['fds'][1]}",
+                f"≤ {targets['rss_mb_per_100_swaps']['target']:g} MB / 100 swaps, stubs and fds flat "
+                + _met({"met": flat}),
+            )
+        )
     qd = _load(directory, "quality")
     if qd:
         auc = qd["after_drift_auc"]

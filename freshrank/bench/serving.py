@@ -41,7 +41,7 @@ from exporter.check import open_session
 from exporter.delta import DELTA_DIR, Delta, DeltaLog, build_delta
 from exporter.onnx_export import build_onnx, write_onnx
 from exporter.publish import MODEL_NAME, Publisher
-from exporter.triton import TritonModel
+from exporter.triton import TritonModel, contract_tensors
 from freshrank.bench.common import Progress, percentiles, save_figure
 from freshrank.stack import EmbeddedStack, free_port
 from rankcore.features import Vocabularies
@@ -245,15 +245,6 @@ def request_columns(rng: random.Random, candidates: int = CANDIDATES) -> dict[st
     }
 
 
-def tensors(module: Any, columns: dict[str, np.ndarray]) -> list[Any]:
-    out = []
-    for name, values in columns.items():
-        t = module.InferInput(name, [len(values), 1], "FP32" if name == "price" else "BYTES")
-        t.set_data_from_numpy(values.reshape(-1, 1))
-        out.append(t)
-    return out
-
-
 # ----------------------------------------------------------------------------- measuring
 
 
@@ -302,7 +293,7 @@ def grpc_infer_factory(url: str) -> Callable[[], tuple[Infer, Callable[[], None]
         client = grpcclient.InferenceServerClient(url)
 
         def infer(columns: dict[str, np.ndarray]) -> None:
-            client.infer(MODEL_NAME, tensors(grpcclient, columns), client_timeout=10)
+            client.infer(MODEL_NAME, contract_tensors(grpcclient, columns), client_timeout=10)
 
         return infer, client.close
 
@@ -314,7 +305,7 @@ def http_infer_factory(url: str) -> Callable[[], tuple[Infer, Callable[[], None]
         client = httpclient.InferenceServerClient(url, network_timeout=10.0)
 
         def infer(columns: dict[str, np.ndarray]) -> None:
-            client.infer(MODEL_NAME, tensors(httpclient, columns))
+            client.infer(MODEL_NAME, contract_tensors(httpclient, columns))
 
         return infer, client.close
 

@@ -25,8 +25,9 @@ from tritonclient.utils import InferenceServerException
 
 from exporter.publish import MODEL_NAME
 from exporter.triton import GRPC_CONTROL_KEY_HEADER, control_key
+from freshrank.bench.common import SMALL_MODEL
 from freshrank.stack import EmbeddedStack, free_port
-from tests.e2e.helpers import ITEMS_TOPIC, SMALL_MODEL, TOPIC, Lane
+from tests.e2e.helpers import ITEMS_TOPIC, TOPIC, Lane
 from updater.settings import UpdaterSettings
 from updater.source import ensure_topic
 

@@ -11,24 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import orjson
 from aiokafka import AIOKafkaProducer
 
 from freshrank.stack import EmbeddedStack
-from rankcore.model import RankerConfig
 
 TOPIC = "events"
 ITEMS_TOPIC = "items"
-SMALL_MODEL = RankerConfig(
-    user_capacity=2_000,
-    token_capacity=500,
-    item_capacity=2_000,
-    category_capacity=50,
-    brand_capacity=50,
-    dim=8,
-    hidden=16,
-)
 
 Record = tuple[bytes | None, bytes | None]
 
@@ -197,25 +186,3 @@ class ShopTraffic:
             self.t += 1_000
             self.chunk += 1
             await asyncio.sleep(0.3)
-
-
-def request_columns(n: int = 3) -> dict[str, np.ndarray]:
-    """One ranking request's columns: a user, a query and ``n`` candidates."""
-    return {
-        "user_id": np.array([b"u1"] * n, dtype=object),
-        "query": np.array([b"red shoes"] * n, dtype=object),
-        "item_id": np.array([f"i{i}".encode() for i in range(n)], dtype=object),
-        "category": np.array([b"shoes"] * n, dtype=object),
-        "brand": np.array([b"acme"] * n, dtype=object),
-        "price": np.full(n, 20.0, dtype=np.float32),
-    }
-
-
-def request_tensors(module: Any, columns: dict[str, np.ndarray]) -> list[Any]:
-    """The serving contract's tensors (``[n, 1]`` each) for tritonclient's ``module`` (grpc or http)."""
-    out = []
-    for name, values in columns.items():
-        t = module.InferInput(name, [len(values), 1], "FP32" if name == "price" else "BYTES")
-        t.set_data_from_numpy(values.reshape(-1, 1))
-        out.append(t)
-    return out

@@ -18,11 +18,11 @@ from tritonclient.utils import InferenceServerException
 from exporter.onnx_export import build_onnx, write_onnx
 from exporter.publish import Publisher
 from exporter.triton import GRPC_CONTROL_KEY_HEADER, Candidate, TritonModel, control_key
+from exporter.triton import contract_tensors as tensors
+from freshrank.bench.common import request_columns as columns
 from rankcore.features import Vocabularies, encode
 from rankcore.model import RankerConfig
 from tests.e2e.helpers import Lane
-from tests.e2e.helpers import request_columns as columns
-from tests.e2e.helpers import request_tensors as tensors
 from tests.unit.helpers import random_samples
 from updater.learner import Learner
 
@@ -59,11 +59,11 @@ async def test_requests_that_break_the_contract_are_refused_by_name(lane: Lane) 
     def infer(cols: dict[str, np.ndarray]) -> None:
         grpc.infer(lane.model_name, tensors(grpcclient, cols), client_timeout=10)
 
-    unequal = columns()
+    unequal = columns(3)
     unequal["price"] = np.full(2, 20.0, dtype=np.float32)
-    nan_price = columns()
+    nan_price = columns(3)
     nan_price["price"][1] = np.nan
-    inf_price = columns()
+    inf_price = columns(3)
     inf_price["price"][2] = np.inf
     cases = {
         "unequal lengths": (unequal, "input '"),  # Triton names the first input that differs
