@@ -204,6 +204,7 @@ class ReleaseManager:
         self._pending: Snapshot | None = None
         self._releasing = False
         self._wake = asyncio.Event()
+        self._serving_changed = False  # by follow(): reconcile without waiting for the watch
         self._closing = False
         self._fenced = False
         self._task: asyncio.Task[None] | None = None
@@ -253,10 +254,12 @@ class ReleaseManager:
         return True
 
     def follow(self, serving: Serving) -> None:
-        """The operator's serving decision, read from the registry: the next reconcile applies it."""
+        """The operator's serving decision, read from the registry: a reconcile applies it at
+        once (after the release in hand, whose load may have landed after the operator's)."""
         if serving != self.serving:
             log.info("serving changed from %s to %s", self.serving, serving)
             self.serving = serving
+            self._serving_changed = True
             self._wake.set()
 
     def raise_version_floor(self, version: int) -> None:
@@ -295,7 +298,9 @@ class ReleaseManager:
                     self.samples_released = max(self.samples_released, snapshot.samples_trained)
                 if self._fenced:
                     return
-            if self.server is not None and not self._closing and time.monotonic() >= next_watch:
+            due = self._serving_changed or time.monotonic() >= next_watch
+            if self.server is not None and not self._closing and due:
+                self._serving_changed = False
                 await self.reconcile()
                 next_watch = time.monotonic() + self.watch_s
 
@@ -378,6 +383,7 @@ class ReleaseManager:
             self.publisher.prune(protect=self.protected(version))
             self.freshness.requeue(snap.fresh_action_ts_ms)
             return ReleaseOutcome("published", version, self.served_version, "serving is pinned")
+        decided = self.serving  # the operator may decide otherwise while the load runs
         try:
             load_s, served, served_at = await self._load(None, expect=version)
         except DependencyError as exc:
@@ -395,10 +401,15 @@ class ReleaseManager:
             fresh = self.freshness.served(snap.fresh_action_ts_ms, served_at)
             self._go_live(candidate)
             self._served_holdout(version, metrics, "")
-            if self.serving.mode == "rolled_back":
-                # A candidate passed the gate against the version rolled back to: back to the newest.
-                self.sink.record(SetServing.of(Serving()))
-            self.serving = Serving()
+            if self.serving != decided:
+                # A pin (or rollback) arrived during the load: it stands, and the reconcile that
+                # follow() asked for puts its version back.
+                log.info("serving became %s while version %d loaded", self.serving, version)
+            else:
+                if self.serving.mode == "rolled_back":
+                    # A candidate passed the gate against the version rolled back to: the newest.
+                    self.sink.record(SetServing.of(Serving()))
+                self.serving = Serving()
         else:
             log.warning("the server answers with version %s after loading %d", served, version)
             self.freshness.requeue(snap.fresh_action_ts_ms)  # measured when a version that has them serves
@@ -610,6 +621,8 @@ class ReleaseManager:
             ]
 
         scored = await asyncio.to_thread(score_all)
+        if self.serving.mode != "latest":
+            return None  # the operator pinned or rolled back while the versions were scored
         now_m = scored[0][1]
         best, prev_m = max(scored[1:], key=lambda pair: -1.0 if math.isnan(pair[1].auc) else pair[1].auc)
         assert best is not None

@@ -13,6 +13,7 @@ from unittest.mock import ANY
 
 import pytest
 
+import exporter.release as release_module
 from exporter.delta import DELTA_DIR, Delta, DeltaLog
 from exporter.gate import GateSettings
 from exporter.publish import ROLLED_BACK_PREFIX, Publisher
@@ -47,6 +48,7 @@ def rig(
     stale_index: bool = False,
     load_delay_s: float = 0.0,
     deltas: bool = False,
+    watch_s: float = 0.05,
 ) -> Rig:
     publisher = Publisher(tmp_path / "repo")
     server = FakeServer(publisher.model_dir, down=down, stale_index=stale_index, load_delay_s=load_delay_s)
@@ -57,7 +59,7 @@ def rig(
         GATE,
         server=server if with_server else None,
         writer_token=lambda: 7,
-        watch_s=0.05,
+        watch_s=watch_s,
         clock=lambda: NOW,
         deltas=DeltaLog(publisher.model_dir / DELTA_DIR) if deltas else None,
     )
@@ -196,6 +198,23 @@ async def test_pinned_serving_publishes_but_loads_nothing(tmp_path: Path) -> Non
 # ----------------------------------------------------------------- (d) server down
 
 
+async def test_a_pin_that_lands_during_a_load_is_applied_right_after_it(tmp_path: Path) -> None:
+    # The operator pins version 1 (the CLI loads it) while the updater's load of version 2 is
+    # under way; that load lands last. The reconcile must not wait for its watch interval.
+    r = rig(tmp_path, load_delay_s=0.3, watch_s=3600)
+    await r.release.release(snapshot(trained()))
+    r.release.start()
+    try:
+        assert r.release.submit(snapshot(trained()))
+        await until(lambda: len(r.server.loads) == 2)  # version 2's load is under way
+        r.release.follow(Serving("pinned", 1, "by hand"))
+        await until(lambda: len(r.server.loads) == 3, timeout_s=5)  # well before the watch
+        await until(lambda: r.release.served_version == 1)
+        assert r.server.current == 1 and r.release.serving == Serving("pinned", 1, "by hand")
+    finally:
+        await r.release.close()
+
+
 async def test_server_down_publishes_then_reconcile_loads_the_newest(tmp_path: Path) -> None:
     r = rig(tmp_path, down=True)
     first = await r.release.release(snapshot(trained(), fresh=[999_000]))
@@ -272,6 +291,29 @@ async def test_rollback_goes_back_to_the_best_earlier_version(tmp_path: Path) ->
     assert SetServing("latest", None, None) in r.ops[ops_before + 3 :]
     assert r.release.serving == Serving()
     assert r.publisher.versions() == [1, 4]
+
+
+async def test_a_pin_made_while_versions_are_scored_stops_the_rollback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    r = rig(tmp_path)
+    assert (await r.release.release(snapshot(trained(), HOLDOUT))).kind == "live"
+    assert (await r.release.release(snapshot(trained(steps=0)))).kind == "live"
+    assert (await r.release.release(snapshot(trained(flipped=True)))).kind == "live"
+    assert r.server.current == 3
+    scoring = release_module.evaluate
+
+    def evaluate_then_pin(*args: object) -> object:
+        r.release.serving = Serving("pinned", 3, "by hand")  # the registry sync, mid-scoring
+        return scoring(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(release_module, "evaluate", evaluate_then_pin)
+    ops_before = len(r.ops)
+    outcome = await r.release.release(snapshot(trained(), HOLDOUT))
+    assert outcome.kind == "published" and outcome.reason == "serving is pinned"
+    assert r.server.current == 3 and r.release.counters.rollbacks == 0
+    assert not any(isinstance(op, SetServing) for op in r.ops[ops_before:])
+    assert r.release.serving == Serving("pinned", 3, "by hand")
 
 
 async def test_no_rollback_when_the_live_version_holds_up(tmp_path: Path) -> None:
