@@ -8,7 +8,7 @@ Pure: no I/O; the whole state round-trips through :meth:`Ingest.state`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Protocol
 
@@ -113,8 +113,19 @@ class Ingest:
         self.joiner = Joiner(window_ms=window_ms, max_pending=max_pending)
         self.counts = IngestCounts()
 
-    def process(self, records: Iterable[RawRecord], now_ms: int) -> Ingested:
-        """Clean and join ``records`` as of ``now_ms``; samples whose window closed come out too."""
+    def process(
+        self, records: Iterable[RawRecord], now_ms: int, behind: Collection[str] | None = ()
+    ) -> Ingested:
+        """Clean and join ``records`` as of ``now_ms``; samples whose window closed come out too,
+        in the order their labels became known. ``behind``: the ``topic:partition`` sources with
+        records not yet read, whose windows only their own records close (None: not known, as
+        while the consumer group is joining; see :class:`Joiner`).
+
+        A click makes its sample at once and a miss only when the window closes, at the end of
+        the fetch: a fetch of a backlog (seconds of stream time) would yield all its clicks, then
+        all its misses, and batches cut from that hold misses only. Ordered by the stream time
+        their labels became known (the action, or the window's end) the samples of a fetch mix
+        as a live stream's do, whatever the fetch spans."""
         samples: list[Sample] = []
         dead: list[DeadLetter] = []
         joiner = self.joiner
@@ -140,7 +151,18 @@ class Ingest:
             elif isinstance(result, Rejection):
                 dead.append(self._dead_letter(rec, result))
         counts.duplicates = self.cleaner.duplicates
-        samples.extend(joiner.expire(now_ms))
+        samples.extend(joiner.expire(now_ms, behind))
+        window = joiner.window_ms
+        # A total order, so a replay from a checkpoint yields the same sequence whatever order
+        # the join state's partitions come back in.
+        samples.sort(
+            key=lambda s: (
+                s.action_ts_ms or s.impression_ts_ms + window,
+                s.impression_ts_ms,
+                s.request_id,
+                s.item_id,
+            )
+        )
         out = self._split(samples, dead)
         opened = joiner.take_opened()
         if self.measure_every:

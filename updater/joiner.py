@@ -4,11 +4,15 @@ An impression waits in the join state for its attribution window. The first clic
 add-to-cart or purchase with the same ``request_id`` and ``item_id`` inside the window makes
 it a positive sample at once (fresh positives are what the model needs most); when the
 window closes without one, it becomes a negative. Time is event time: the window closes
-when the watermark passes ``impression.ts + window``. Each source (a Kafka partition) has its
-own largest timestamp, and the watermark is the smallest of them among the sources heard from
-in the last ``idle_ms`` of the caller's clock: a partition consumed ahead of the others (a
-backlog read one partition at a time) cannot close the windows of impressions whose clicks
-still wait in a partition behind it, and a partition gone quiet does not hold the rest back.
+when its source's watermark passes ``impression.ts + window``. Each source (a Kafka partition)
+has its own watermark, its largest timestamp: events are keyed by user, so an impression's
+actions arrive on its own partition, and a partition read ahead of the others (a backlog is read
+one partition fetch at a time) closes only its own windows, never those of impressions whose
+clicks still wait unread in a partition behind it. A source is *active* while it was heard from
+in the last ``idle_ms`` of the caller's clock or has records on the broker not yet read (the
+caller says which, ``behind``); the windows of a source gone quiet close by the others' progress
+instead, the smallest watermark among the active sources (``watermark_ms``), so a quiet
+partition's impressions still become negatives.
 
 Pure: no I/O; the whole state round-trips through :meth:`Joiner.state`.
 """
@@ -17,7 +21,7 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import fields
 
 from rankcore.events import ACTION_TYPES, Event, Rejection
@@ -55,7 +59,10 @@ class Joiner:
         self._source_ts: dict[str, int] = {}  # source -> its largest timestamp
         self._source_at: dict[str, int] = {}  # source -> when (caller's clock) it was last heard
         self._pending: dict[tuple[str, str], Event] = {}
-        self._deadlines: list[tuple[int, str, str]] = []  # (ts, request_id, item_id), a min-heap
+        self._source_of: dict[tuple[str, str], str] = {}  # pending key -> the source it came from
+        # Per source, (ts, request_id, item_id) of its impressions, a min-heap (entries of keys
+        # labelled since stay until their deadline and are skipped then).
+        self._deadlines: dict[str, list[tuple[int, str, str]]] = {}
         self._labelled: OrderedDict[tuple[str, str], None] = OrderedDict()
         self.watermark_ms = 0
         self.repeated_impressions = 0
@@ -97,6 +104,7 @@ class Joiner:
                         f"{late_ms} ms after its impression, past the {self.window_ms} ms attribution window",
                     )
                 del self._pending[key]
+                del self._source_of[key]
                 self._remember_labelled(key)
                 return [sample_of(impression, 1, event.ts_ms)]
             if key in self._labelled:
@@ -107,36 +115,47 @@ class Joiner:
             self.repeated_impressions += 1
             return []
         self._pending[key] = event
+        self._source_of[key] = source
         self._opened.append(event)
-        heapq.heappush(self._deadlines, (event.ts_ms, event.request_id, event.item_id))
+        deadline = (event.ts_ms, event.request_id, event.item_id)
+        heapq.heappush(self._deadlines.setdefault(source, []), deadline)
         if len(self._pending) > self.max_pending:
             # Memory is bounded: close the oldest impressions early, as negatives.
             return self._pop_oldest(len(self._pending) - self.max_pending)
         return []
 
-    def _advance(self, now_ms: int | None) -> None:
-        """Move the watermark to the smallest largest-timestamp of the sources heard lately."""
+    def _active(self, source: str, now_ms: int | None, behind: Collection[str] | None) -> bool:
+        """Heard from in the last ``idle_ms`` of the caller's clock, or with records unread
+        (``behind`` None: not known, so any source may have)."""
+        if now_ms is None or behind is None or source in behind:
+            return True
+        return now_ms - self._source_at.get(source, now_ms) <= self.idle_ms
+
+    def expire(self, now_ms: int | None = None, behind: Collection[str] | None = ()) -> list[Sample]:
+        """Close every impression whose window ended before its source's watermark (as of
+        ``now_ms`` on the caller's clock; ``behind``: the sources with records not yet read,
+        None when that is not known): negatives, oldest first per source."""
         heard = self._source_ts
         if not heard:
-            return
-        if now_ms is None:
-            lately = list(heard.values())
-        else:
-            at = self._source_at
-            lately = [ts for source, ts in heard.items() if now_ms - at.get(source, now_ms) <= self.idle_ms]
-        self.watermark_ms = max(self.watermark_ms, min(lately) if lately else max(heard.values()))
-
-    def expire(self, now_ms: int | None = None) -> list[Sample]:
-        """Close every impression whose window ended before the watermark (as of ``now_ms`` on
-        the caller's clock): negatives."""
-        self._advance(now_ms)
+            return []
+        lately = [ts for s, ts in heard.items() if self._active(s, now_ms, behind)]
+        self.watermark_ms = watermark = max(self.watermark_ms, min(lately) if lately else max(heard.values()))
         out: list[Sample] = []
-        limit = self.watermark_ms - self.window_ms
-        while self._deadlines and self._deadlines[0][0] < limit:
-            _, request_id, item_id = heapq.heappop(self._deadlines)
-            impression = self._pending.pop((request_id, item_id), None)
-            if impression is not None:
-                out.append(sample_of(impression, 0, 0))
+        pending, source_of, window = self._pending, self._source_of, self.window_ms
+        for source, deadlines in self._deadlines.items():
+            own = heard.get(source, 0)
+            if not deadlines or deadlines[0][0] >= max(own, watermark) - window:
+                continue  # nothing of it can close (the test most calls end at)
+            if source in heard and self._active(source, now_ms, behind):
+                limit = own - window
+            else:  # quiet, or restored without one: the others' progress closes its windows
+                limit = max(watermark, own) - window
+            while deadlines and deadlines[0][0] < limit:
+                _, request_id, item_id = heapq.heappop(deadlines)
+                impression = pending.pop((request_id, item_id), None)
+                if impression is not None:
+                    del source_of[(request_id, item_id)]
+                    out.append(sample_of(impression, 0, 0))
         return out
 
     def open_impressions(self) -> Iterable[Event]:
@@ -149,11 +168,17 @@ class Joiner:
         return self._pop_oldest(len(self._pending))
 
     def _pop_oldest(self, count: int) -> list[Sample]:
+        """The ``count`` oldest open impressions of every source, closed as negatives."""
         out: list[Sample] = []
-        while len(out) < count and self._deadlines:
-            _, request_id, item_id = heapq.heappop(self._deadlines)
+        heaps = [h for h in self._deadlines.values() if h]
+        while len(out) < count and heaps:
+            deadlines = min(heaps, key=lambda h: h[0])
+            _, request_id, item_id = heapq.heappop(deadlines)
+            if not deadlines:
+                heaps.remove(deadlines)
             impression = self._pending.pop((request_id, item_id), None)
             if impression is not None:
+                del self._source_of[(request_id, item_id)]
                 out.append(sample_of(impression, 0, 0))
                 self.forced_negatives += 1
         return out
@@ -168,6 +193,7 @@ class Joiner:
             "window_ms": self.window_ms,
             "watermark_ms": self.watermark_ms,
             "pending": [tuple(getattr(e, f) for f in _EVENT_FIELDS) for e in self._pending.values()],
+            "pending_sources": [self._source_of[key] for key in self._pending],
             "labelled": list(self._labelled),
             "counters": [self.repeated_impressions, self.extra_actions, self.forced_negatives],
             "sources": [[k, ts, self._source_at.get(k)] for k, ts in self._source_ts.items()],
@@ -176,15 +202,21 @@ class Joiner:
     def restore(self, state: dict[str, object]) -> None:
         self.watermark_ms = int(state["watermark_ms"])  # type: ignore[call-overload]
         pending = [Event(*row) for row in state["pending"]]  # type: ignore[attr-defined]
+        # Checkpoints before per-source windows had no sources: "" closes by the watermark.
+        sources = state.get("pending_sources") or [""] * len(pending)
         self._pending = {(e.request_id, e.item_id): e for e in pending}
-        self._deadlines = [(e.ts_ms, e.request_id, e.item_id) for e in pending]
-        heapq.heapify(self._deadlines)
+        self._source_of, self._deadlines = {}, {}
+        for e, source in zip(pending, sources, strict=True):  # type: ignore[call-overload]
+            self._source_of[(e.request_id, e.item_id)] = source
+            self._deadlines.setdefault(source, []).append((e.ts_ms, e.request_id, e.item_id))
+        for deadlines in self._deadlines.values():
+            heapq.heapify(deadlines)
         self._labelled = OrderedDict.fromkeys(tuple(k) for k in state["labelled"])  # type: ignore[attr-defined]
         self.repeated_impressions, self.extra_actions, self.forced_negatives = state["counters"]  # type: ignore[misc]
         # Checkpoints before per-source watermarks had none: the restored watermark stands.
-        sources = state.get("sources", [])
-        self._source_ts = {k: int(ts) for k, ts, _ in sources}  # type: ignore[attr-defined]
-        self._source_at = {k: int(at) for k, _, at in sources if at is not None}  # type: ignore[attr-defined]
+        heard = state.get("sources", [])
+        self._source_ts = {k: int(ts) for k, ts, _ in heard}  # type: ignore[attr-defined]
+        self._source_at = {k: int(at) for k, _, at in heard if at is not None}  # type: ignore[attr-defined]
 
 
 def sample_of(impression: Event, label: int, action_ts_ms: int) -> Sample:

@@ -347,7 +347,7 @@ class Updater:
             if self._fetch_failed:  # a commit failure is cleared by the next commit, not a fetch
                 self._fetch_failed = False
                 self.kafka.mark(True)
-            ingested = self.ingest.process(records, int(self.clock.time() * 1000))
+            ingested = self.ingest.process(records, int(self.clock.time() * 1000), self.source.behind())
             self.holdout.extend(ingested.held_out)
             self._recent.extend(ingested.trained[-PARITY_SAMPLES:])
             self._keep_dead_letters(ingested.dead)

@@ -67,6 +67,7 @@ class _SeekToState(ConsumerRebalanceListener):
         positions = self.source.positions()
         for tp in assigned:  # type: ignore[attr-defined]
             offset = positions.get(offset_key(tp))
+            self.source._fetched.pop(offset_key(tp), None)
             if offset is not None:
                 consumer.seek(tp, offset)
         log.info("partitions assigned: %s", sorted(map(str, assigned)))  # type: ignore[call-overload]
@@ -108,6 +109,7 @@ class KafkaSource:
         )
         self._started = False
         self.paused = False
+        self._fetched: dict[str, int] = {}  # topic:partition -> the offset after the last fetched
 
     async def start(self) -> None:
         if self._started:
@@ -137,7 +139,28 @@ class KafkaSource:
         except KafkaError as exc:
             topics = ", ".join(self.topics)
             raise DependencyError(f"Kafka fetch from {topics}: {type(exc).__name__}: {exc}") from exc
+        for tp, records in batches.items():
+            if records:
+                self._fetched[offset_key(tp)] = records[-1].offset + 1
         return [record for records in batches.values() for record in records]
+
+    def behind(self) -> frozenset[str] | None:
+        """The assigned ``topic:partition`` keys with records on the broker past the last one
+        fetched (from the last fetch's high watermarks): partitions whose turn has not come.
+        None while that is not known: no partitions assigned (the group is joining after a
+        start or a rebalance) or one not fetched from since its assignment."""
+        assigned = self.consumer.assignment()
+        if not assigned:
+            return None
+        positions = self.positions()
+        out = set()
+        for tp in assigned:
+            high, key = self.consumer.highwater(tp), offset_key(tp)
+            if high is None:
+                return None
+            if high > self._fetched.get(key, positions.get(key, 0)):
+                out.add(key)
+        return frozenset(out)
 
     def pause(self) -> None:
         """Stop fetching (backpressure). aiokafka drops what it had buffered for the paused

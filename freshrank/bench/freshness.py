@@ -214,10 +214,14 @@ async def launch_run(stack: EmbeddedStack, root: Path, progress: Progress) -> di
                     rng.shuffle(shown)
                     for pos, c in enumerate(shown):
                         await producer.send(
-                            topic, _event("impression", now, user, request, query, c, seq, pos)
+                            topic,
+                            _event("impression", now, user, request, query, c, seq, pos),
+                            key=user.encode(),  # the contract: keyed by user, as the simulator's
                         )
                     await producer.send(
-                        topic, _event("click", now + 300, user, request, query, new, seq, None)
+                        topic,
+                        _event("click", now + 300, user, request, query, new, seq, None),
+                        key=user.encode(),
                     )
                 ranking = await triton.rank(probe_user, query, candidates)
                 rank = [c.item_id for c, _ in ranking.items].index(new.item_id) + 1

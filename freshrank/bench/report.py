@@ -64,6 +64,16 @@ def rows(directory: Path) -> list[tuple[str, str, str, str]]:
                     "",
                 )
             )
+            if "prequential_auc_mid_stream" in bare_only:
+                out.append(
+                    (
+                        "throughput",
+                        "same work: AUC of samples scored as learned, mid-stream, bare / updater",
+                        f"{t['bare_loop']['prequential_auc_mid_stream']:.3f} / "
+                        f"{bare_only['prequential_auc_mid_stream']:.3f}",
+                        "",
+                    )
+                )
     f = _load(directory, "freshness")
     if f:
         for rate, r in f["rates"].items():

@@ -6,6 +6,16 @@ the clock starts; the updater then works it off as a backlog (Kafka -> decode ->
 loop trains the same model on the same samples, encoded into batches in memory beforehand:
 the limit the updater could reach if everything around training were free. The ratio
 between them is the figure; both run on the same machine in the same minute.
+
+Both learn the same samples in nearly the same order, the order their labels became known (the
+bare loop's as the consumer path labels the stream record by record; the updater's fetch by
+fetch, a partition at a time), and both report the prequential AUC of each sample scored
+as it is learned only in the run without impressions scored on arrival
+(``without_exports_unmeasured``): the default runs score 1 request in 4 at its impression
+(``--measure-every``), a different and lower measure of the same model. The window of both is
+the stream's last 10,000 samples, whose misses come out after every click (the stream ends), so
+the AUC there says little of the model. ``prequential_auc_mid_stream`` is the same window read
+when half the samples were learned (the updater's within one 50 ms poll of that point).
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import cProfile
 import io
+import math
 import pstats
 import tempfile
 import time
@@ -22,6 +33,7 @@ from typing import Any
 import psutil
 import torch
 from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import murmur2
 
 from freshrank.bench.common import Progress, labelled, labelled_records
 from freshrank.simulator import SimulatorConfig, encode_event, generate
@@ -40,22 +52,34 @@ RATE = 2_000  # simulated events/s: sets how dense requests and actions are in s
 DURATION_S = 150  # of stream time: about 300k events
 TARGET_RATIO = 0.85
 NO_EXPORTS_S = 1e9
+PARTITIONS = 3
 
 
-def stream(seed: int = 11) -> list[dict[str, Any]]:
-    """The simulator's events for DURATION_S seconds that ended just now, plus one sentinel.
+def stream(seed: int = 11, partitions: int = PARTITIONS) -> tuple[list[dict[str, Any]], int]:
+    """The simulator's events for DURATION_S seconds that ended just now, plus one sentinel per
+    partition; and how many sentinels.
 
-    The sentinel is an impression one attribution window after the last event: it moves the
-    join's watermark past every open window, so the updater can close them all as it would
-    in a stream that goes on.
+    A sentinel is an impression one attribution window after the last event, keyed to land on
+    its partition (the producer's partitioner: murmur2 of the user id): it moves that
+    partition's watermark past every open window, so the updater closes them all as it would in
+    a stream that goes on, instead of after the partition has been quiet for the join's idle
+    time (2 s of a run of about 15).
     """
     start_ms = int(time.time() * 1000) - DURATION_S * 1000 - 120_000
     events = list(generate(SimulatorConfig(seed=seed, bad_rate=0.0), RATE, DURATION_S, start_ms))
     last = max(int(e["ts"]) for e in events)
-    sentinel = dict(events[0], event_id="throughput-sentinel", request_id="throughput-sentinel")
-    sentinel["ts"] = last + DEFAULT_WINDOW_MS + 1_000
-    events.append(sentinel)
-    return events
+    sentinels: dict[int, dict[str, Any]] = {}
+    for k in range(10_000):
+        user = f"throughput-sentinel-{k}"
+        partition = (murmur2(user.encode()) & 0x7FFFFFFF) % partitions
+        if partition not in sentinels:
+            sentinels[partition] = dict(
+                events[0], event_id=user, request_id=user, user_id=user, ts=last + DEFAULT_WINDOW_MS + 1_000
+            )
+        if len(sentinels) == partitions:
+            break
+    events.extend(sentinels.values())
+    return events, len(sentinels)
 
 
 async def produce_all(bootstrap: str, topic: str, events: list[dict[str, Any]]) -> float:
@@ -82,15 +106,19 @@ def bare_loop(samples: list[Any], config: RankerConfig, batch_size: int) -> dict
     for batch in batches[:20]:
         warm.learn(batch)
     learner = Learner(config, device="auto")
+    half, mid_auc = len(samples) // 2, float("nan")
     started = time.perf_counter()
     for batch in batches:
         learner.learn(batch)
+        if math.isnan(mid_auc) and learner.samples_trained >= half:
+            mid_auc = learner.metrics.auc()
     elapsed = time.perf_counter() - started
     return {
         "samples": learner.samples_trained,
         "seconds": round(elapsed, 3),
         "samples_per_s": round(learner.samples_trained / elapsed, 1),
         "prequential_auc": learner.metrics.auc(),
+        "prequential_auc_mid_stream": mid_auc,
     }
 
 
@@ -129,10 +157,13 @@ async def updater_run(
         started = time.monotonic()
         cpu0 = proc.cpu_times()
         last_report = started
+        mid_auc = float("nan")
         while updater.learner.samples_trained < target:
             await asyncio.sleep(0.05)
             _raise_if_failed(updater)
             peak_rss = max(peak_rss, proc.memory_info().rss)
+            if math.isnan(mid_auc) and updater.learner.samples_trained >= target // 2:
+                mid_auc = updater.learner.metrics.auc()
             now = time.monotonic()
             if now - last_report > 5:
                 last_report = now
@@ -153,8 +184,11 @@ async def updater_run(
         "cpu_s": round((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system), 2),
         "versions_published": status["versions_published"],
         "backpressure_pauses": status.get("backpressure_pauses"),
+        "dead_letters": status["dead_letters"],
+        "dead_letters_by_reason": status["dead_letters_by_reason"],
         "peak_rss_mib_benchmark_process": round(peak_rss / 2**20, 1),  # the stream in memory too
         "prequential_auc": updater.learner.metrics.auc(),
+        "prequential_auc_mid_stream": mid_auc,
     }
 
 
@@ -200,9 +234,9 @@ def consumer_path_profile(events: list[dict[str, Any]], limit: int = 12) -> dict
 def run(out: Path, progress: Progress) -> dict[str, Any]:
     torch.set_num_threads(1)  # as the updater (torch_threads=1)
     progress(f"generating {DURATION_S} s of simulated traffic at {RATE} events/s")
-    events = stream()
+    events, sentinels = stream()
     samples, counts = labelled(events, DEFAULT_WINDOW_MS)
-    target = len(samples) - 1  # the sentinel's own impression stays open in the updater
+    target = len(samples) - sentinels  # the sentinels' own impressions stay open in the updater
     progress(f"{len(events):,} events -> {target:,} labelled samples")
 
     config = RankerConfig()
@@ -231,7 +265,7 @@ def run(out: Path, progress: Progress) -> dict[str, Any]:
                     ("without_exports_unmeasured", False, 0),
                 ):
                     topic = f"throughput-{name}"
-                    await ensure_topic(stack.addresses.bootstrap, topic, partitions=3)
+                    await ensure_topic(stack.addresses.bootstrap, topic, partitions=PARTITIONS)
                     progress(f"producing {len(events):,} events to {topic}")
                     produce_s = await produce_all(stack.addresses.bootstrap, topic, events)
                     progress(f"produced in {produce_s:.1f} s; updater {name.replace('_', ' ')}")

@@ -143,6 +143,9 @@ class InMemorySource:
     def lag(self) -> int | None:
         return len(self.records) - self._next
 
+    def behind(self) -> frozenset[str] | None:
+        return frozenset({f"{self.topic}:0"}) if self._next < len(self.records) else frozenset()
+
 
 class FakeRegistry:
     """The registry's tables as lists; ``down`` raises DependencyError, ``refuse`` RejectedRequest."""

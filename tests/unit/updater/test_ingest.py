@@ -255,3 +255,30 @@ def test_an_event_with_a_title_updates_the_catalogue_and_the_state_keeps_it() ->
     again.process([item(0, title="newer")], NOW + 1)
     again.process([item(0, title="newer again")], NOW + 2)
     assert again.catalogue.updates == 2 and again.counts.item_updates_consumed == 1
+
+
+def test_a_fetch_yields_its_samples_in_the_order_their_labels_became_known() -> None:
+    # One fetch spanning 4 s of a backlog: misses of windows that closed inside it and clicks
+    # inside it come out interleaved by when each label was known, not clicks first.
+    ingest = Ingest(window_ms=WINDOW_MS)
+    values = [event(f"imp{k}", "impression", NOW + 1_000 * k, request=f"r{k}") for k in range(4)]
+    values += [
+        event("clk3", "click", NOW + 3_100, request="r3"),
+        event("clk1", "click", NOW + 1_200, request="r1"),
+    ]
+    values.append(event("imp9", "impression", NOW + 4_500, request="r9"))
+    out = ingest.process([record(i, v) for i, v in enumerate(values)], NOW + 4_500)
+    # r0's window closed at +1.0 s, r1's click at +1.2, r2's window at +3.0, r3's click at +3.1.
+    assert labels(out.trained) == [("r0", "i1", 0), ("r1", "i1", 1), ("r2", "i1", 0), ("r3", "i1", 1)]
+
+
+def test_a_partition_with_records_still_unread_keeps_its_windows_open() -> None:
+    ingest = Ingest(window_ms=WINDOW_MS)
+    ingest.process([record(0, event("imp-b", "impression", NOW, request="b"), partition=1)], NOW)
+    ahead = [record(i, event(f"imp{i}", "impression", NOW + 500 * i, request=f"a{i}")) for i in range(10)]
+    out = ingest.process(ahead, NOW + 5_000, behind={"events:1"})
+    assert "b" not in {s.request_id for s in out.trained}
+    click = ingest.process(
+        [record(1, event("clk-b", "click", NOW + 300, request="b"), partition=1)], NOW + 5_000
+    )
+    assert labels(click.trained) == [("b", "i1", 1)] and click.dead == []

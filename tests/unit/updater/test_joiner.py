@@ -121,3 +121,74 @@ def test_a_partition_read_ahead_does_not_close_the_windows_of_one_behind() -> No
     restored = Joiner(window_ms=1000, idle_ms=500)
     restored.restore(j.state())
     assert restored.state()["sources"] == j.state()["sources"]
+
+
+def test_a_partition_whose_turn_has_not_come_keeps_its_windows_open_past_idle() -> None:
+    # A backlog: partition 0 is read 30 s of stream time ahead while partition 1, with an
+    # impression open and its click still unread on the broker, waits longer than idle_ms.
+    j = Joiner(window_ms=10_000, idle_ms=2_000)
+    now = 100_000
+    j.add(ev("impression", 1_000, request="p1"), now, source="events:1")
+    for ts in range(1_000, 31_000, 1_000):
+        j.add(ev("impression", ts, request=f"p0-{ts}"), now, source="events:0")
+    later = now + 5_000
+    closed = j.expire(later, behind={"events:1"})
+    assert "p1" not in {s.request_id for s in closed}
+    assert all(s.request_id.startswith("p0-") for s in closed) and len(closed) == 19  # its own windows
+    positive = j.add(ev("click", 3_000, request="p1"), later, source="events:1")
+    assert isinstance(positive, list) and [s.label for s in positive] == [1]
+
+
+def test_a_quiet_partition_closes_by_the_others_progress() -> None:
+    j = Joiner(window_ms=10_000, idle_ms=2_000)
+    now = 100_000
+    j.add(ev("impression", 1_000, request="quiet"), now, source="events:1")
+    j.add(ev("impression", 30_000, request="busy"), now + 3_000, source="events:0")
+    # Partition 1 has nothing more to read and was last heard 3 s ago: its miss closes.
+    assert [s.request_id for s in j.expire(now + 3_000)] == ["quiet"]
+    assert j.watermark_ms == 30_000
+
+
+def test_each_open_impression_keeps_its_source_across_a_checkpoint() -> None:
+    j = Joiner(window_ms=10_000, idle_ms=2_000)
+    now = 100_000
+    j.add(ev("impression", 1_000, request="behind"), now, source="events:1")
+    j.add(ev("impression", 40_000, request="ahead"), now, source="events:0")
+    restored = Joiner(window_ms=10_000, idle_ms=2_000)
+    restored.restore(j.state())
+    assert restored.expire(now + 5_000, behind={"events:1"}) == []
+    assert [s.request_id for s in restored.expire(now + 5_000)] == ["behind"]
+
+
+def test_a_checkpoint_without_pending_sources_closes_them_by_the_watermark() -> None:
+    j = Joiner(window_ms=1_000)
+    j.add(ev("impression", 0, request="old"), 10_000, source="events:0")
+    state = j.state()
+    del state["pending_sources"]
+    restored = Joiner(window_ms=1_000)
+    restored.restore(state)
+    assert restored.expire(10_000) == []
+    restored.add(ev("impression", 5_000, request="new"), 10_000, source="events:0")
+    assert [s.request_id for s in restored.expire(10_000)] == ["old"]
+
+
+def test_memory_bound_closes_the_oldest_across_sources() -> None:
+    j = Joiner(window_ms=10_000, max_pending=2)
+    j.add(ev("impression", 5, request="a"), source="events:0")
+    j.add(ev("impression", 1, request="b"), source="events:1")
+    forced = j.add(ev("impression", 9, request="c"), source="events:0")
+    assert isinstance(forced, list) and [s.request_id for s in forced] == ["b"]
+    assert [s.request_id for s in j.drain()] == ["a", "c"]
+
+
+def test_while_it_is_not_known_which_partitions_have_unread_records_none_is_quiet() -> None:
+    # A restart mid-backlog: the checkpoint's last-heard times are old, and until the consumer
+    # group has joined and fetched (behind=None) no partition may count as quiet.
+    j = Joiner(window_ms=10_000, idle_ms=2_000)
+    j.add(ev("impression", 75_000, request="slow"), 100_000, source="events:1")
+    j.add(ev("impression", 100_000, request="fast"), 100_000, source="events:0")
+    restored = Joiner(window_ms=10_000, idle_ms=2_000)
+    restored.restore(j.state())
+    assert restored.expire(160_000, behind=None) == []
+    # Once known: both are caught up and quiet, so the fastest one's progress closes "slow".
+    assert [s.request_id for s in restored.expire(160_000, behind=frozenset())] == ["slow"]
