@@ -247,15 +247,17 @@ async def swap(churn: Churn, triton: TritonModel) -> int:
 
 
 async def churn_under_traffic(
-    stack: EmbeddedStack, swaps: int, sample_every: int, progress: Progress
+    stack: EmbeddedStack, swaps: int, sample_every: int, progress: Progress, workers: int = WORKERS
 ) -> dict[str, Any]:
+    """``swaps`` swaps under traffic (``workers`` clients per protocol); Triton's process tree
+    before the first (``samples[0]``) and every ``sample_every`` swaps."""
     a = stack.addresses
     pid = stack.triton.process.proc.pid  # type: ignore[union-attr]
     churn = Churn(Path(a.repository))
     async with TritonModel(a.triton_grpc, key=stack.triton.key) as triton:
         await asyncio.to_thread(churn.next_version)
         await triton.load()
-        traffic = Traffic(a.triton_grpc, a.triton_http)
+        traffic = Traffic(a.triton_grpc, a.triton_http, workers=workers)
         samples = [{"swaps": 0, "seconds": 0.0, "requests": 0, **process_tree(pid)}]
         started = time.perf_counter()
         traffic.start()
