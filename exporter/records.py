@@ -74,15 +74,24 @@ class SetStatus:
 
 @dataclass(frozen=True)
 class SetServing:
+    """A serving decision. The operator's (the CLI's) always applies. The updater's own
+    (a rollback, a candidate that ends one) carries the decision it replaces in ``over_mode`` /
+    ``over_version`` and applies only while the registry still holds that one: a pin made in
+    the meantime is never overwritten by an older automatic decision."""
+
     KIND: ClassVar[str] = "set_serving"
     mode: str
     version: int | None
     reason: str | None
     delta: int | None = None
+    over_mode: str | None = None  # None: unconditional
+    over_version: int | None = None
 
     @classmethod
-    def of(cls, serving: Serving) -> SetServing:
-        return cls(serving.mode, serving.version, serving.reason, serving.delta)
+    def of(cls, serving: Serving, over: Serving | None = None) -> SetServing:
+        if over is None:
+            return cls(serving.mode, serving.version, serving.reason, serving.delta)
+        return cls(serving.mode, serving.version, serving.reason, serving.delta, over.mode, over.version)
 
 
 @dataclass(frozen=True)

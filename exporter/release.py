@@ -286,6 +286,11 @@ class ReleaseManager:
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()
             self._wake.clear()
+            if self._serving_changed and self.server is not None and not self._closing:
+                # The operator's decision first: the snapshot in hand is released under it.
+                self._serving_changed = False
+                await self.reconcile()
+                next_watch = time.monotonic() + self.watch_s
             snapshot, self._pending = self._pending, None
             if snapshot is not None:
                 self._releasing = True
@@ -394,6 +399,7 @@ class ReleaseManager:
             self.publisher.prune(protect=self.protected(version))
             self.freshness.requeue(snap.fresh_action_ts_ms)
             return ReleaseOutcome("published", version, self.served_version, str(exc))
+        overruled = self.serving != decided
         fresh: list[float] = []
         if served == version:
             self.checked_seq = snap.delta_seq
@@ -401,18 +407,25 @@ class ReleaseManager:
             fresh = self.freshness.served(snap.fresh_action_ts_ms, served_at)
             self._go_live(candidate)
             self._served_holdout(version, metrics, "")
-            if self.serving != decided:
-                # A pin (or rollback) arrived during the load: it stands, and the reconcile that
-                # follow() asked for puts its version back.
-                log.info("serving became %s while version %d loaded", self.serving, version)
-            else:
+            if not overruled:
                 if self.serving.mode == "rolled_back":
-                    # A candidate passed the gate against the version rolled back to: the newest.
-                    self.sink.record(SetServing.of(Serving()))
+                    # A candidate passed the gate against the version rolled back to: the newest
+                    # serves again (unless the operator decided otherwise in the meantime).
+                    self.sink.record(SetServing.of(Serving(), over=decided))
                 self.serving = Serving()
         else:
             log.warning("the server answers with version %s after loading %d", served, version)
             self.freshness.requeue(snap.fresh_action_ts_ms)  # measured when a version that has them serves
+        self.sink.record(
+            MarkLive(served, {"load_s": round(load_s, 3), "freshness_p50_s": percentile(fresh, 50)})
+        )
+        if overruled:
+            # A pin (or rollback) arrived during the load: it stands, and is applied before this
+            # release counts as done.
+            log.info("serving became %s while version %d loaded: applying it", self.serving, version)
+            self._serving_changed = False
+            await self.reconcile()
+            served = self.served_version if self.served_version is not None else served
         self.last_export = {
             "version": version,
             "export_s": round(built.export_s, 3),
@@ -420,9 +433,6 @@ class ReleaseManager:
             "size_bytes": published.size_bytes,
             "parity_max_abs_diff": built.parity,
         }
-        self.sink.record(
-            MarkLive(served, {"load_s": round(load_s, 3), "freshness_p50_s": percentile(fresh, 50)})
-        )
         self.publisher.prune(protect=self.protected(version))
         log.info(
             "version %d live: export %.2f s, load %.2f s, %d samples",
@@ -632,11 +642,19 @@ class ReleaseManager:
             return None
         detected = time.perf_counter()
         log.warning("rolling back from version %d to %d: %s", live.version, previous.version, reason)
+        decided = self.serving  # "latest"; the operator may decide otherwise while the load runs
         try:
             _, served, _ = await self._load(previous.version, expect=previous.version)
         except DependencyError as exc:
             self.health.mark(False, str(exc))
             return ReleaseOutcome("failed", previous.version, self.served_version, str(exc))
+        if self.serving != decided:
+            # The operator pinned (or rolled back) while it loaded: that decision stands, as it
+            # would have had it come while the versions were scored, and is applied now.
+            log.info("serving became %s during the rollback's load: the rollback is dropped", self.serving)
+            self._serving_changed = False
+            await self.reconcile()
+            return None
         self.counters.rollbacks += 1
         # The server has moved off them: the newest directory is the target again, so no later
         # "load the newest" (an unpin, a server restart) can bring a rolled-back version back.
@@ -656,7 +674,8 @@ class ReleaseManager:
             "served": served,
         }
         self.sink.record(SetStatus(live.version, "rolled_back", reason))
-        self.sink.record(SetServing.of(self.serving))
+        # Over "latest" only: a pin the operator makes before this reaches the registry stands.
+        self.sink.record(SetServing.of(self.serving, over=decided))
         self.sink.record(MarkLive(previous.version))
         return ReleaseOutcome("rolled_back", previous.version, served, reason)
 

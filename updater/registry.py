@@ -169,6 +169,8 @@ _UPSERT_SERVING = (
     "INSERT INTO serving (model, mode, version, reason, delta) VALUES ($1, $2, $3, $4, $5)"
     " ON CONFLICT (model) DO UPDATE SET mode = EXCLUDED.mode, version = EXCLUDED.version,"
     " reason = EXCLUDED.reason, delta = EXCLUDED.delta, updated_at = now()"
+    # A conditional decision applies only over the one it replaces (with no row, nothing was decided).
+    " WHERE $6::text IS NULL OR (serving.mode = $6 AND serving.version IS NOT DISTINCT FROM $7::integer)"
 )
 
 
@@ -317,7 +319,16 @@ class Registry:
                 op.reason,
             )
         elif isinstance(op, SetServing):
-            await conn.execute(_UPSERT_SERVING, self.model, op.mode, op.version, op.reason, op.delta)
+            await conn.execute(
+                _UPSERT_SERVING,
+                self.model,
+                op.mode,
+                op.version,
+                op.reason,
+                op.delta,
+                op.over_mode,
+                op.over_version,
+            )
         elif isinstance(op, AddDelta):
             await conn.execute(
                 _UPSERT_DELTA,

@@ -13,6 +13,7 @@ import pytest
 
 from exporter.gate import GateSettings
 from exporter.publish import Publisher
+from exporter.records import Serving, SetServing
 from exporter.triton import TritonModel
 from tests.e2e.helpers import Lane, ShopTraffic, now_ms, shop, wait_for
 from updater.registry import Registry
@@ -85,17 +86,20 @@ async def test_a_poisoned_period_is_rolled_back_and_pins_hold(
         await wait_for(
             lambda: updater.status()["serving"]["mode"] == "pinned", 10, "the updater to see the pin"
         )
-        await lane.send(shop(200, traffic.t, 999, "late-", flipped=False))
 
         def exports() -> int:
             status = updater.status()
             return int(status["versions_published"]) + int(status["versions_rejected"])
 
+        # The updater applies the pin before the next release starts; the one in flight when it
+        # saw the pin may count after this point. So two exports: the second began under the pin.
         before = exports()
-        # Published, or rejected by the gate against the version held: either way it is not served.
-        await wait_for(lambda: exports() > before, 30, "an export while pinned")
+        for n, seed in ((1, 999), (2, 998)):
+            await lane.send(shop(200, traffic.t + n * 10_000, seed, f"late{n}-", flipped=False))
+            # Published, or rejected by the gate against the version held: either way not served.
+            await wait_for(lambda n=n: exports() >= before + n, 30, f"export {n} while pinned")
         async with TritonModel(lane.triton_grpc, model=lane.model_name) as triton:
-            assert await triton.served_version() == pinned
+            assert await triton.probe() == pinned  # what answers requests, not the index
         await asyncio.to_thread(subprocess.run, [*cli, "unpin", *common], capture_output=True, check=True)
         await wait_for(
             lambda: updater.status()["serving"]["mode"] == "latest", 10, "the updater to see the unpin"
@@ -143,3 +147,22 @@ async def test_a_poisoned_period_is_rolled_back_and_pins_hold(
     rolled = next(v for v in versions if v["version"] == rollback["from"])
     assert "fell below" in rolled["reason"]
     assert all("holdout_auc" in v["metrics"] for v in versions)
+
+
+async def test_the_updaters_own_serving_decisions_never_overwrite_an_operators(lane: Lane) -> None:
+    # On the lane's PostgreSQL: a rollback (or its end) queued in the updater's outbox reaches
+    # the registry after an operator's pin; the pin must survive it.
+    rollback = Serving("rolled_back", 3, "worse")
+    async with Registry(lane.pg_dsn, model=lane.model_name) as registry:
+        await registry.apply_ops([SetServing.of(rollback, over=Serving())])  # no row yet: applies
+        assert await registry.serving() == rollback
+        pin = Serving("pinned", 2, "by hand")
+        await registry.apply_ops([SetServing.of(pin)])  # the operator: always applies
+        await registry.apply_ops([SetServing.of(Serving(), over=rollback)])  # the rollback's end
+        await registry.apply_ops([SetServing.of(Serving("rolled_back", 1, "worse"), over=Serving())])
+        assert await registry.serving() == pin
+        await registry.apply_ops([SetServing.of(Serving())])  # unpinned by hand
+        await registry.apply_ops([SetServing.of(rollback, over=Serving())])  # over "latest": applies
+        assert await registry.serving() == rollback
+        await registry.apply_ops([SetServing.of(Serving(), over=rollback)] * 2)  # idempotent
+        assert await registry.serving() == Serving()

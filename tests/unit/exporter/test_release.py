@@ -266,7 +266,7 @@ async def test_rollback_goes_back_to_the_best_earlier_version(tmp_path: Path) ->
     assert outcome == ReleaseOutcome("rolled_back", 1, 1, ROLLBACK_REASON)
     assert r.ops[ops_before:] == [
         SetStatus(3, "rolled_back", ROLLBACK_REASON),
-        SetServing("rolled_back", 1, ROLLBACK_REASON),
+        SetServing("rolled_back", 1, ROLLBACK_REASON, over_mode="latest"),  # only over "latest"
         MarkLive(1),
     ]
     # Exactly version 1 was loaded (pinned by config), not "the newest".
@@ -288,7 +288,8 @@ async def test_rollback_goes_back_to_the_best_earlier_version(tmp_path: Path) ->
     # A later candidate that passes the gate against version 1 brings back "the newest".
     again = await r.release.release(snapshot(good, HOLDOUT))
     assert again == ReleaseOutcome("live", 4, 4)
-    assert SetServing("latest", None, None) in r.ops[ops_before + 3 :]
+    # Only over the rollback: a pin made meanwhile in the registry stands.
+    assert SetServing("latest", None, None, None, "rolled_back", 1) in r.ops[ops_before + 3 :]
     assert r.release.serving == Serving()
     assert r.publisher.versions() == [1, 4]
 
@@ -314,6 +315,85 @@ async def test_a_pin_made_while_versions_are_scored_stops_the_rollback(
     assert r.server.current == 3 and r.release.counters.rollbacks == 0
     assert not any(isinstance(op, SetServing) for op in r.ops[ops_before:])
     assert r.release.serving == Serving("pinned", 3, "by hand")
+
+
+async def three_versions(r: Rig) -> None:
+    """1: good (judged on a holdout); 2: untrained and 3: flipped, served with none to judge by."""
+    assert (await r.release.release(snapshot(trained(), HOLDOUT))).kind == "live"
+    assert (await r.release.release(snapshot(trained(steps=0)))).kind == "live"
+    assert (await r.release.release(snapshot(trained(flipped=True)))).kind == "live"
+
+
+async def rolled_back_to_1(r: Rig) -> None:
+    """Versions 1 (good), 2 (untrained), 3 (flipped), then a rollback to 1."""
+    await three_versions(r)
+    assert (await r.release.release(snapshot(trained(), HOLDOUT))).kind == "rolled_back"
+    assert r.release.serving.mode == "rolled_back" and r.server.current == 1
+
+
+async def test_a_pin_made_while_a_rollback_loads_stops_it(tmp_path: Path) -> None:
+    r = rig(tmp_path, load_delay_s=0.3)
+    await three_versions(r)
+    pin = Serving("pinned", 2, "by hand")
+    ops_before = len(r.ops)
+    rolling = asyncio.create_task(r.release.release(snapshot(trained(), HOLDOUT)))
+    await until(lambda: len(r.server.loads) == 4)  # the rollback's load of version 1 is under way
+    r.release.follow(pin)  # the registry sync, mid-load
+
+    outcome = await rolling
+
+    # As if the pin had come before: no rollback, the candidate published under the pin.
+    assert outcome.kind == "published" and outcome.reason == "serving is pinned"
+    assert r.release.serving == pin and r.release.counters.rollbacks == 0
+    assert not any(isinstance(op, (SetServing, SetStatus)) for op in r.ops[ops_before:])
+    assert r.publisher.versions() == [1, 2, 3, 4]  # nothing quarantined
+    # The pin is applied before the release returns, not at the next watch.
+    assert [load.version for load in r.server.loads[3:]] == [1, 2]
+    assert r.server.current == 2 and r.release.served_version == 2
+
+
+async def test_a_pin_made_while_the_candidate_after_a_rollback_loads_is_not_undone(tmp_path: Path) -> None:
+    # The failure this guards: the operator pins 1 while a candidate that passed the gate
+    # against the rollback loads; the release then wrote "latest" over the operator's pin.
+    r = rig(tmp_path, load_delay_s=0.3)
+    await rolled_back_to_1(r)
+    held = r.release.serving
+    pin = Serving("pinned", 1, "by hand")
+    ops_before = len(r.ops)
+    releasing = asyncio.create_task(r.release.release(snapshot(trained(), HOLDOUT)))
+    loads = len(r.server.loads)
+    await until(lambda: len(r.server.loads) == loads + 1)  # version 4's load is under way
+    r.release.follow(pin)
+
+    outcome = await releasing
+
+    assert (outcome.version, outcome.served) == (4, 1)
+    assert r.release.serving == pin
+    assert not any(isinstance(op, SetServing) for op in r.ops[ops_before:])
+    assert r.server.current == 1 and r.server.loads[-1].version == 1
+    # Without the pin the same candidate ends the rollback, recorded only over it.
+    r.release.follow(held)
+    assert (await r.release.release(snapshot(trained(), HOLDOUT))).kind == "live"
+    assert SetServing("latest", None, None, None, "rolled_back", 1) in r.ops
+    assert r.release.serving == Serving()
+
+
+async def test_the_task_applies_a_new_serving_decision_before_the_snapshot_in_hand(tmp_path: Path) -> None:
+    r = rig(tmp_path, watch_s=3600)
+    await r.release.release(snapshot(trained()))
+    await r.release.release(snapshot(trained()))
+    assert r.server.current == 2
+    r.release.follow(Serving("pinned", 1, "by hand"))
+    assert r.release.submit(snapshot(trained()))
+    r.release.start()
+    try:
+        await until(lambda: r.release.last_outcome is not None)
+        # The pin was loaded first; the snapshot was then published under it, never loaded.
+        assert [load.version for load in r.server.loads[2:]] == [1]
+        assert r.release.last_outcome.reason == "serving is pinned"
+        assert r.server.current == 1
+    finally:
+        await r.release.close()
 
 
 async def test_no_rollback_when_the_live_version_holds_up(tmp_path: Path) -> None:
