@@ -63,6 +63,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         publish_interval_s=args.publish_interval,
         poison_at_s=args.poison_at,
         poison_for_s=args.poison_for,
+        ingest_workers=args.ingest_workers,
     )
     out = sys.stderr if args.json else sys.stdout
     if not args.verbose:
@@ -711,6 +712,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="127.0.0.1",
         metavar="ADDR",
         help="address the broker and Triton listen on (default 127.0.0.1; 0.0.0.0: every interface)",
+    )
+    up.add_argument(
+        "--ingest-workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="processes that decode, clean and join the events, by partition (default 0: in the updater)",
     )
     up.add_argument(
         "--publish-interval",

@@ -55,6 +55,7 @@ class UpOptions:
     publish_interval_s: float = DEFAULT_PUBLISH_INTERVAL_S
     poison_at_s: float = 0.0
     poison_for_s: float = 0.0
+    ingest_workers: int = 0
 
 
 def fresh_state_dir(path: Path) -> None:
@@ -142,6 +143,7 @@ async def run_up(
                 topic=TOPIC,
                 items_topic=ITEMS_TOPIC,
                 publish_interval_s=opts.publish_interval_s,
+                ingest_workers=opts.ingest_workers,
             )
             updater = Updater.from_settings(settings)
             sim_task: asyncio.Task[ProduceStats] | None = None

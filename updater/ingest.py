@@ -8,7 +8,7 @@ Pure: no I/O; the whole state round-trips through :meth:`Ingest.state`.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Protocol
 
@@ -23,6 +23,8 @@ from updater.joiner import DEFAULT_MAX_PENDING, DEFAULT_WINDOW_MS, Joiner, sampl
 from updater.ledger import Ledger
 
 MAX_DETAIL_CHARS = 500
+# A checkpoint's ingest state when ingest workers wrote it: the items topic's and each worker's.
+WORKERS_STATE = "ingest_workers"
 
 
 class RawRecord(Protocol):
@@ -88,6 +90,17 @@ class Ingested:
     opened: list[Sample] = field(default_factory=list)
 
 
+def label_order(window_ms: int) -> Callable[[Sample], tuple[int, int, str, str]]:
+    """The order samples are learned in: when their label became known (the action, or the
+    window's end). A total order, so a replay from a checkpoint yields the same sequence
+    whatever order the join state's partitions come back in."""
+
+    def key(s: Sample) -> tuple[int, int, str, str]:
+        return (s.action_ts_ms or s.impression_ts_ms + window_ms, s.impression_ts_ms, s.request_id, s.item_id)
+
+    return key
+
+
 class Ingest:
     """Ledger, cleaner and joiner in the updater's order; ``holdout_every`` 0 holds nothing out,
     ``measure_every`` 0 hands out no impressions to score. Records of ``items_topic`` update
@@ -112,14 +125,22 @@ class Ingest:
         self.cleaner = Cleaner(dedup_capacity)
         self.joiner = Joiner(window_ms=window_ms, max_pending=max_pending)
         self.counts = IngestCounts()
+        # When a list: every update the catalogue took, in order (ingest workers hand them on:
+        # see updater/ingest_workers.py).
+        self.applied: list[ItemUpdate] | None = None
 
     def process(
-        self, records: Iterable[RawRecord], now_ms: int, behind: Collection[str] | None = ()
+        self,
+        records: Iterable[RawRecord],
+        now_ms: int,
+        behind: Collection[str] | None = (),
+        elsewhere: Mapping[str, tuple[int, int | None]] | None = None,
     ) -> Ingested:
         """Clean and join ``records`` as of ``now_ms``; samples whose window closed come out too,
         in the order their labels became known. ``behind``: the ``topic:partition`` sources with
         records not yet read, whose windows only their own records close (None: not known, as
-        while the consumer group is joining; see :class:`Joiner`).
+        while the consumer group is joining; see :class:`Joiner`); ``elsewhere``: the sources
+        other ingest workers join, as (watermark, last heard), for the quiet-source rule.
 
         A click makes its sample at once and a miss only when the window closes, at the end of
         the fetch: a fetch of a backlog (seconds of stream time) would yield all its clicks, then
@@ -151,18 +172,8 @@ class Ingest:
             elif isinstance(result, Rejection):
                 dead.append(self._dead_letter(rec, result))
         counts.duplicates = self.cleaner.duplicates
-        samples.extend(joiner.expire(now_ms, behind))
-        window = joiner.window_ms
-        # A total order, so a replay from a checkpoint yields the same sequence whatever order
-        # the join state's partitions come back in.
-        samples.sort(
-            key=lambda s: (
-                s.action_ts_ms or s.impression_ts_ms + window,
-                s.impression_ts_ms,
-                s.request_id,
-                s.item_id,
-            )
-        )
+        samples.extend(joiner.expire(now_ms, behind, elsewhere))
+        samples.sort(key=label_order(joiner.window_ms))
         out = self._split(samples, dead)
         opened = joiner.take_opened()
         if self.measure_every:
@@ -181,22 +192,23 @@ class Ingest:
             dead.append(self._dead_letter(rec, update))
             return
         self.counts.item_updates_valid += 1
-        self.catalogue.apply(update)
+        if self.catalogue.apply(update) and self.applied is not None:
+            self.applied.append(update)
 
     def _with_catalogue(self, event: Event) -> Event:
         """An event that names a title updates the catalogue; an impression fills what it lacks."""
         catalogue = self.catalogue
         if event.title:
-            catalogue.apply(
-                ItemUpdate(
-                    event.item_id,
-                    event.ts_ms,
-                    event.title,
-                    event.category or None,
-                    event.brand or None,
-                    event.price or None,
-                )
+            update = ItemUpdate(
+                event.item_id,
+                event.ts_ms,
+                event.title,
+                event.category or None,
+                event.brand or None,
+                event.price or None,
             )
+            if catalogue.apply(update) and self.applied is not None:
+                self.applied.append(update)
         if event.type != "impression" or (event.category and event.brand and event.price and event.title):
             return event
         known = catalogue.get(event.item_id)
@@ -251,6 +263,34 @@ class Ingest:
         """Next offset to read per ``topic:partition``."""
         return self.ledger.positions()
 
+    @property
+    def pending(self) -> int:
+        """Impressions waiting for their labels."""
+        return self.joiner.pending
+
+    def ledger_state(self) -> dict[str, Any]:
+        return self.ledger.state()
+
+    # The updater's view (:class:`updater.ports.IngestStage`), which ingest workers also offer.
+
+    async def aprocess(
+        self, records: Iterable[RawRecord], now_ms: int, behind: Collection[str] | None = ()
+    ) -> Ingested:
+        return self.process(records, now_ms, behind)
+
+    async def aopen_holdout(self) -> list[Sample]:
+        return self.open_holdout()
+
+    async def state_capture(self) -> Callable[[], dict[str, Any]]:
+        """What builds the state, to call in the checkpoint's thread (a large join takes seconds)."""
+        return self.state
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
     def state(self) -> dict[str, Any]:
         counts = asdict(self.counts)
         by_reason = counts.pop("dead_letters_by_reason")
@@ -264,6 +304,9 @@ class Ingest:
         }
 
     def restore(self, state: dict[str, Any]) -> None:
+        workers = state.get(WORKERS_STATE)
+        if workers is not None:  # written by ingest workers: all of it, in one process
+            state = merge_states(workers["items"], workers["workers"])
         self.joiner.restore(state["joiner"])
         self.cleaner.deduper.restore(state["dedup"])
         self.ledger.restore(state["ledger"])
@@ -277,3 +320,97 @@ class Ingest:
             dead_letters_by_reason=dict(state["dead_by_reason"]),
         )
         self.cleaner.duplicates = self.counts.duplicates
+
+
+# ----------------------------------------------------------------- states of ingest workers
+# (updater/ingest_workers.py): merged into one process's and split by partition again.
+
+
+def _source_partition(source: str) -> int:
+    """``topic:partition`` -> partition (a source of an old checkpoint, "", goes to worker 0)."""
+    _, _, partition = source.rpartition(":")
+    return int(partition) if partition.isdigit() else 0
+
+
+def merge_states(items: dict[str, Any], workers: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One :meth:`Ingest.state` holding what ``items`` (the items topic's) and the workers' hold."""
+    parts = [items, *workers]
+    joiners = [w["joiner"] for w in workers]
+    counters = [sum(c) for c in zip(*(j["counters"] for j in joiners), strict=True)] if joiners else [0, 0, 0]
+    labelled = list(dict.fromkeys(tuple(k) for j in joiners for k in j["labelled"]))
+    joiner = {
+        "window_ms": items["joiner"]["window_ms"],
+        "watermark_ms": max(j["watermark_ms"] for j in [items["joiner"], *joiners]),
+        "pending": [row for j in joiners for row in j["pending"]],
+        "pending_sources": [s for j in joiners for s in j.get("pending_sources", [""] * len(j["pending"]))],
+        "labelled": labelled,
+        "counters": counters,
+        "sources": [src for j in joiners for src in j.get("sources", [])],
+    }
+    counts: dict[str, int] = {}
+    by_reason: dict[str, int] = {}
+    for p in parts:
+        for name, value in p["ingest_counts"].items():
+            counts[name] = counts.get(name, 0) + int(value)
+        for reason, n in p["dead_by_reason"].items():
+            by_reason[reason] = by_reason.get(reason, 0) + int(n)
+    ranges = {k: v for p in parts for k, v in p["ledger"]["ranges"].items()}
+    return {
+        "joiner": joiner,
+        "dedup": [i for w in workers for i in w["dedup"]],
+        "ledger": {"ranges": ranges, "redelivered": sum(int(p["ledger"]["redelivered"]) for p in parts)},
+        "catalogue": items["catalogue"],  # the one every update reached
+        "ingest_counts": counts,
+        "dead_by_reason": by_reason,
+    }
+
+
+def split_state(
+    single: dict[str, Any], workers: int, items_topic: str
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """:meth:`Ingest.state` of one process -> (the items topic's, one a worker), by partition.
+
+    The counts stay with the items topic's part (their sums are what status reports); the
+    dedup memory and the labelled keys go to every worker (an id names no partition)."""
+    joiner, ledger = single["joiner"], single["ledger"]
+    zero_counts = {name: 0 for name in single["ingest_counts"]}
+
+    def is_items(key: str) -> bool:
+        return bool(items_topic) and key.rpartition(":")[0] == items_topic
+
+    items = {
+        "joiner": {**joiner, "pending": [], "pending_sources": [], "sources": [], "counters": [0, 0, 0]},
+        "dedup": [],
+        "ledger": {"ranges": {k: v for k, v in ledger["ranges"].items() if is_items(k)}, "redelivered": 0},
+        "catalogue": single["catalogue"],
+        "ingest_counts": dict(single["ingest_counts"]),
+        "dead_by_reason": dict(single["dead_by_reason"]),
+    }
+    sources = joiner.get("pending_sources") or [""] * len(joiner["pending"])
+    out = []
+    for w in range(workers):
+
+        def mine(source: str, w: int = w) -> bool:
+            return _source_partition(source) % workers == w
+
+        pending = [(row, s) for row, s in zip(joiner["pending"], sources, strict=True) if mine(s)]
+        out.append(
+            {
+                "joiner": {
+                    **joiner,
+                    "pending": [row for row, _ in pending],
+                    "pending_sources": [s for _, s in pending],
+                    "sources": [src for src in joiner.get("sources", []) if mine(src[0])],
+                    "counters": joiner["counters"] if w == 0 else [0, 0, 0],
+                },
+                "dedup": list(single["dedup"]),
+                "ledger": {
+                    "ranges": {k: v for k, v in ledger["ranges"].items() if not is_items(k) and mine(k)},
+                    "redelivered": int(ledger["redelivered"]) if w == 0 else 0,
+                },
+                "catalogue": single["catalogue"],
+                "ingest_counts": dict(zero_counts),
+                "dead_by_reason": {},
+            }
+        )
+    return items, out

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import fields
 
 from rankcore.events import ACTION_TYPES, Event, Rejection
@@ -124,22 +124,46 @@ class Joiner:
             return self._pop_oldest(len(self._pending) - self.max_pending)
         return []
 
-    def _active(self, source: str, now_ms: int | None, behind: Collection[str] | None) -> bool:
-        """Heard from in the last ``idle_ms`` of the caller's clock, or with records unread
-        (``behind`` None: not known, so any source may have)."""
+    def _active(
+        self, source: str, now_ms: int | None, behind: Collection[str] | None, at: int | None = None
+    ) -> bool:
+        """Heard from in the last ``idle_ms`` of the caller's clock (at ``at``, else as this
+        joiner last heard it), or with records unread (``behind`` None: not known, so any
+        source may have)."""
         if now_ms is None or behind is None or source in behind:
             return True
-        return now_ms - self._source_at.get(source, now_ms) <= self.idle_ms
+        last = self._source_at.get(source, now_ms) if at is None else at
+        return now_ms - last <= self.idle_ms
 
-    def expire(self, now_ms: int | None = None, behind: Collection[str] | None = ()) -> list[Sample]:
+    def sources(self) -> dict[str, tuple[int, int | None]]:
+        """Each source's watermark and when it was last heard: what another joiner of the same
+        stream (an ingest worker's) passes to :meth:`expire` as ``elsewhere``."""
+        return {s: (ts, self._source_at.get(s)) for s, ts in self._source_ts.items()}
+
+    def expire(
+        self,
+        now_ms: int | None = None,
+        behind: Collection[str] | None = (),
+        elsewhere: Mapping[str, tuple[int, int | None]] | None = None,
+    ) -> list[Sample]:
         """Close every impression whose window ended before its source's watermark (as of
         ``now_ms`` on the caller's clock; ``behind``: the sources with records not yet read,
-        None when that is not known): negatives, oldest first per source."""
+        None when that is not known): negatives, oldest first per source. ``elsewhere``: the
+        sources other joiners of the stream hold (see :meth:`sources`); active, they hold
+        the watermark back for this one's quiet sources as its own active ones do."""
         heard = self._source_ts
         if not heard:
             return []
         lately = [ts for s, ts in heard.items() if self._active(s, now_ms, behind)]
-        self.watermark_ms = watermark = max(self.watermark_ms, min(lately) if lately else max(heard.values()))
+        farthest = max(heard.values())
+        for s, (ts, at) in (elsewhere or {}).items():
+            if s in heard:
+                continue
+            farthest = max(farthest, ts)
+            if self._active(s, now_ms, behind, now_ms if at is None else at):
+                lately.append(ts)
+        # With every source quiet, the farthest any got closes the windows.
+        self.watermark_ms = watermark = max(self.watermark_ms, min(lately) if lately else farthest)
         out: list[Sample] = []
         pending, source_of, window = self._pending, self._source_of, self.window_ms
         for source, deadlines in self._deadlines.items():

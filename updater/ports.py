@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from exporter.records import Serving
-from updater.ingest import RawRecord
+from rankcore.catalogue import Catalogue
+from rankcore.sample import Sample
+from updater.ingest import IngestCounts, Ingested, RawRecord
 
 
 class EventSource(Protocol):
@@ -31,6 +33,30 @@ class EventSource(Protocol):
     async def commit(self, offsets: Mapping[str, int]) -> None: ...
     def lag(self) -> int | None: ...
     def behind(self) -> frozenset[str] | None: ...
+
+
+class IngestStage(Protocol):
+    """Records -> samples and dead letters: :class:`updater.ingest.Ingest` in the updater's
+    process, or :class:`updater.ingest_workers.IngestWorkers` over worker processes.
+    ``catalogue`` is the one exports read."""
+
+    catalogue: Catalogue
+
+    @property
+    def counts(self) -> IngestCounts: ...
+    @property
+    def positions(self) -> dict[str, int]: ...
+    @property
+    def pending(self) -> int: ...
+    def ledger_state(self) -> dict[str, Any]: ...
+    async def aprocess(
+        self, records: Iterable[RawRecord], now_ms: int, behind: Collection[str] | None = ()
+    ) -> Ingested: ...
+    async def aopen_holdout(self) -> list[Sample]: ...
+    async def state_capture(self) -> Callable[[], dict[str, Any]]: ...
+    def restore(self, state: dict[str, Any]) -> None: ...
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
 
 
 class RegistryStore(Protocol):

@@ -5,7 +5,8 @@ and every few seconds a snapshot for the release side (:class:`exporter.release.
 
 Tasks, each owned by the :class:`~updater.supervisor.Supervisor`:
 
-- ``consume``: fetches records, runs them through :class:`~updater.ingest.Ingest`, cuts
+- ``consume``: fetches records, runs them through :class:`~updater.ingest.Ingest` (or, with
+  ``--ingest-workers``, :class:`~updater.ingest_workers.IngestWorkers`' processes), cuts
   micro-batches into the trainer's bounded queue (a full queue stops fetching: backpressure),
   and takes checkpoints and snapshots with the queue drained;
 - ``train``: the :class:`~updater.trainer.Trainer`'s task;
@@ -22,6 +23,7 @@ import asyncio
 import logging
 import os
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,11 +44,12 @@ from rankcore.holdout import recent
 from rankcore.sample import Sample
 from updater.batcher import Batcher
 from updater.checkpoint import CheckpointStore
-from updater.ingest import DeadLetter, Ingest
+from updater.ingest import DeadLetter, Ingest, Ingested, RawRecord
+from updater.ingest_workers import IngestWorkers
 from updater.learner import Learner
 from updater.lease import WriterLease
 from updater.outbox import Outbox
-from updater.ports import Clock, EventSource, Lease, RegistryStore, SystemClock
+from updater.ports import Clock, EventSource, IngestStage, Lease, RegistryStore, SystemClock
 from updater.registry import Registry
 from updater.registry_sync import RegistrySync
 from updater.settings import UpdaterSettings
@@ -85,14 +88,19 @@ class Updater:
         self.clock = clock or SystemClock()
         self.source = source
         self.lease = lease
-        self.ingest = Ingest(
-            s.window_ms,
-            s.holdout_every,
-            s.dedup_capacity,
-            s.max_pending_impressions,
-            s.measure_every,
-            s.items_topic,
-            s.catalogue_capacity,
+        ingest_settings: dict[str, Any] = {
+            "window_ms": s.window_ms,
+            "holdout_every": s.holdout_every,
+            "dedup_capacity": s.dedup_capacity,
+            "max_pending": s.max_pending_impressions,
+            "measure_every": s.measure_every,
+            "items_topic": s.items_topic,
+            "catalogue_capacity": s.catalogue_capacity,
+        }
+        self.ingest: IngestStage = (
+            IngestWorkers(s.ingest_workers, **ingest_settings)
+            if s.ingest_workers
+            else Ingest(**ingest_settings)
         )
         self.vocabs = Vocabularies(s.model, s.vocab_expire_ms)
         self.learner = Learner(
@@ -163,7 +171,7 @@ class Updater:
         self._last_checkpoint = self.clock.monotonic()
         # What a warm start learned (``--warm-start``), recorded with every version cut since.
         self._warm: dict[str, Any] | None = None
-        source.positions = self.ingest.ledger.positions
+        source.positions = lambda: self.ingest.positions
 
     @classmethod
     def from_settings(cls, settings: UpdaterSettings, clock: Clock | None = None) -> Updater:
@@ -238,6 +246,7 @@ class Updater:
             self.deltas.resume_from_log()
             # A hold a writer before this one put stays in force until this one's first version.
             self.release.adopt_hold()
+        await self.ingest.start()
         if not self._restore() and s.warm_start is not None:
             await asyncio.to_thread(self._warm_start, s.warm_start)
         await self.source.start()
@@ -303,6 +312,7 @@ class Updater:
         finally:
             # Nothing may write the shared state directory once the lease is released.
             await self.checkpointer.wait_idle()
+            await self.ingest.close()
             await self.source.stop()
             await self.release.close(0)
             await self.lease.release()
@@ -334,7 +344,8 @@ class Updater:
 
     # ----------------------------------------------------------------- consume
 
-    async def _consume(self) -> None:
+    async def _fetch(self) -> Sequence[RawRecord] | None:
+        """The next records (retried while Kafka is away); None once stopping."""
         s = self.settings
         while not self._stopping.is_set():
             try:
@@ -347,25 +358,48 @@ class Updater:
             if self._fetch_failed:  # a commit failure is cleared by the next commit, not a fetch
                 self._fetch_failed = False
                 self.kafka.mark(True)
-            ingested = self.ingest.process(records, int(self.clock.time() * 1000), self.source.behind())
-            self.holdout.extend(ingested.held_out)
-            self._recent.extend(ingested.trained[-PARITY_SAMPLES:])
-            self._keep_dead_letters(ingested.dead)
-            if ingested.opened:
-                # Scored before any of their samples can be learned (one queue, in order).
-                impressions = encode(ingested.opened, self.vocabs, s.model.max_tokens, grow=False)
-                await self.trainer.put(Impressions(impressions), self.source)
-            now = self.clock.monotonic()
-            for chunk in self.batcher.add(ingested.trained, now):
-                await self._enqueue(chunk)
-            if self.batcher.due(now):
-                await self._enqueue(self.batcher.flush())
-            await self._maybe_snapshot(now)
+            return records
+        return None
+
+    async def _consume(self) -> None:
+        records = await self._fetch()
+        while records is not None:
+            ingesting = asyncio.ensure_future(
+                self.ingest.aprocess(records, int(self.clock.time() * 1000), self.source.behind())
+            )
+            # The next records come while these are ingested (in workers, with --ingest-workers):
+            # fetched, not yet ingested, they are in no state a checkpoint takes.
+            fetching = asyncio.ensure_future(self._fetch())
+            try:
+                await self._take(await ingesting)
+            except BaseException:
+                for task in (ingesting, fetching):
+                    task.cancel()
+                await asyncio.gather(ingesting, fetching, return_exceptions=True)
+                raise
+            records = await fetching
         # Only on a clean exit: what was consumed is learned and checkpointed before offsets move.
         # After an error or a cancellation the last checkpoint stands and a restart replays the rest;
         # after losing the writer lease the state directory belongs to the new writer.
         if not self._fenced:
             await self.supervisor.shield("final-checkpoint", self._drain_and_checkpoint())
+
+    async def _take(self, ingested: Ingested) -> None:
+        """One fetch's samples into the trainer's queue; then a checkpoint or a snapshot if due."""
+        s = self.settings
+        self.holdout.extend(ingested.held_out)
+        self._recent.extend(ingested.trained[-PARITY_SAMPLES:])
+        self._keep_dead_letters(ingested.dead)
+        if ingested.opened:
+            # Scored before any of their samples can be learned (one queue, in order).
+            impressions = encode(ingested.opened, self.vocabs, s.model.max_tokens, grow=False)
+            await self.trainer.put(Impressions(impressions), self.source)
+        now = self.clock.monotonic()
+        for chunk in self.batcher.add(ingested.trained, now):
+            await self._enqueue(chunk)
+        if self.batcher.due(now):
+            await self._enqueue(self.batcher.flush())
+        await self._maybe_snapshot(now)
 
     def _keep_dead_letters(self, letters: list[DeadLetter]) -> None:
         for letter in letters:
@@ -426,11 +460,12 @@ class Updater:
             self._cut_delta()
         if check_due:
             assert self.deltas is not None
-            await self.release.check(self.learner.model, self.vocabs, self._holdout(), self.deltas.handed_seq)
+            holdout = await self._holdout()
+            await self.release.check(self.learner.model, self.vocabs, holdout, self.deltas.handed_seq)
         if checkpoint_due:
             await self._checkpoint()
         trained_more = self.learner.samples_trained > self.release.samples_released
-        if publish_due and trained_more and self.release.submit(self._snapshot()):
+        if publish_due and trained_more and self.release.submit(await self._snapshot()):
             self._last_publish = now
 
     async def _drain_and_checkpoint(self) -> None:
@@ -463,13 +498,15 @@ class Updater:
         self._delta_samples = self.learner.samples_trained
         self.deltas.submit(delta, self.release.freshness.take())
 
-    def _holdout(self) -> list[Sample]:
+    async def _holdout(self) -> list[Sample]:
         """Every held-out impression of the gate's window by what is known of it now: those whose
         window is still open count as misses (until a click makes them a sample)."""
         s = self.settings
-        return recent([*self.holdout, *self.ingest.open_holdout()], s.holdout_recent_s, s.gate.min_samples)
+        open_now = await self.ingest.aopen_holdout()
+        return recent([*self.holdout, *open_now], s.holdout_recent_s, s.gate.min_samples)
 
-    def _snapshot(self) -> Snapshot:
+    async def _snapshot(self) -> Snapshot:
+        holdout = await self._holdout()
         return Snapshot(
             model=self.learner.frozen_copy(),
             vocabs=self.vocabs.copy(),
@@ -478,11 +515,11 @@ class Updater:
             metrics={
                 "prequential_auc": self.learner.metrics.auc(),
                 "prequential_logloss": self.learner.metrics.logloss(),
-                "ledger": self.ingest.ledger.state(),
+                "ledger": self.ingest.ledger_state(),
                 **({"warm_start": self._warm} if self._warm is not None else {}),
             },
             parity_samples=list(self._recent),
-            holdout=self._holdout(),
+            holdout=holdout,
             titles=self.ingest.catalogue.titles(),
             # A delta still being written is learned here too: the version applies it again.
             delta_seq=self.deltas.counters.last_seq if self.deltas is not None else 0,
@@ -515,8 +552,9 @@ class Updater:
             await asyncio.sleep(1.0)
         counters = self._counters()
         store = self.checkpointer.store
+        ingest_state = await self.ingest.state_capture()
         seconds = await self.checkpointer.save(
-            lambda: self.state.capture(self.release.serving, counters, has_base=store.has_base),
+            lambda: self.state.capture(self.release.serving, counters, ingest_state, has_base=store.has_base),
             after=self.state.saved,
         )
         positions = self.positions

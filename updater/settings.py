@@ -157,6 +157,12 @@ class UpdaterSettings:
     )
     device: str = _knob("auto", "auto (CUDA when present), cpu or cuda[:N]")
     torch_threads: int = _knob(1, "torch intra-op threads", flag="--threads")
+    ingest_workers: int = _knob(
+        0,
+        "processes that decode, clean and join records, by partition (0: all in the updater's "
+        "process); one a free core, up to the partitions",
+        metavar="N",
+    )
     seed: int = _knob(0, "seed of the model's initial weights")
     sparse_lr: float = _knob(DEFAULT_SPARSE_LR, "learning rate of the embedding rows (SparseAdam)")
     dense_lr: float = _knob(DEFAULT_DENSE_LR, "learning rate of the dense layers (Adam)")
@@ -236,6 +242,9 @@ class UpdaterSettings:
             raise ConfigError(
                 f"expected holdout_every to be 0 (off) or an integer >= 2, got {self.holdout_every!r}"
             )
+        workers = self.ingest_workers
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
+            raise ConfigError(f"expected ingest_workers to be 0 (in process) or more, got {workers!r}")
         if (
             not isinstance(self.measure_every, int)
             or isinstance(self.measure_every, bool)

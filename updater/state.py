@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,8 +19,8 @@ from exporter.records import Serving
 from rankcore.features import Vocabularies
 from rankcore.sample import Sample
 from updater.checkpoint import CheckpointStore
-from updater.ingest import Ingest
 from updater.learner import TABLES, Learner
+from updater.ports import IngestStage
 
 # A new base once the rows changed since the last one are this share of all rows: a patch
 # then costs a quarter of a base, at most.
@@ -32,12 +33,19 @@ class ModelState:
 
     learner: Learner
     vocabs: Vocabularies
-    ingest: Ingest
+    ingest: IngestStage
     holdout: deque[Sample]
 
-    def capture(self, serving: Serving, counters: dict[str, int], has_base: bool = False) -> dict[str, Any]:
+    def capture(
+        self,
+        serving: Serving,
+        counters: dict[str, int],
+        ingest_state: Callable[[], dict[str, Any]],
+        has_base: bool = False,
+    ) -> dict[str, Any]:
         """Everything needed to resume exactly here (called with the queue drained): a patch on
-        the checkpoint store's base (``has_base``) while few rows changed since, else a new base."""
+        the checkpoint store's base (``has_base``) while few rows changed since, else a new base.
+        ``ingest_state`` builds the ingest's part (:meth:`IngestStage.state_capture`)."""
         patch = has_base and self.learner.dirty_fraction() < REBASE_FRACTION
         learner = self.learner.state(patch=patch)
         tables = learner.pop(TABLES, None)
@@ -45,7 +53,7 @@ class ModelState:
             **({TABLES: tables} if tables is not None else {}),
             "learner": learner,
             "vocabs": self.vocabs.state(),
-            **self.ingest.state(),
+            **ingest_state(),
             "counters": counters,
             "holdout": list(self.holdout),
             "serving": {

@@ -15,6 +15,7 @@ import orjson
 
 from exporter.fleet import ReplicaSet
 from rankcore.text import TextEncoder
+from updater.ingest_workers import IngestWorkers
 
 if TYPE_CHECKING:
     from updater.service import Updater
@@ -75,6 +76,8 @@ class Status:
     deltas: dict[str, Any] = field(default_factory=dict)
     # Each Triton replica's last answer (several --triton-grpc): url, ok, state, error, at.
     replicas: list[dict[str, Any]] = field(default_factory=list)
+    # With --ingest-workers: each worker process's pid (empty: ingest runs in this process).
+    ingest_workers: list[int | None] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,7 +117,7 @@ def collect(u: Updater) -> Status:
         freshness_p95_s=r.freshness.percentile(95),
         consumer_lag=u.source.lag() if u._holds_lease else None,
         consumer_paused=u.source.paused,
-        pending_impressions=u.ingest.joiner.pending,
+        pending_impressions=u.ingest.pending,
         queue_batches=u.trainer.qsize(),
         holdout_samples=len(u.holdout),
         device=str(u.learner.device),
@@ -129,6 +132,7 @@ def collect(u: Updater) -> Status:
         },
         last_rollback=r.last_rollback,
         replicas=r.server.replicas() if isinstance(r.server, ReplicaSet) else [],
+        ingest_workers=u.ingest.pids() if isinstance(u.ingest, IngestWorkers) else [],
         registry_outbox=u.registry.to_dict(),
         vocab_sizes=u.vocabs.sizes(),
         vocab_evictions=u.vocabs.evictions(),
@@ -142,7 +146,7 @@ def collect(u: Updater) -> Status:
         },
         text=_text(u.vocabs.text),
         offsets=u.positions,
-        ledger=u.ingest.ledger.state(),
+        ledger=u.ingest.ledger_state(),
         last_checkpoint=u.last_checkpoint,
         last_export=r.last_export,
         last_release=asdict(outcome) if outcome is not None else {},

@@ -54,6 +54,24 @@ def rows(directory: Path) -> list[tuple[str, str, str, str]]:
                     f"≥ {target['target']} {_met(target)}",
                 )
             )
+        for key, label in (
+            ("without_exports_1_ingest_worker", "1 ingest worker process"),
+            ("without_exports_2_ingest_workers", "2 ingest worker processes"),
+        ):
+            r = t.get(key)
+            if not r:
+                continue
+            target = t["targets"].get(f"ratio_to_bare_{key.removeprefix('without_exports_')}")
+            per_core = r.get("samples_per_cpu_s_ingest_workers")
+            out.append(
+                (
+                    "throughput",
+                    f"updater end to end, without exports, {label}",
+                    f"{r['samples_per_s']:,.0f} samples/s = {r['ratio_to_bare']:.2f} of bare"
+                    + (f" · ingest {per_core:,.0f} samples per worker CPU-second" if per_core else ""),
+                    f"≥ {target['target']} {_met(target)}" if target else "",
+                )
+            )
         bare_only = t.get("without_exports_unmeasured")
         if bare_only:
             out.append(

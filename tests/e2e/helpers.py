@@ -152,6 +152,26 @@ def traffic(requests: int, start_ms: int, seed: int = 0, prefix: str = "a") -> t
     return records, samples
 
 
+def chunked_traffic(chunks: int, start_ms: int, prefix: str) -> tuple[list[list[Any]], int, Any]:
+    """``chunks`` rounds of :func:`traffic` (400 requests each, 10 s of event time apart), the
+    labelled samples they make, and a closer: an impression far past them, whose partition's
+    watermark then closes every window (the others' once they are quiet)."""
+    rounds, samples = [], 0
+    for c in range(chunks):
+        records, n = traffic(400, start_ms + c * 10_000, seed=c, prefix=f"{prefix}{c}-")
+        rounds.append(records)
+        samples += n
+    return rounds, samples, event("impression", start_ms + 200_000, "u0", "closer", "x", "closer")
+
+
+async def trickle(lane: Lane, records: list[Any], pause_s: float) -> None:
+    """``records`` in ten sends ``pause_s`` apart: the stream goes on while a run works."""
+    step = len(records) // 10 + 1
+    for i in range(0, len(records), step):
+        await lane.send(records[i : i + step])
+        await asyncio.sleep(pause_s)
+
+
 def shop(requests: int, start_ms: int, seed: int, prefix: str, flipped: bool) -> list[Any]:
     """Requests showing "hot" (clicked), "cold" (not) and fillers; ``flipped`` swaps the labels (poison)."""
     rng = random.Random(seed)

@@ -20,7 +20,7 @@ from exporter.delta import DELTA_DIR, Delta, DeltaLog
 from exporter.publish import Publisher
 from exporter.triton import Candidate, TritonModel
 from rankcore.sample import Sample
-from tests.e2e.helpers import Lane, event, now_ms, traffic, updater_command
+from tests.e2e.helpers import Lane, chunked_traffic, now_ms, trickle, updater_command
 from updater.status import read_status
 
 pytestmark = pytest.mark.e2e
@@ -49,23 +49,10 @@ async def test_sigkill_restarts_learn_every_sample_exactly_once(lane: Lane, tmp_
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     log = open(tmp_path / "updater.log", "ab")  # noqa: ASYNC230, SIM115 - closed below
 
-    # Known content, produced in chunks while the updater is being killed.
-    start = now_ms() - 600_000
-    chunks = []
-    expected = 0
-    for c in range(8):
-        records, samples = traffic(400, start + c * 10_000, seed=c, prefix=f"c{c}-")
-        chunks.append(records)
-        expected += samples
-    closer = event("impression", start + 200_000, "u0", "closer", "x", "closer")
+    # Known content, produced in chunks while the updater is being killed (each over ~4 s: the
+    # stream goes on while a run publishes and cuts deltas).
+    chunks, expected, closer = chunked_traffic(8, now_ms() - 600_000, "c")
     total_records = sum(len(c) for c in chunks) + 1
-
-    async def produce(records: list[object]) -> None:
-        """One chunk over ~4 s: the stream goes on while a run publishes and cuts deltas."""
-        step = len(records) // 10 + 1
-        for i in range(0, len(records), step):
-            await lane.send(records[i : i + step])  # type: ignore[arg-type]
-            await asyncio.sleep(0.4)
 
     rng = random.Random(42)
     kills = 0
@@ -74,7 +61,7 @@ async def test_sigkill_restarts_learn_every_sample_exactly_once(lane: Lane, tmp_
         trained_before = 0
         while kills < KILLS:
             proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=env)  # noqa: ASYNC220
-            producers.append(asyncio.create_task(produce(chunks[kills])))
+            producers.append(asyncio.create_task(trickle(lane, chunks[kills], 0.4)))
             # Kill once this run has learned something new and written a delta (a version of
             # its own is live), at a random moment after that: deltas are cut every 0.1 s.
             for _ in range(600):

@@ -29,7 +29,9 @@ def test_capture_and_restore_resume_exactly_here() -> None:
     samples = random_samples(64, seed=1)
     state.learner.learn(encode(samples, state.vocabs, TINY.max_tokens))
     state.holdout.extend(samples[:5])
-    saved = state.capture(Serving("pinned", 3, "by hand"), {"checkpoints": 4, "rollbacks": 1})
+    saved = state.capture(
+        Serving("pinned", 3, "by hand"), {"checkpoints": 4, "rollbacks": 1}, state.ingest.state
+    )
 
     again = model_state()
     serving, counters = again.restore(saved)
@@ -48,7 +50,7 @@ def test_capture_and_restore_resume_exactly_here() -> None:
 
 def test_a_checkpoint_from_before_the_ingest_split_restores() -> None:
     state = model_state()
-    saved = state.capture(Serving(), {})
+    saved = state.capture(Serving(), {}, state.ingest.state)
     # Earlier checkpoints kept the ingest counts among the service's counters.
     counts = saved.pop("ingest_counts")
     saved["counters"] = {**counts, "events_consumed": 9, "checkpoints": 2}

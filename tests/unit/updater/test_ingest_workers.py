@@ -1,0 +1,246 @@
+"""Ingest workers (real processes) against the single-process consumer path on the same stream."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+from collections.abc import Iterator
+from dataclasses import asdict
+from typing import Any
+
+import orjson
+import pytest
+
+from updater.ingest import WORKERS_STATE, Ingest, Record
+from updater.ingest_workers import IngestWorkerFailed, IngestWorkers
+
+NOW = 1_800_000_000_000
+WINDOW_MS = 1_000
+PARTITIONS = 3
+SETTINGS: dict[str, Any] = {"window_ms": WINDOW_MS, "holdout_every": 5, "measure_every": 4}
+
+
+def stream(seed: int = 3, requests: int = 300) -> list[list[Record]]:
+    """Fetches of a shop's traffic over 3 partitions (keyed by user) and an items topic: clicks,
+    impressions that lack attributes (the items topic's updates fill them), malformed records,
+    redelivered offsets and producer retries. (Titles that events carry reach the other
+    workers a fetch later: see the test of that below.)"""
+    rng = random.Random(seed)
+    offsets = {p: 0 for p in range(PARTITIONS)}
+    item_offset = 0
+    fetches: list[list[Record]] = []
+    for r in range(requests):
+        fetch: list[Record] = []
+        ts = NOW + r * 50
+        if r % 20 == 0:
+            item = f"i{rng.randint(0, 9)}"
+            value = orjson.dumps(
+                {"item_id": item, "ts": ts, "title": f"title {r}", "category": "c", "price": 3.0}
+            )
+            fetch.append(Record("items", 0, item_offset, item.encode(), value))
+            fetch.append(Record("items", 0, item_offset + 1, b"x", b"{not json"))
+            item_offset += 2
+        for p in range(PARTITIONS):  # every partition in every fetch: all stay active
+            user = f"u{p}-{rng.randint(0, 5)}"
+            request = f"r{r}-{p}"
+            for pos in range(3):
+                item = f"i{rng.randint(0, 9)}"
+                body: dict[str, Any] = {
+                    "event_id": f"{request}-{pos}",
+                    "type": "impression",
+                    "ts": ts,
+                    "user_id": user,
+                    "request_id": request,
+                    "query": "red shoes",
+                    "item_id": item,
+                    "position": pos,
+                }
+                if rng.random() < 0.5:
+                    body["item"] = {"category": "shoes", "brand": "acme", "price": 10.0}
+                fetch.append(Record("events", p, offsets[p], user.encode(), orjson.dumps(body)))
+                offsets[p] += 1
+                if rng.random() < 0.3:
+                    click = {**body, "event_id": f"{request}-{pos}-c", "type": "click", "ts": ts + 20}
+                    fetch.append(Record("events", p, offsets[p], user.encode(), orjson.dumps(click)))
+                    offsets[p] += 1
+            if rng.random() < 0.05:
+                fetch.append(Record("events", p, offsets[p], user.encode(), b'{"type": "click"}'))
+                offsets[p] += 1
+            if rng.random() < 0.05 and fetch[-1].topic == "events":
+                last = fetch[-1]  # a producer retry: the same event at a new offset
+                fetch.append(Record("events", last.partition, offsets[last.partition], last.key, last.value))
+                offsets[last.partition] += 1
+        if r % 50 == 7 and fetches:
+            fetch = fetches[-1][:5] + fetch  # redelivered after a rebalance
+        fetches.append(fetch)
+    return fetches
+
+
+def times() -> Iterator[int]:
+    for i in range(10**6):
+        yield NOW + i * 50 + 40
+
+
+def summary(out: Any) -> tuple[Any, ...]:
+    return (
+        [asdict(s) for s in out.trained],
+        sorted(asdict(s)["request_id"] + s.item_id for s in out.held_out),
+        [(d.topic, d.partition, d.offset, d.reason) for d in out.dead],
+        sorted((s.request_id, s.item_id) for s in out.opened),
+    )
+
+
+async def run_workers(workers: IngestWorkers, fetches: list[list[Record]], clock: Iterator[int]) -> list[Any]:
+    return [summary(await workers.aprocess(f, next(clock), ())) for f in fetches]
+
+
+def test_workers_make_what_one_process_makes() -> None:
+    fetches = stream()
+    single = Ingest(**SETTINGS, items_topic="items")
+    clock = times()
+    expected = [summary(single.process(f, next(clock), ())) for f in fetches]
+
+    async def main() -> list[Any]:
+        workers = IngestWorkers(2, items_topic="items", **SETTINGS)
+        try:
+            got = await run_workers(workers, fetches, times())
+            assert workers.counts == single.counts
+            assert workers.positions == single.positions
+            assert workers.ledger_state() == single.ledger_state()
+            assert workers.pending == single.pending
+            assert workers.catalogue.titles() == single.catalogue.titles()
+            held = sorted((s.request_id, s.item_id) for s in await workers.aopen_holdout())
+            assert held == sorted((s.request_id, s.item_id) for s in single.open_holdout())
+            await workers.close()
+            assert workers.counts == single.counts  # still readable once stopped (summaries)
+            return got
+        finally:
+            await workers.close()
+
+    got = asyncio.run(main())
+    assert sum(len(t[0]) for t in expected) > 500 and sum(len(t[2]) for t in expected) > 20
+    assert got == expected  # the same samples in the same order, the same dead letters
+
+
+@pytest.mark.parametrize("before, after", [(2, 3), (2, 0), (0, 2)])
+def test_a_checkpoint_resumes_under_another_worker_count(before: int, after: int) -> None:
+    fetches = stream(seed=5)
+    half = len(fetches) // 2
+    single = Ingest(**SETTINGS, items_topic="items")
+    clock = times()
+    expected = [summary(single.process(f, next(clock), ())) for f in fetches]
+
+    async def stage(
+        n: int, state: dict[str, Any] | None, part: list[list[Record]], clock: Iterator[int]
+    ) -> Any:
+        ingest: Any = (
+            IngestWorkers(n, items_topic="items", **SETTINGS)
+            if n
+            else Ingest(**SETTINGS, items_topic="items")
+        )
+        try:
+            if state is not None:
+                ingest.restore(state)
+            got = [summary(await ingest.aprocess(f, next(clock), ())) for f in part]
+            return got, (await ingest.state_capture())(), ingest.counts
+        finally:
+            await ingest.close()
+
+    async def main() -> Any:
+        clock = times()
+        first, state, _ = await stage(before, None, fetches[:half], clock)
+        assert (WORKERS_STATE in state) == (before > 0)
+        second, _, counts = await stage(after, state, fetches[half:], clock)
+        return first + second, counts
+
+    got, counts = asyncio.run(main())
+    assert counts == single.counts
+    assert got == expected
+
+
+def impression(partition: int, offset: int, request: str, title: str | None, ts: int = NOW) -> Record:
+    """An impression of item i1 on ``partition``, with the item's attributes when ``title``."""
+    body: dict[str, Any] = {
+        "event_id": f"{request}-e",
+        "type": "impression",
+        "ts": ts,
+        "user_id": "u",
+        "request_id": request,
+        "query": "q",
+        "item_id": "i1",
+        "position": 0,
+    }
+    if title is not None:
+        body["item"] = {"category": "c", "brand": "b", "price": 1.0, "title": title}
+    return Record("events", partition, offset, b"u", orjson.dumps(body))
+
+
+def test_a_title_an_event_carries_fills_the_other_workers_impressions_from_the_next_fetch() -> None:
+    async def main() -> list[Any]:
+        workers = IngestWorkers(2, items_topic="items", window_ms=WINDOW_MS)
+        try:
+            await workers.aprocess([impression(1, 0, "a", "red shoe")], NOW, ())  # worker 1
+            assert workers.catalogue.get("i1") is not None  # back with worker 1's answer
+            await workers.aprocess([impression(0, 0, "b", None)], NOW + 10, ())  # worker 0: filled
+            later = NOW + WINDOW_MS + 100  # both partitions' watermarks pass the windows
+            out = await workers.aprocess(
+                [impression(0, 1, "c", None, later), impression(1, 1, "d", None, later)], later, ()
+            )
+            return sorted((s.request_id, s.title, s.category) for s in out.trained)
+        finally:
+            await workers.close()
+
+    assert asyncio.run(main()) == [("a", "red shoe", "c"), ("b", "red shoe", "c")]
+
+
+def test_a_partition_gone_quiet_is_closed_by_the_others_progress_across_workers() -> None:
+    fetches = [
+        [impression(0, 0, "a", None, NOW), impression(1, 0, "b", None, NOW)],
+        [impression(0, 1, "closer", None, NOW + 10 * WINDOW_MS)],  # partition 1 (worker 1) goes quiet
+        [],
+        [],
+    ]
+    clock = [NOW, NOW + 100, NOW + 3_000, NOW + 6_000]  # the join's idle time is 2 s
+    single = Ingest(window_ms=WINDOW_MS)
+    expected = [
+        sorted(s.request_id for s in single.process(f, t, ()).trained)
+        for f, t in zip(fetches, clock, strict=True)
+    ]
+
+    async def main() -> list[list[str]]:
+        workers = IngestWorkers(2, window_ms=WINDOW_MS)
+        try:
+            return [
+                sorted(s.request_id for s in (await workers.aprocess(f, t, ())).trained)
+                for f, t in zip(fetches, clock, strict=True)
+            ]
+        finally:
+            await workers.close()
+
+    got = asyncio.run(main())
+    assert [r for fetch in got for r in fetch] == ["a", "b"]  # both closed, none left open
+    assert got == expected
+
+
+def test_a_worker_that_dies_is_named_and_fails_the_next_fetch() -> None:
+    async def main() -> None:
+        workers = IngestWorkers(2, items_topic="items", **SETTINGS)
+        try:
+            fetches = stream(requests=4)
+            await workers.aprocess(fetches[0], NOW, ())
+            victim = workers.pids()[1]
+            assert victim is not None
+            os.kill(victim, signal.SIGKILL)
+            with pytest.raises(IngestWorkerFailed, match=rf"ingest worker 1 \(pid {victim}\) died"):
+                await workers.aprocess(fetches[1], NOW + 100, ())
+        finally:
+            await workers.close()
+
+    asyncio.run(main())
+
+
+def test_a_worker_count_below_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least one ingest worker"):
+        IngestWorkers(0)
