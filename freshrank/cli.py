@@ -425,6 +425,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(
                 f"{name:<20} {state}, {dep['outages']} outage(s), longest {dep['longest_outage_s']} s{extra}"
             )
+        workers = status.get("ingest_workers") or []
+        if workers:
+            stalled = "; ".join(status.get("ingest_stalled") or []) or "none stalled"
+            print(f"{'ingest_workers':<20} {len(workers)} (pids {[w['pid'] for w in workers]}), {stalled}")
         checkpoint = status.get("last_checkpoint") or {}
         if checkpoint:
             age = time.time() - checkpoint["at"]

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Protocol
 
 from rankcore.catalogue import DEFAULT_CAPACITY as DEFAULT_CATALOGUE_CAPACITY
-from rankcore.catalogue import Catalogue
+from rankcore.catalogue import Catalogue, Item
 from rankcore.events import Event, Rejection
 from rankcore.holdout import is_holdout, is_measured
 from rankcore.items import ItemUpdate, parse_item
@@ -88,6 +88,16 @@ class Ingested:
     held_out: list[Sample]
     dead: list[DeadLetter]
     opened: list[Sample] = field(default_factory=list)
+
+
+def _news(known: Item | None, update: ItemUpdate) -> bool:
+    """Whether ``update`` changes what is known of its item (not just its time)."""
+    if known is None or known.title != update.title:
+        return True
+    return any(
+        (value := getattr(update, name)) is not None and value != getattr(known, name)
+        for name in ("category", "brand", "price", "attributes")
+    )
 
 
 def label_order(window_ms: int) -> Callable[[Sample], tuple[int, int, str, str]]:
@@ -207,7 +217,10 @@ class Ingest:
                 event.brand or None,
                 event.price or None,
             )
-            if catalogue.apply(update) and self.applied is not None:
+            known = catalogue.get(event.item_id) if self.applied is not None else None
+            if catalogue.apply(update) and self.applied is not None and _news(known, update):
+                # Only what changes the item: with titles on every impression, the rest would
+                # cost every other ingest worker a copy of each.
                 self.applied.append(update)
         if event.type != "impression" or (event.category and event.brand and event.price and event.title):
             return event

@@ -28,6 +28,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import signal
+import time
 import traceback
 from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -56,6 +58,9 @@ log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 5.0
+# A fetch takes a worker milliseconds and a checkpoint's state seconds at most (a large join).
+DEFAULT_ANSWER_S = 60.0
+DEFAULT_STALLED_AFTER_S = 10.0
 _SAMPLE_FIELDS = tuple(f.name for f in fields(Sample))
 _COUNT_FIELDS = tuple(f.name for f in fields(IngestCounts) if f.name != "dead_letters_by_reason")
 
@@ -109,7 +114,12 @@ def _answer(ingest: Ingest, message: tuple[Any, ...]) -> Any:
 
 
 def serve(conn: Connection, settings: dict[str, Any]) -> None:
-    """A worker's loop: one request in, one answer out, until told to stop or the updater is gone."""
+    """A worker's loop: one request in, one answer out, until told to stop or the updater is gone.
+
+    Ctrl-C and a stop signal sent to the whole process group (a terminal, systemd) are the
+    updater's to handle: its graceful stop still asks this worker for its state."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     ingest = Ingest(**settings)
     conn.send(("ready", None))
     while True:
@@ -130,10 +140,14 @@ def serve(conn: Connection, settings: dict[str, Any]) -> None:
 
 
 class _Worker:
-    def __init__(self, index: int, settings: dict[str, Any], threads: ThreadPoolExecutor) -> None:
+    def __init__(
+        self, index: int, settings: dict[str, Any], threads: ThreadPoolExecutor, answer_s: float
+    ) -> None:
         ctx = multiprocessing.get_context("spawn")  # no fork of a process with torch threads
         self.index = index
         self.threads = threads
+        self.answer_s = answer_s
+        self.asked_at: float | None = None  # monotonic; while a request waits for its answer
         self.conn, child = ctx.Pipe()
         self.process: BaseProcess = ctx.Process(
             target=serve, args=(child, settings), name=f"freshrank-ingest-{index}", daemon=True
@@ -151,13 +165,28 @@ class _Worker:
     def name(self) -> str:
         return f"ingest worker {self.index} (pid {self.process.pid})"
 
+    def waiting_s(self, now: float) -> float | None:
+        """How long the request in hand has waited (None: none is)."""
+        asked = self.asked_at
+        return None if asked is None else now - asked
+
     def _exchange(self, message: tuple[Any, ...]) -> Any:
+        self.asked_at = time.monotonic()
         try:
             self.conn.send(message)
+            if not self.conn.poll(self.answer_s):
+                # Stalled (stopped, looping, swapping): it cannot be trusted with the state any
+                # more, and its late answer would be read as the next one's. Ended here.
+                self.process.kill()
+                raise IngestWorkerFailed(
+                    f"{self.name} did not answer within {self.answer_s:.0f} s; stopped it"
+                )
             kind, payload = self.conn.recv()
-        except (EOFError, OSError, BrokenPipeError) as exc:
+        except (EOFError, OSError) as exc:
             self.process.join(0.5)
             raise IngestWorkerFailed(f"{self.name} died (exit code {self.process.exitcode})") from exc
+        finally:
+            self.asked_at = None
         if kind == "error":
             raise IngestWorkerFailed(f"{self.name} failed:\n{payload}")
         return payload
@@ -195,7 +224,14 @@ class _Worker:
 class IngestWorkers:
     """:class:`~updater.ingest.Ingest`'s work over ``workers`` processes (see the module)."""
 
-    def __init__(self, workers: int, items_topic: str = "", **settings: Any) -> None:
+    def __init__(
+        self,
+        workers: int,
+        items_topic: str = "",
+        answer_s: float = DEFAULT_ANSWER_S,
+        stalled_after_s: float = DEFAULT_STALLED_AFTER_S,
+        **settings: Any,
+    ) -> None:
         if workers < 1:
             raise ValueError(f"expected at least one ingest worker, got {workers!r}")
         self.items_topic = items_topic
@@ -205,6 +241,8 @@ class IngestWorkers:
         self.catalogue = self.items.catalogue
         self.window_ms = self.items.joiner.window_ms
         self._count = workers
+        self.answer_s = answer_s
+        self.stalled_after_s = stalled_after_s
         self._settings = {**settings, "items_topic": ""}
         self._workers: list[_Worker] = []
         # One thread a worker waits for its answer (the default executor is shared and small).
@@ -214,7 +252,7 @@ class IngestWorkers:
         """Start the processes (each imports the consumer path: about a second); idempotent."""
         if self._workers:
             return
-        self._workers = [_Worker(i, self._settings, self._threads) for i in range(self._count)]
+        self._workers = [_Worker(i, self._settings, self._threads, self.answer_s) for i in range(self._count)]
         try:
             for w in self._workers:
                 w.wait_ready(START_TIMEOUT_S)
@@ -232,6 +270,33 @@ class IngestWorkers:
 
     def pids(self) -> list[int | None]:
         return [w.process.pid for w in self._workers]
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Each worker for the status: its pid, whether it runs, how long the request in hand has
+        waited, and ``stalled`` once that is past ``stalled_after_s`` (the updater stops it at
+        ``answer_s``)."""
+        now = time.monotonic()
+        out = []
+        for w in self._workers:
+            waiting = w.waiting_s(now)
+            out.append(
+                {
+                    "worker": w.index,
+                    "pid": w.process.pid,
+                    "alive": w.process.is_alive(),
+                    "waiting_s": None if waiting is None else round(waiting, 3),
+                    "stalled": waiting is not None and waiting > self.stalled_after_s,
+                }
+            )
+        return out
+
+    def stalled(self) -> list[str]:
+        """The workers whose answer is overdue, by name."""
+        return [
+            f"{w.name}: no answer for {d['waiting_s']:.1f} s"
+            for w, d in zip(self._workers, self.describe(), strict=True)
+            if d["stalled"]
+        ]
 
     # ----------------------------------------------------------------- what the updater reads
 

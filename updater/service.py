@@ -98,7 +98,12 @@ class Updater:
             "catalogue_capacity": s.catalogue_capacity,
         }
         self.ingest: IngestStage = (
-            IngestWorkers(s.ingest_workers, **ingest_settings)
+            IngestWorkers(
+                s.ingest_workers,
+                answer_s=s.timeouts.ingest_s,
+                stalled_after_s=s.timeouts.ingest_s / 6,
+                **ingest_settings,
+            )
             if s.ingest_workers
             else Ingest(**ingest_settings)
         )

@@ -25,6 +25,7 @@ from rankcore.holdout import DEFAULT_HOLDOUT_EVERY, DEFAULT_MEASURE_EVERY, DEFAU
 from rankcore.model import RankerConfig
 from updater.batcher import DEFAULT_BATCH_SIZE, DEFAULT_MAX_WAIT_S
 from updater.clean import DEFAULT_DEDUP_CAPACITY
+from updater.ingest_workers import DEFAULT_ANSWER_S
 from updater.joiner import DEFAULT_MAX_PENDING, DEFAULT_WINDOW_MS
 from updater.learner import DEFAULT_DENSE_LR, DEFAULT_SPARSE_LR
 from updater.lease import DEFAULT_LEASE_TIMEOUT_S, DEFAULT_POLL_S
@@ -82,6 +83,11 @@ class Timeouts:
     triton_watch_s: float = _knob(DEFAULT_WATCH_S, "interval between checks of what Triton serves")
     probe_settle_s: float = _knob(
         DEFAULT_PROBE_SETTLE_S, "after a load, how long to wait for the new version to answer"
+    )
+    ingest_s: float = _knob(
+        DEFAULT_ANSWER_S,
+        "one ingest worker's answer: status names it stalled after a sixth of this, and past it the "
+        "updater stops (the restart resumes from the checkpoint)",
     )
 
     def __post_init__(self) -> None:

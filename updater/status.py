@@ -76,8 +76,10 @@ class Status:
     deltas: dict[str, Any] = field(default_factory=dict)
     # Each Triton replica's last answer (several --triton-grpc): url, ok, state, error, at.
     replicas: list[dict[str, Any]] = field(default_factory=list)
-    # With --ingest-workers: each worker process's pid (empty: ingest runs in this process).
-    ingest_workers: list[int | None] = field(default_factory=list)
+    # With --ingest-workers: each worker process (pid, alive, how long its answer has been
+    # awaited, stalled), and the stalled ones by name (empty: ingest runs in this process).
+    ingest_workers: list[dict[str, Any]] = field(default_factory=list)
+    ingest_stalled: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -132,7 +134,8 @@ def collect(u: Updater) -> Status:
         },
         last_rollback=r.last_rollback,
         replicas=r.server.replicas() if isinstance(r.server, ReplicaSet) else [],
-        ingest_workers=u.ingest.pids() if isinstance(u.ingest, IngestWorkers) else [],
+        ingest_workers=u.ingest.describe() if isinstance(u.ingest, IngestWorkers) else [],
+        ingest_stalled=u.ingest.stalled() if isinstance(u.ingest, IngestWorkers) else [],
         registry_outbox=u.registry.to_dict(),
         vocab_sizes=u.vocabs.sizes(),
         vocab_evictions=u.vocabs.evictions(),

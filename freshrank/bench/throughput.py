@@ -160,7 +160,9 @@ async def updater_run(
             _raise_if_failed(updater)
         started = time.monotonic()
         workers = [psutil.Process(pid) for pid in _ingest_pids(updater)]
+        broker = psutil.Process(stack.broker.process.proc.pid) if stack.broker.process.proc else None
         cpu0, ingest0 = _cpu(proc), sum(_cpu(w) for w in workers)
+        broker0 = _cpu(broker) if broker is not None else 0.0
         last_report = started
         mid_auc = float("nan")
         while updater.learner.samples_trained < target:
@@ -179,6 +181,7 @@ async def updater_run(
                 )
         elapsed = time.monotonic() - started
         cpu_s, ingest_cpu_s = _cpu(proc) - cpu0, sum(_cpu(w) for w in workers) - ingest0
+        broker_cpu_s = _cpu(broker) - broker0 if broker is not None else None
         status = updater.status()
     samples = updater.learner.samples_trained
     return {
@@ -191,6 +194,8 @@ async def updater_run(
         # The updater's process (fetch, join unless in workers, encode, train) and its workers.
         "cpu_s": round(cpu_s, 2),
         "ingest_workers_cpu_s": round(ingest_cpu_s, 2),
+        # The embedded broker serving the fetches shares the machine's cores.
+        "broker_cpu_s": round(broker_cpu_s, 2) if broker_cpu_s is not None else None,
         "samples_per_cpu_s_updater_process": round(samples / cpu_s, 1) if cpu_s else None,
         "samples_per_cpu_s_ingest_workers": round(samples / ingest_cpu_s, 1) if ingest_cpu_s else None,
         "versions_published": status["versions_published"],

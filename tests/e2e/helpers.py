@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import sys
 import time
@@ -199,10 +200,14 @@ class ShopTraffic:
         self.t = start_ms
         self.chunk = 0
 
-    async def phase(self, seconds: float, flipped: bool) -> None:
+    async def phase(self, seconds: float, flipped: bool, until: asyncio.Event | None = None) -> None:
+        """Rounds for ``seconds``, or until ``until`` is set. (Set it rather than cancel the task:
+        a producer cancelled while it starts leaves its connection open.)"""
         end = asyncio.get_running_loop().time() + seconds
-        while asyncio.get_running_loop().time() < end:
+        while asyncio.get_running_loop().time() < end and not (until is not None and until.is_set()):
             await self.lane.send(shop(60, self.t, self.chunk, f"p{self.chunk}-", flipped))
             self.t += 1_000
             self.chunk += 1
-            await asyncio.sleep(0.3)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.3):
+                    await (until or asyncio.Event()).wait()

@@ -163,7 +163,8 @@ async def test_a_poisoned_state_between_versions_is_held_at_the_snapshot_and_rel
             cut = updater.release.cuts[version]
             assert updater.status()["deltas"]["held"] is None
             await phase(8, flipped=True)  # bot clicks on "cold", none on "hot": poison
-            clean = asyncio.create_task(phase(40, flipped=False))
+            enough = asyncio.Event()  # clean traffic until then (see ShopTraffic.phase)
+            clean = asyncio.create_task(phase(40, flipped=False, until=enough))
             try:
                 await wait_for(lambda: updater.status()["deltas"]["holds"] >= 1, 40, "a hold")
                 hold = updater.status()["deltas"]["last_hold"]
@@ -181,8 +182,8 @@ async def test_a_poisoned_state_between_versions_is_held_at_the_snapshot_and_rel
                 await wait_for(lambda: updater.status()["deltas"]["held"] is None, 40, "the hold lifted")
                 await wait_for(lambda: seen[-1][2] > cut, 10, "Triton following the deltas again")
             finally:
-                clean.cancel()
-                await asyncio.gather(clean, return_exceptions=True)
+                enough.set()
+                await clean
             assert {v for _, v, _ in seen} == {version}  # one version all along: no reload
             assert await triton.served_version() == version
             status = updater.status()["deltas"]

@@ -45,12 +45,13 @@ async def test_a_poisoned_period_is_rolled_back_and_pins_hold(
         await wait_for(lambda: (updater.status()["live_version"] or 0) >= 3, 30, "good versions live")
         good = updater.status()["live_version"] or 0
         await phase(8, flipped=True)  # bot clicks on "cold", none on "hot": poison
-        clean = asyncio.create_task(phase(30, flipped=False))
+        enough = asyncio.Event()  # clean traffic until then (see ShopTraffic.phase)
+        clean = asyncio.create_task(phase(30, flipped=False, until=enough))
         try:
             await wait_for(lambda: updater.status()["rollbacks"] >= 1, 30, "a rollback")
         finally:
-            clean.cancel()
-            await asyncio.gather(clean, return_exceptions=True)
+            enough.set()
+            await clean
         rollback = updater.status()["last_rollback"]
         print(f"rollback: {rollback}")
         assert rollback["to"] < rollback["from"]

@@ -58,7 +58,9 @@ async def test_killed_ingest_workers_lose_and_repeat_nothing(lane: Lane, tmp_pat
                 learned = int(status.get("samples_trained") or 0)  # type: ignore[call-overload]
                 if status.get("pid") == proc.pid and learned > trained_before:
                     break
-            pids = list(status.get("ingest_workers") or [])  # type: ignore[call-overload]
+            described = list(status.get("ingest_workers") or [])  # type: ignore[call-overload]
+            pids = [w["pid"] for w in described]
+            assert not status.get("ingest_stalled") and all(w["alive"] for w in described)
             assert len(pids) == workers and all(psutil.pid_exists(p) for p in pids)
             await asyncio.sleep(rng.uniform(0.0, 0.8))
             if victim == "worker":

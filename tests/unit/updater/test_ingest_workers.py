@@ -11,6 +11,7 @@ from dataclasses import asdict
 from typing import Any
 
 import orjson
+import psutil
 import pytest
 
 from updater.ingest import WORKERS_STATE, Ingest, Record
@@ -244,3 +245,48 @@ def test_a_worker_that_dies_is_named_and_fails_the_next_fetch() -> None:
 def test_a_worker_count_below_one_is_refused() -> None:
     with pytest.raises(ValueError, match="at least one ingest worker"):
         IngestWorkers(0)
+
+
+def test_a_stop_signal_to_the_process_group_leaves_the_workers_to_the_updater() -> None:
+    # Ctrl-C or systemd signal every process of the group: the updater's graceful stop still
+    # needs its workers' states for the final checkpoint.
+    async def main() -> None:
+        workers = IngestWorkers(2, window_ms=WINDOW_MS)
+        try:
+            await workers.aprocess([impression(0, 0, "a", None)], NOW, ())
+            for pid in workers.pids():
+                assert pid is not None
+                os.kill(pid, signal.SIGTERM)
+                os.kill(pid, signal.SIGINT)
+            await asyncio.sleep(0.2)
+            await workers.aprocess([impression(1, 0, "b", None)], NOW + 10, ())
+            assert workers.pending == 2
+            state = (await workers.state_capture())()
+            assert len(state[WORKERS_STATE]["workers"]) == 2
+        finally:
+            await workers.close()
+
+    asyncio.run(main())
+
+
+def test_a_stalled_worker_is_named_then_stopped() -> None:
+    async def main() -> None:
+        workers = IngestWorkers(2, window_ms=WINDOW_MS, answer_s=1.5, stalled_after_s=0.3)
+        try:
+            await workers.aprocess([impression(0, 0, "a", None)], NOW, ())
+            assert workers.stalled() == [] and all(w["alive"] for w in workers.describe())
+            victim = workers.pids()[1]
+            assert victim is not None
+            os.kill(victim, signal.SIGSTOP)  # a worker that stops answering
+            fetch = asyncio.ensure_future(workers.aprocess([impression(1, 0, "b", None)], NOW + 10, ()))
+            await asyncio.sleep(0.8)
+            (named,) = workers.stalled()
+            assert named.startswith(f"ingest worker 1 (pid {victim}): no answer for ")
+            assert [w["stalled"] for w in workers.describe()] == [False, True]
+            with pytest.raises(IngestWorkerFailed, match=r"ingest worker 1 .* did not answer within 2 s"):
+                await fetch
+            assert not psutil.pid_exists(victim) or psutil.Process(victim).status() == psutil.STATUS_ZOMBIE
+        finally:
+            await workers.close()
+
+    asyncio.run(main())
