@@ -8,12 +8,13 @@ Pure: no I/O; the whole state round-trips through :meth:`Ingest.state`.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Protocol
 
 from rankcore.catalogue import DEFAULT_CAPACITY as DEFAULT_CATALOGUE_CAPACITY
-from rankcore.catalogue import Catalogue, Item
+from rankcore.catalogue import Catalogue
 from rankcore.events import Event, Rejection
 from rankcore.holdout import is_holdout, is_measured
 from rankcore.items import ItemUpdate, parse_item
@@ -88,16 +89,6 @@ class Ingested:
     held_out: list[Sample]
     dead: list[DeadLetter]
     opened: list[Sample] = field(default_factory=list)
-
-
-def _news(known: Item | None, update: ItemUpdate) -> bool:
-    """Whether ``update`` changes what is known of its item (not just its time)."""
-    if known is None or known.title != update.title:
-        return True
-    return any(
-        (value := getattr(update, name)) is not None and value != getattr(known, name)
-        for name in ("category", "brand", "price", "attributes")
-    )
 
 
 def label_order(window_ms: int) -> Callable[[Sample], tuple[int, int, str, str]]:
@@ -217,10 +208,7 @@ class Ingest:
                 event.brand or None,
                 event.price or None,
             )
-            known = catalogue.get(event.item_id) if self.applied is not None else None
-            if catalogue.apply(update) and self.applied is not None and _news(known, update):
-                # Only what changes the item: with titles on every impression, the rest would
-                # cost every other ingest worker a copy of each.
+            if catalogue.apply(update) and self.applied is not None:
                 self.applied.append(update)
         if event.type != "impression" or (event.category and event.brand and event.price and event.title):
             return event
@@ -370,12 +358,22 @@ def merge_states(items: dict[str, Any], workers: Sequence[dict[str, Any]]) -> di
     ranges = {k: v for p in parts for k, v in p["ledger"]["ranges"].items()}
     return {
         "joiner": joiner,
-        "dedup": [i for w in workers for i in w["dedup"]],
+        "dedup": _newest_last([w["dedup"] for w in workers]),
         "ledger": {"ranges": ranges, "redelivered": sum(int(p["ledger"]["redelivered"]) for p in parts)},
         "catalogue": items["catalogue"],  # the one every update reached
         "ingest_counts": counts,
         "dead_by_reason": by_reason,
     }
+
+
+def _newest_last(lists: Sequence[list[str]]) -> list[str]:
+    """Oldest first, the lists' newest entries taken in turn from their ends: trimmed to a
+    capacity (from the front), it keeps every list's most recent ids, not the last list's."""
+    merged = [
+        x for row in itertools.zip_longest(*(reversed(ids) for ids in lists)) for x in row if x is not None
+    ]
+    merged.reverse()
+    return merged
 
 
 def split_state(

@@ -12,7 +12,8 @@ quiet-partition rule included (each worker is told how far the others' partition
 The items topic is read here, once: its ledger, its dead letters, and the catalogue exports
 read. Every update the catalogue takes goes to every worker with its next records, so an
 impression is filled alike whichever worker joins it; the attributes an event carries update
-its worker's catalogue and come back with its answer, for this catalogue and the other workers.
+its worker's catalogue and come back with its answer (the last of each item in a fetch), for
+this catalogue and, with their next records, the other workers.
 
 Exactly once: every worker answers for a fetch before the updater learns its samples or sends
 the next one, so when the updater checkpoints (its queue drained) nothing is in flight, and the
@@ -26,6 +27,7 @@ crash of the updater itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import signal
@@ -50,7 +52,6 @@ from updater.ingest import (
     RawRecord,
     Record,
     label_order,
-    merge_states,
     split_state,
 )
 
@@ -90,7 +91,9 @@ def _answer(ingest: Ingest, message: tuple[Any, ...]) -> Any:
             ingest.catalogue.apply(update)
         ingest.applied = []
         out = ingest.process((Record(*r) for r in records), now_ms, behind, elsewhere)
-        applied, ingest.applied = ingest.applied, None
+        # The last update of each item in this fetch (titles on every impression: one an item).
+        applied = list({u.item_id: u for u in ingest.applied or []}.values())
+        ingest.applied = None
         counts = asdict(ingest.counts)
         return (
             to_columns(out.trained),
@@ -178,6 +181,7 @@ class _Worker:
                 # Stalled (stopped, looping, swapping): it cannot be trusted with the state any
                 # more, and its late answer would be read as the next one's. Ended here.
                 self.process.kill()
+                self.process.join(STOP_TIMEOUT_S)  # reaped: no zombie left behind
                 raise IngestWorkerFailed(
                     f"{self.name} did not answer within {self.answer_s:.0f} s; stopped it"
                 )
@@ -192,7 +196,17 @@ class _Worker:
         return payload
 
     async def call(self, *message: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self.threads, self._exchange, message)
+        exchange = asyncio.get_running_loop().run_in_executor(self.threads, self._exchange, message)
+        # The thread's own deadline starts once the request is sent; a worker that stopped
+        # reading leaves a large request blocked in send(): this one covers both.
+        done, _ = await asyncio.wait({exchange}, timeout=self.answer_s)
+        if not done:
+            self.process.kill()  # the blocked send() then fails, and the thread ends
+            with contextlib.suppress(IngestWorkerFailed):
+                await exchange
+            await asyncio.to_thread(self.process.join, STOP_TIMEOUT_S)
+            raise IngestWorkerFailed(f"{self.name} did not answer within {self.answer_s:.0f} s; stopped it")
+        return exchange.result()
 
     def call_now(self, *message: Any) -> Any:
         return self._exchange(message)
@@ -207,6 +221,10 @@ class _Worker:
             raise IngestWorkerFailed(f"{self.name} died at start (exit code {code})") from exc
 
     def stop(self, timeout_s: float) -> None:
+        if self.asked_at is not None:
+            # A request is in hand (its caller was cancelled, or it stalled): the pipe is its
+            # thread's; this worker's state is not wanted any more.
+            self.process.kill()
         if self.process.is_alive():
             try:
                 self.conn.send(("stop",))
@@ -345,11 +363,13 @@ class IngestWorkers:
         items: list[RawRecord] = []
         n = len(self._workers)
         items_topic = self.items_topic
+        heard: set[str] = set()
         for rec in records:
             if rec.topic == items_topic:
                 items.append(rec)
             else:
                 parts[rec.partition % n].append((rec.topic, rec.partition, rec.offset, rec.key, rec.value))
+                heard.add(f"{rec.topic}:{rec.partition}")
         dead: list[DeadLetter] = []
         if items:
             dead.extend(self.items.process(items, now_ms, behind).dead)
@@ -358,8 +378,13 @@ class IngestWorkers:
                 w.forward.extend(updates)
         behind_list = None if behind is None else sorted(behind)
         calls = []
+        # What the other workers last reported, with the partitions of this fetch heard now (their
+        # watermarks only lag: a lower one closes windows later, never earlier).
+        known = {
+            s: (ts, now_ms if s in heard else at) for w in self._workers for s, (ts, at) in w.sources.items()
+        }
         for w, mine in zip(self._workers, parts, strict=True):
-            elsewhere = {s: v for other in self._workers if other is not w for s, v in other.sources.items()}
+            elsewhere = {s: v for s, v in known.items() if s not in w.sources}
             forward, w.forward = w.forward, []
             calls.append(w.call("process", mine, forward, now_ms, behind_list, elsewhere))
         answers = await asyncio.gather(*calls)
@@ -392,8 +417,9 @@ class IngestWorkers:
         """Every worker's state, asked for now (nothing is in flight: see the module)."""
         self.start_now()
         states = await asyncio.gather(*(w.call("state") for w in self._workers))
-        captured = {WORKERS_STATE: {"items": self.items.state(), "workers": list(states)}}
-        return lambda: captured
+        # The items topic's part is built in the checkpoint's thread (a large catalogue takes a
+        # while); nothing ingests until the checkpoint is written.
+        return lambda: {WORKERS_STATE: {"items": self.items.state(), "workers": list(states)}}
 
     def restore(self, state: dict[str, Any]) -> None:
         """A checkpoint's ingest state, whatever worker count (or none) wrote it."""
@@ -402,8 +428,10 @@ class IngestWorkers:
         if saved is not None and len(saved["workers"]) == len(self._workers):
             items, workers = saved["items"], saved["workers"]
         else:
-            single = merge_states(saved["items"], saved["workers"]) if saved is not None else state
-            items, workers = split_state(single, len(self._workers), self.items_topic)
+            # Through one Ingest first: it reads every older checkpoint layout (and merges workers').
+            single_ingest = Ingest(**{**self._settings, "items_topic": self.items_topic})
+            single_ingest.restore(state)
+            items, workers = split_state(single_ingest.state(), len(self._workers), self.items_topic)
             log.info(
                 "ingest state of %s split over %d workers by partition",
                 f"{len(saved['workers'])} workers" if saved is not None else "one process",

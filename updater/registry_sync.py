@@ -169,6 +169,8 @@ class RegistrySync:
         except PermanentError as exc:
             log.error("could not read the serving decision: %s", exc)  # noqa: TRY400
             return
+        if len(self.outbox):
+            return  # a decision of ours (a rollback) was recorded while this read ran: it is newer
         self.on_serving(serving)
 
     async def run(self) -> None:

@@ -282,27 +282,3 @@ def test_a_partition_with_records_still_unread_keeps_its_windows_open() -> None:
         [record(1, event("clk-b", "click", NOW + 300, request="b"), partition=1)], NOW + 5_000
     )
     assert labels(click.trained) == [("b", "i1", 1)] and click.dead == []
-
-
-def test_only_the_catalogue_updates_that_change_an_item_are_handed_on() -> None:
-    def titled(offset: int, price: float) -> Record:
-        body = {
-            "event_id": f"e{offset}",
-            "type": "impression",
-            "ts": NOW + offset,
-            "user_id": "u1",
-            "request_id": f"r{offset}",
-            "query": "red shoes",
-            "item_id": "i1",
-            "position": 0,
-            "item": {"category": "shoes", "brand": "acme", "price": price, "title": "Acme red shoe"},
-        }
-        return record(offset, orjson.dumps(body))
-
-    ingest = Ingest(window_ms=WINDOW_MS)
-    ingest.applied = []
-    ingest.process([titled(0, 10.0), titled(1, 10.0), titled(2, 10.0)], NOW + 2)
-    assert [u.price for u in ingest.applied] == [10.0]  # the same item again and again: once
-    ingest.process([titled(3, 12.0)], NOW + 3)
-    assert [u.price for u in ingest.applied] == [10.0, 12.0]
-    assert ingest.catalogue.get("i1").ts_ms == NOW + 3  # type: ignore[union-attr]

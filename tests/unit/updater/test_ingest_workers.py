@@ -14,7 +14,7 @@ import orjson
 import psutil
 import pytest
 
-from updater.ingest import WORKERS_STATE, Ingest, Record
+from updater.ingest import WORKERS_STATE, Ingest, Record, merge_states
 from updater.ingest_workers import IngestWorkerFailed, IngestWorkers
 
 NOW = 1_800_000_000_000
@@ -196,6 +196,40 @@ def test_a_title_an_event_carries_fills_the_other_workers_impressions_from_the_n
     assert asyncio.run(main()) == [("a", "red shoe", "c"), ("b", "red shoe", "c")]
 
 
+def test_the_catalogues_agree_with_one_process_on_what_is_newest() -> None:
+    # An event re-states item i1 at a later time than the items topic's latest; an older
+    # retitle then arrives on the items topic: stale, here as in one process.
+    def item(offset: int, ts: int, title: str) -> Record:
+        value = orjson.dumps({"item_id": "i1", "ts": ts, "title": title, "category": "c"})
+        return Record("items", 0, offset, b"i1", value)
+
+    fetches = [
+        [item(0, NOW, "title a")],
+        # On partition 1: worker 1's.
+        [impression(1, 0, "r0", "title a", NOW + 200), impression(1, 1, "r1", "title a", NOW + 300)],
+        [item(1, NOW + 150, "b")],
+    ]
+    single = Ingest(window_ms=WINDOW_MS, items_topic="items")
+    for f in fetches:
+        single.process(f, NOW + 400, ())
+
+    async def main() -> tuple[Any, Any, int]:
+        workers = IngestWorkers(2, window_ms=WINDOW_MS, items_topic="items")
+        try:
+            await workers.aprocess(fetches[0], NOW + 400, ())
+            await workers.aprocess(fetches[1], NOW + 400, ())
+            forwarded = len(workers._workers[0].forward)  # worker 1's two restatements, once
+            await workers.aprocess(fetches[2], NOW + 400, ())
+            return workers.catalogue.get("i1"), workers.catalogue.stale, forwarded
+        finally:
+            await workers.close()
+
+    known, stale, forwarded = asyncio.run(main())
+    assert forwarded == 1
+    assert known == single.catalogue.get("i1") and known is not None and known.title == "title a"
+    assert stale == single.catalogue.stale == 1
+
+
 def test_a_partition_gone_quiet_is_closed_by_the_others_progress_across_workers() -> None:
     fetches = [
         [impression(0, 0, "a", None, NOW), impression(1, 0, "b", None, NOW)],
@@ -278,15 +312,57 @@ def test_a_stalled_worker_is_named_then_stopped() -> None:
             victim = workers.pids()[1]
             assert victim is not None
             os.kill(victim, signal.SIGSTOP)  # a worker that stops answering
-            fetch = asyncio.ensure_future(workers.aprocess([impression(1, 0, "b", None)], NOW + 10, ()))
+            # A request larger than the pipe's buffer: the send itself blocks on a worker that
+            # does not read.
+            large = [impression(1, i, f"b{i}", "x" * 300) for i in range(5_000)]
+            fetch = asyncio.ensure_future(workers.aprocess(large, NOW + 10, ()))
             await asyncio.sleep(0.8)
             (named,) = workers.stalled()
             assert named.startswith(f"ingest worker 1 (pid {victim}): no answer for ")
             assert [w["stalled"] for w in workers.describe()] == [False, True]
             with pytest.raises(IngestWorkerFailed, match=r"ingest worker 1 .* did not answer within 2 s"):
                 await fetch
-            assert not psutil.pid_exists(victim) or psutil.Process(victim).status() == psutil.STATUS_ZOMBIE
+            assert not psutil.pid_exists(victim)  # killed and reaped
+            assert [w["alive"] for w in workers.describe()] == [True, False]
         finally:
             await workers.close()
 
     asyncio.run(main())
+
+
+def test_a_checkpoint_from_before_the_ingest_split_restores_into_workers() -> None:
+    fetches = stream(seed=9, requests=40)
+    single = Ingest(**SETTINGS, items_topic="items")
+    for f in fetches:
+        single.process(f, NOW + 10_000, ())
+    saved = single.state()
+    # Earlier checkpoints kept the counts among the service's counters and had no catalogue.
+    saved["counters"] = saved.pop("ingest_counts")
+    del saved["catalogue"]
+
+    async def main() -> Any:
+        workers = IngestWorkers(2, items_topic="items", **SETTINGS)
+        try:
+            workers.restore(saved)
+            return workers.counts, workers.positions, workers.pending
+        finally:
+            await workers.close()
+
+    counts, positions, pending = asyncio.run(main())
+    assert counts == single.counts and positions == single.positions and pending == single.pending
+
+
+def test_merged_dedup_memory_keeps_every_workers_newest_ids() -> None:
+    a = {"dedup": [f"a{i}" for i in range(5)]}
+    b = {"dedup": [f"b{i}" for i in range(5)]}
+    workers = [single_state(x["dedup"]) for x in (a, b)]
+    merged = merge_states(single_state([]), workers)["dedup"]
+    assert sorted(merged) == sorted(a["dedup"] + b["dedup"])
+    assert set(merged[-4:]) == {"a3", "a4", "b3", "b4"}  # a trim to 4 keeps both workers' newest
+
+
+def single_state(dedup: list[str]) -> dict[str, Any]:
+    ingest = Ingest(window_ms=WINDOW_MS)
+    for event_id in dedup:
+        ingest.cleaner.deduper.seen(event_id)
+    return ingest.state()
