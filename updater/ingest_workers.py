@@ -230,8 +230,8 @@ class _Worker:
                 self.conn.send(("stop",))
                 if self.conn.poll(timeout_s):
                     self.conn.recv()
-            except (EOFError, OSError):
-                pass
+            except (EOFError, OSError) as exc:  # it died meanwhile: joined (or killed) below
+                log.debug("%s did not take the stop request: %s", self.name, exc)
             self.process.join(timeout_s)
         if self.process.is_alive():
             self.process.kill()
@@ -281,10 +281,6 @@ class IngestWorkers:
 
     async def start(self) -> None:
         await asyncio.to_thread(self.start_now)
-
-    @property
-    def workers(self) -> int:
-        return self._count
 
     def pids(self) -> list[int | None]:
         return [w.process.pid for w in self._workers]
