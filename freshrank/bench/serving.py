@@ -14,14 +14,17 @@ Triton's process tree (server and Python stub) sampled every 1,000.
 
 Clients are tritonclient's blocking clients, one per thread: the network wait releases the
 GIL, and it is the client the project itself uses against Triton (``exporter/triton.py``
-moved off ``grpc.aio`` after a crash under cancellation on Python 3.11). The load generator
-runs on the same 2 cores as Triton; its own CPU share is measured and reported.
+moved off ``grpc.aio`` after a crash under cancellation on Python 3.11). The same loops run
+again from 2 spawned processes (``*_2_processes``), so the generator is not held to one core by
+the GIL. The load generator runs on the same cores as Triton; its own CPU share (every one of its
+processes) is measured and reported.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import multiprocessing
 import random
 import re
 import tempfile
@@ -29,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import psutil
@@ -50,6 +53,7 @@ from rankcore.text import load_table
 
 CANDIDATES = 100
 CONCURRENCY = (1, 2, 4, 8, 16)
+GENERATOR_PROCESS_CONCURRENCY = (4, 8, 16)  # clients in all, split over 2 processes
 LEVEL_S = 3.0
 WARMUP_S = 0.5
 OPEN_LOOP_S = 10.0
@@ -312,14 +316,40 @@ def http_infer_factory(url: str) -> Callable[[], tuple[Infer, Callable[[], None]
     return make
 
 
-def closed_loop(
+class SelfMeter:
+    """CPU seconds of this process alone: what a load-generator process measures of itself."""
+
+    def __init__(self) -> None:
+        self.me = psutil.Process()
+
+    def start(self) -> None:
+        t = self.me.cpu_times()
+        self._me0, self._wall0 = t.user + t.system, time.perf_counter()
+
+    def stop(self) -> dict[str, float]:
+        t = self.me.cpu_times()
+        wall = time.perf_counter() - self._wall0
+        return {"client_cores": round((t.user + t.system - self._me0) / wall, 2), "triton_cores": 0.0}
+
+
+class Meter(Protocol):
+    def start(self) -> None: ...
+    def stop(self) -> dict[str, float]: ...
+
+
+def _closed_loop_window(
     make: Callable[[], tuple[Infer, Callable[[], None]]],
     pool: list[dict[str, np.ndarray]],
     concurrency: int,
     duration_s: float,
-    meter: CpuMeter,
-) -> dict[str, Any]:
-    """``concurrency`` threads, each sending its next request as soon as the last one returns."""
+    meter: Meter,
+    ready: Callable[[], None] | None = None,
+) -> tuple[list[float], int, float, dict[str, float]]:
+    """``concurrency`` threads, each sending its next request as soon as the last one returns.
+
+    ``ready`` is called once every client runs (a barrier, for generators in several processes);
+    the warm-up and the measured window follow it. Returns (latencies, errors, wall, CPU).
+    """
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
     errors = [0] * concurrency
     measuring = threading.Event()
@@ -344,6 +374,8 @@ def closed_loop(
     threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(concurrency)]
     for t in threads:
         t.start()
+    if ready is not None:
+        ready()
     time.sleep(WARMUP_S)
     meter.start()
     measuring.set()
@@ -359,10 +391,119 @@ def closed_loop(
         raise RuntimeError("a load-generator thread did not finish within 15 s of the end")
     for _, close in clients:
         close()
+    return [x for xs in latencies for x in xs], sum(errors), wall, cpu
+
+
+def closed_loop(
+    make: Callable[[], tuple[Infer, Callable[[], None]]],
+    pool: list[dict[str, np.ndarray]],
+    concurrency: int,
+    duration_s: float,
+    meter: CpuMeter,
+) -> dict[str, Any]:
+    """A closed loop of ``concurrency`` client threads in this process."""
+    latencies, errors, wall, cpu = _closed_loop_window(make, pool, concurrency, duration_s, meter)
+    row = {"concurrency": concurrency, **summarise(latencies, errors, wall), **cpu}
+    return {**row, **cpu_per_request(row)}
+
+
+FACTORIES = {"grpc": grpc_infer_factory, "http": http_infer_factory}
+
+
+def _generator_process(
+    protocol: str,
+    url: str,
+    pool: list[dict[str, np.ndarray]],
+    concurrency: int,
+    duration_s: float,
+    barrier: Any,
+    answer: Any,
+) -> None:
+    """One load-generator process (spawned): a closed loop of its own, measured on its own CPU."""
+    try:
+        latencies, errors, wall, cpu = _closed_loop_window(
+            FACTORIES[protocol](url), pool, concurrency, duration_s, SelfMeter(), barrier.wait
+        )
+        answer.send((latencies, errors, wall, cpu["client_cores"]))
+    except BaseException as exc:
+        barrier.abort()
+        answer.send(exc)
+        raise
+    finally:
+        answer.close()
+
+
+def _generator_answer(pid: int | None, answer: Any) -> Any:
+    """A load-generator process's measurements, or its failure raised here."""
+    failure = answer if isinstance(answer, BaseException) else None
+    if failure is not None:
+        raise RuntimeError(f"load-generator process {pid} failed: {failure!r}") from failure
+    return answer
+
+
+def closed_loop_processes(
+    protocol: str,
+    url: str,
+    pool: list[dict[str, np.ndarray]],
+    processes: int,
+    concurrency: int,
+    duration_s: float,
+    meter: CpuMeter,
+) -> dict[str, Any]:
+    """The closed loop from ``processes`` spawned processes (``concurrency`` clients in all).
+
+    Each process is its own interpreter, so the generator is not held to one core by the GIL;
+    every process measures its own CPU over the window, and Triton's is measured here.
+    """
+    if concurrency % processes:
+        raise ValueError(f"{concurrency} clients do not split evenly over {processes} processes")
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(processes + 1)
+    pipes, procs = [], []
+    for _ in range(processes):
+        mine, theirs = ctx.Pipe(duplex=False)
+        proc = ctx.Process(
+            target=_generator_process,
+            args=(protocol, url, pool, concurrency // processes, duration_s, barrier, theirs),
+            daemon=True,
+        )
+        proc.start()
+        theirs.close()
+        pipes.append(mine)
+        procs.append(proc)
+    try:
+        try:
+            barrier.wait(timeout=120)  # every process started, its clients running
+        except threading.BrokenBarrierError as broken:
+            for proc, pipe in zip(procs, pipes, strict=True):
+                if pipe.poll(5):
+                    _generator_answer(proc.pid, pipe.recv())
+            raise RuntimeError(
+                f"the {processes} load-generator processes did not all start within 120 s"
+            ) from broken
+        time.sleep(WARMUP_S)
+        meter.start()
+        time.sleep(duration_s)
+        triton = meter.stop()["triton_cores"]
+        answers = []
+        for proc, pipe in zip(procs, pipes, strict=True):
+            if not pipe.poll(60):
+                raise RuntimeError(f"load-generator process {proc.pid} did not answer within 60 s")
+            answers.append(_generator_answer(proc.pid, pipe.recv()))
+    finally:
+        for proc in procs:
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+    latencies = [x for a in answers for x in a[0]]
+    wall = max(a[2] for a in answers)
     row = {
         "concurrency": concurrency,
-        **summarise([x for xs in latencies for x in xs], sum(errors), wall),
-        **cpu,
+        "processes": processes,
+        **summarise(latencies, sum(a[1] for a in answers), wall),
+        "client_cores": round(sum(a[3] for a in answers), 2),
+        "triton_cores": triton,
     }
     return {**row, **cpu_per_request(row)}
 
@@ -517,6 +658,7 @@ def run(out: Path, progress: Progress) -> dict[str, Any]:
             meter = CpuMeter(triton_pid)
             grpc_make = grpc_infer_factory(stack.triton.grpc_url)
             http_make = http_infer_factory(stack.triton.http_url)
+            urls = {"grpc": stack.triton.grpc_url, "http": stack.triton.http_url}
 
             inproc = []
             for threads in (1, 2):
@@ -543,6 +685,19 @@ def run(out: Path, progress: Progress) -> dict[str, Any]:
                         f"client {row['client_cores']} / Triton {row['triton_cores']} cores"
                     )
                 per_execute[name] = requests_per_execute(counts, execution_counts(stack.triton.grpc_url))
+
+            # The same loops from 2 processes: a generator the GIL does not hold to one core.
+            for name in ("grpc", "http"):
+                label = f"{name}_2_processes"
+                curves[label] = []
+                for c in GENERATOR_PROCESS_CONCURRENCY:
+                    row = closed_loop_processes(name, urls[name], pool, 2, c, LEVEL_S, meter)
+                    curves[label].append(row)
+                    progress(
+                        f"{label} c={c:>2}: {row['rps']:7.1f} req/s, p50 {row['p50_ms']} ms, "
+                        f"p99 {row['p99_ms']} ms, errors {row['errors']}, "
+                        f"client {row['client_cores']} / Triton {row['triton_cores']} cores"
+                    )
 
             variants: dict[str, Any] = {}
             for label, text in (
@@ -586,8 +741,9 @@ def run(out: Path, progress: Progress) -> dict[str, Any]:
             result["candidates"] = sizes
             result["requests_per_execute"] = per_execute
 
-            grpc_peak = max(r["rps"] for r in curves["grpc"])
-            http_peak = max(r["rps"] for r in curves["http"])
+            # The peak is the best either generator reached: the server's, as far as this machine shows it.
+            grpc_peak = max(r["rps"] for r in curves["grpc"] + curves["grpc_2_processes"])
+            http_peak = max(r["rps"] for r in curves["http"] + curves["http_2_processes"])
             half = 0.5 * grpc_peak
             progress(f"open loop at half the gRPC peak: {half:.0f} req/s for {OPEN_LOOP_S:.0f} s")
             half_row = open_loop(grpc_make, pool, half, OPEN_LOOP_S, meter)
@@ -628,7 +784,16 @@ def run(out: Path, progress: Progress) -> dict[str, Any]:
         "p99_ratio": ratio,
         "memory": memory,
     }
-    result["peaks"] = {"in_process_rps": inproc_peak, "grpc_rps": grpc_peak, "http_rps": http_peak}
+    result["peaks"] = {
+        "in_process_rps": inproc_peak,
+        "grpc_rps": grpc_peak,
+        "http_rps": http_peak,
+        **{
+            f"{name}_{how}_rps": max(r["rps"] for r in curves[name + suffix])
+            for name in ("grpc", "http")
+            for how, suffix in (("threads", ""), ("2_processes", "_2_processes"))
+        },
+    }
     result["ratios"] = {
         "grpc_peak_over_in_process": round(grpc_peak / inproc_peak, 3),
         "http_peak_over_in_process": round(http_peak / inproc_peak, 3),
@@ -653,7 +818,7 @@ def run(out: Path, progress: Progress) -> dict[str, Any]:
     }
     result["limits"] = (
         "the load generator and Triton share the machine's cores; client_cores/triton_cores per row "
-        "say how the CPU was split"
+        "say how the CPU was split (the *_2_processes rows: the generator's processes together)"
     )
     result["plot"] = plot(curves, inproc_peak, out)
     return result

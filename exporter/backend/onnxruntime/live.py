@@ -112,6 +112,19 @@ class _Encoder:
         return rows.reshape(values.shape)
 
 
+def _distinct(values):
+    """The distinct values of a 1-D array and, when there are fewer than rows, the index of each
+    row's value among them (None: every row its own, in order)."""
+    if len(values) < 2:
+        return values, None
+    if (values == values[0]).all():
+        return values[:1], np.zeros(len(values), dtype=np.int64)
+    distinct, rows = np.unique(values, return_inverse=True)
+    if len(distinct) == len(values):
+        return values, None
+    return distinct, rows.reshape(-1)
+
+
 class LiveModel:
     """One version's graph, its tables as live arrays, and the deltas applied to them."""
 
@@ -202,10 +215,11 @@ class LiveModel:
         hands them, or ``str``) and ``price`` in."""
         feed = {self.row_names.get(name, name): np.asarray(v).reshape(-1) for name, v in feed.items()}
         query = feed[self.row_names["query"]]
-        # A search request has one query for all its rows: split and look it up once.
-        same = len(query) > 1 and (query == query[0]).all()
+        # A search request has one query for all its rows, and a batch of merged requests one
+        # per request: each distinct query is split and looked up once, then spread to its rows.
+        distinct, rows = _distinct(query)
         with self.lock:
-            tokens = self._split(query[:1] if same else query)
+            tokens = self._split(distinct)
             inputs = {}
             for enc in self.encoders.values():
                 if enc.input == SPLIT_OUTPUT:
@@ -213,12 +227,12 @@ class LiveModel:
                 else:
                     inputs[enc.output] = enc.lookup(feed[enc.input])
             inputs[SPLIT_OUTPUT] = tokens
-            if same:
+            if rows is not None:
                 for name in [
                     SPLIT_OUTPUT,
                     *(e.output for e in self.encoders.values() if e.input == SPLIT_OUTPUT),
                 ]:
-                    inputs[name] = np.repeat(inputs[name], len(query), axis=0)
+                    inputs[name] = inputs[name][rows]
             for name in self.core_inputs:
                 if name not in inputs:
                     inputs[name] = self.tables[name] if name in self.tables else feed[name]

@@ -307,3 +307,32 @@ def test_one_query_for_all_rows_scores_as_the_same_query_row_by_row(tmp_path: Pa
     assert np.allclose(same[:-1], scores[:-1], atol=1e-6)
     one_by_one = np.concatenate([served.run(feeds([s]))[0] for s in samples])
     assert np.allclose(same, one_by_one, atol=1e-6)
+
+
+def as_bytes(column: np.ndarray) -> np.ndarray:
+    return np.array([x.encode() for x in column.ravel()], dtype=object).reshape(column.shape)
+
+
+def test_merged_requests_score_as_each_request_alone(tmp_path: Path) -> None:
+    """The dynamic batcher merges requests: a few queries over many rows, as bytes from Triton.
+    Each distinct query is split once and spread to its rows; every row scores as it does alone."""
+    version_1(VARIANTS[0], tmp_path)
+    served = live.LiveModel(str(tmp_path / "1" / "model.onnx"))
+    requests = [
+        [dataclasses.replace(s, query=q) for s in random_samples(7, seed)]
+        for seed, q in enumerate(["red shoes", "Blue  hat", "red shoes", ""])
+    ]
+    alone = np.concatenate([served.run(feeds(r))[0] for r in requests])
+    merged = {
+        k: (
+            np.array([x.encode() for x in v.ravel()], dtype=object).reshape(v.shape)
+            if v.dtype == object
+            else v
+        )
+        for k, v in feeds([s for r in requests for s in r]).items()
+    }
+    scores, _ = served.run(merged)
+    np.testing.assert_allclose(scores, alone, atol=1e-6)
+    distinct, rows = live._distinct(merged["query"].reshape(-1))
+    assert len(distinct) == 3 and rows is not None
+    assert distinct[rows].tolist() == merged["query"].ravel().tolist()
