@@ -429,6 +429,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         if workers:
             stalled = "; ".join(status.get("ingest_stalled") or []) or "none stalled"
             print(f"{'ingest_workers':<20} {len(workers)} (pids {[w['pid'] for w in workers]}), {stalled}")
+        group = status.get("group") or {}
+        if group:
+            print(
+                f"{'group':<20} rank {group['rank']} of {group['world_size']}, {group['rounds']} rounds, "
+                f"{group['barriers_passed']} barriers, {group.get('stalled') or 'none stalled'}"
+            )
         checkpoint = status.get("last_checkpoint") or {}
         if checkpoint:
             age = time.time() - checkpoint["at"]

@@ -105,6 +105,27 @@ class Batch:
     def __len__(self) -> int:
         return len(self.label)
 
+    def rows(self, share: slice) -> Batch:
+        """The rows of ``share``, without the recycled rows (those belong to the whole batch)."""
+
+        def cut(column: np.ndarray | None) -> np.ndarray | None:
+            return None if column is None else column[share]
+
+        return Batch(
+            user=self.user[share],
+            tokens=self.tokens[share],
+            item=self.item[share],
+            category=self.category[share],
+            brand=self.brand[share],
+            price=self.price[share],
+            label=self.label[share],
+            action_ts_ms=self.action_ts_ms[share],
+            impression_ts_ms=cut(self.impression_ts_ms),
+            query_text=cut(self.query_text),
+            title_text=cut(self.title_text),
+            keys=None if self.keys is None else self.keys[share],
+        )
+
     def tensors(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
         """The ranker's inputs, in its ``forward`` order, on ``device``."""
         columns = [self.user, self.tokens, self.item, self.category, self.brand, self.price]

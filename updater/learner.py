@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -84,30 +85,27 @@ class Learner:
         # Always, per feature, the rows changed since the last checkpoint base (see state()).
         self._dirty: dict[str, list[np.ndarray]] = {f: [] for f in FEATURES}
 
-    def learn(self, batch: Batch) -> np.ndarray:
+    def learn(
+        self, batch: Batch, share: slice | None = None, sync: Callable[[Ranker], None] | None = None
+    ) -> np.ndarray:
         """Score ``batch`` (recorded in the prequential metrics), then learn from it.
 
-        Returns the scores the model gave before the update.
+        Returns the scores the model gave before the update. In a data-parallel group
+        (:mod:`updater.group`) ``batch`` is the whole step's batch, the same on every rank, and
+        this rank scores and learns the rows of ``share`` (its own samples; possibly none): its
+        loss is its share of the step's mean, ``sync`` sums the gradients over the group, and
+        every rank takes the step one process would take on the whole batch.
         """
         if batch.recycled:
             self._reset_rows(batch.recycled)
-        self.model.train()
-        inputs = batch.tensors(self.device)
-        dropped = self._dropped(len(batch))
-        logits = self.model(*inputs, new_items=dropped)
-        labels = torch.from_numpy(batch.label).to(self.device)
-        scores = torch.sigmoid(logits.detach()).cpu().numpy()
-        if dropped is not None and bool(dropped.any()):
-            # What the model says of these rows with their item known, for the metrics.
-            with torch.no_grad():
-                rows = dropped.nonzero().squeeze(1)
-                clean = self.model(*(t.index_select(0, rows) for t in inputs))
-            scores[rows.cpu().numpy()] = torch.sigmoid(clean).cpu().numpy()
-        self.metrics.update(scores, batch.label, batch.keys, batch.impression_ts_ms)
-        loss = self.loss_fn(logits, labels)
+        mine = batch if share is None else batch.rows(share)
         self.sparse_opt.zero_grad(set_to_none=True)
         self.dense_opt.zero_grad(set_to_none=True)
-        loss.backward()
+        scores = np.zeros(0, dtype=np.float32)
+        if len(mine):
+            scores = self._backward(mine, len(mine) / len(batch))
+        if sync is not None:
+            sync(self.model)
         self.sparse_opt.step()
         self.dense_opt.step()
         changed: dict[str, np.ndarray] = {
@@ -124,8 +122,27 @@ class Learner:
                 tracked[feature].append(part)
             if len(tracked["user"]) > TOUCHED_PARTS:
                 _compact(tracked)
-        self.samples_trained += len(batch)
+        self.samples_trained += len(mine)
         self.steps += 1
+        return scores
+
+    def _backward(self, batch: Batch, weight: float) -> np.ndarray:
+        """Scores of ``batch`` (into the metrics), and the gradients of ``weight`` times its mean loss."""
+        self.model.train()
+        inputs = batch.tensors(self.device)
+        dropped = self._dropped(len(batch))
+        logits = self.model(*inputs, new_items=dropped)
+        labels = torch.from_numpy(batch.label).to(self.device)
+        scores: np.ndarray = torch.sigmoid(logits.detach()).cpu().numpy()
+        if dropped is not None and bool(dropped.any()):
+            # What the model says of these rows with their item known, for the metrics.
+            with torch.no_grad():
+                rows = dropped.nonzero().squeeze(1)
+                clean = self.model(*(t.index_select(0, rows) for t in inputs))
+            scores[rows.cpu().numpy()] = torch.sigmoid(clean).cpu().numpy()
+        self.metrics.update(scores, batch.label, batch.keys, batch.impression_ts_ms)
+        loss = self.loss_fn(logits, labels)
+        (loss if weight == 1.0 else loss * weight).backward()
         return scores
 
     def take_touched(self) -> dict[str, np.ndarray]:

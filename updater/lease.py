@@ -167,3 +167,19 @@ class WriterLease:
                 await conn.close()  # ends the session, which releases the advisory lock
         except POSTGRES_ERRORS:
             conn.terminate()  # the server ends the session (and the lock) when it notices
+
+
+class NoLease:
+    """For a training group's ranks above 0: they learn and checkpoint their own state but never
+    publish (rank 0 holds the writer lease for the group), so there is nothing to hold."""
+
+    token: int | None = None
+
+    async def wait(self, stopping: asyncio.Event) -> bool:
+        return not stopping.is_set()
+
+    async def confirm(self) -> bool:
+        return True
+
+    async def release(self) -> None:
+        return None

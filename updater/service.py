@@ -37,17 +37,18 @@ from exporter.release import ReleaseManager, Snapshot
 from exporter.server import ModelServer
 from exporter.stream import DeltaStream
 from exporter.triton import CONTROL_KEY_FILE, TritonModel, control_key
-from rankcore.errors import DependencyError, LeaseLost, TrainingFailed
+from rankcore.errors import ConfigError, DependencyError, FreshrankError, LeaseLost, TrainingFailed
 from rankcore.features import Vocabularies, encode
 from rankcore.health import Health
 from rankcore.holdout import recent
 from rankcore.sample import Sample
 from updater.batcher import Batcher
 from updater.checkpoint import CheckpointStore
+from updater.group import START, Barrier, GroupTrainer, TrainingGroup, step_batch
 from updater.ingest import DeadLetter, Ingest, Ingested, RawRecord
 from updater.ingest_workers import IngestWorkers
 from updater.learner import Learner
-from updater.lease import WriterLease
+from updater.lease import NoLease, WriterLease
 from updater.outbox import Outbox
 from updater.ports import Clock, EventSource, IngestStage, Lease, RegistryStore, SystemClock
 from updater.registry import Registry
@@ -64,6 +65,9 @@ log = logging.getLogger(__name__)
 
 PARITY_SAMPLES = 256
 DEAD_LETTER_BATCH = 1_000
+
+
+GROUP_LEASE_TRIES = 30  # seconds rank 0 waits for an unsettled lease at a group checkpoint
 
 
 @dataclass
@@ -114,7 +118,13 @@ class Updater:
         self.batcher = Batcher(s.batch_size, s.max_wait_s)
         self.holdout: deque[Sample] = deque(maxlen=s.holdout_window)
         self.state = ModelState(self.learner, self.vocabs, self.ingest, self.holdout)
-        self.checkpointer = Checkpointer(CheckpointStore(s.state_dir))
+        # With --world-size above 1: this rank of a group learning one model (updater/group.py).
+        self.group = (
+            TrainingGroup(s.rank, s.world_size, s.group_init, s.timeouts.group_s)
+            if s.world_size > 1
+            else None
+        )
+        self.checkpointer = Checkpointer(CheckpointStore(s.state_dir, keep_previous=self.group is not None))
         self.registry = RegistrySync(
             Outbox(s.state_dir, s.outbox_max_bytes),
             registry,
@@ -123,7 +133,9 @@ class Updater:
             on_max_version=lambda version: self.release.raise_version_floor(version),
         )
         publisher = Publisher(s.repository, model=s.model_name, keep=s.keep_versions)
-        delta_log = DeltaLog(publisher.model_dir / DELTA_DIR) if s.delta_interval_s > 0 else None
+        delta_log = (
+            DeltaLog(publisher.model_dir / DELTA_DIR) if s.delta_interval_s > 0 and self.leads else None
+        )
         self.release = ReleaseManager(
             publisher,
             self.registry,
@@ -151,12 +163,23 @@ class Updater:
                 prune_upto=self._deltas_every_version_has,
                 sink=self.registry,
             )
-        self.trainer = Trainer(
-            self.learner,
-            s.queue_batches,
-            on_learned=lambda b: self.release.freshness.learned(b.action_ts_ms[b.label > 0].tolist()),
-            pause_after_s=s.timeouts.pause_after_s,
+        learned = lambda b: self.release.freshness.learned(b.action_ts_ms[b.label > 0].tolist())  # noqa: E731
+        self.trainer: Trainer = (
+            Trainer(self.learner, s.queue_batches, on_learned=learned, pause_after_s=s.timeouts.pause_after_s)
+            if self.group is None
+            else GroupTrainer(
+                self.learner,
+                self.group,
+                lambda parts, rank: step_batch(parts, rank, self.vocabs, s.model.max_tokens),
+                s.queue_batches,
+                on_learned=learned,
+                pause_after_s=s.timeouts.pause_after_s,
+            )
         )
+        self._group_token = ""  # the group checkpoint being written (its barrier's token)
+        self._group_committable: dict[str, int] = {}  # offsets of a checkpoint every rank holds
+        self._resumed = False  # started from a checkpoint
+        self._group_stopped = False  # the group passed its stop barrier: this rank's work is done
         self.kafka = Health("kafka")
         self.counters = Counters()
         self.supervisor = Supervisor()
@@ -182,11 +205,12 @@ class Updater:
     def from_settings(cls, settings: UpdaterSettings, clock: Clock | None = None) -> Updater:
         """An updater with the real adapters (Kafka, Triton, PostgreSQL) built from ``settings``."""
         s, t = settings, settings.timeouts
-        key = control_key(s.triton_key_file or s.state_dir / CONTROL_KEY_FILE)
+        leads = s.rank == 0  # a group's other ranks learn and checkpoint, never publish
+        key = control_key(s.triton_key_file or s.state_dir / CONTROL_KEY_FILE) if leads else None
         replicas = [
             TritonModel(url, s.model_name, t.triton_call_s, t.triton_load_s, key=key)
             for url in (s.triton_grpc or "").split(",")
-            if url
+            if url and leads
         ]
         server: ModelServer | None = (
             None if not replicas else replicas[0] if len(replicas) == 1 else ReplicaSet(replicas)
@@ -199,12 +223,22 @@ class Updater:
                 s.group,
                 commit_timeout_s=t.commit_s,
                 session_timeout_s=t.kafka_session_s,
+                share=(s.rank, s.world_size) if s.world_size > 1 else None,
             ),
             server=server,
             registry=Registry(s.pg_dsn, s.model_name, timeout_s=t.registry_s),
-            lease=WriterLease(s.pg_dsn, s.model_name, timeout_s=t.lease_s, poll_s=t.lease_poll_s),
+            lease=(
+                WriterLease(s.pg_dsn, s.model_name, timeout_s=t.lease_s, poll_s=t.lease_poll_s)
+                if leads
+                else NoLease()
+            ),
             clock=clock,
         )
+
+    @property
+    def leads(self) -> bool:
+        """Alone, or rank 0 of a group: the one that publishes."""
+        return self.settings.rank == 0
 
     @property
     def freshness_settled(self) -> bool:
@@ -245,14 +279,18 @@ class Updater:
         self.registry.reset_baseline()
         await self.registry.connect()
         self.registry.outbox.open()
-        self.release.publisher.remove_orphans()
+        if self.leads:
+            self.release.publisher.remove_orphans()
         if self.deltas is not None:
             # A writer before this one (a standby took over) may have written more since start-up.
             self.deltas.resume_from_log()
             # A hold a writer before this one put stays in force until this one's first version.
             self.release.adopt_hold()
         await self.ingest.start()
-        if not self._restore() and s.warm_start is not None:
+        if self.group is not None:
+            log.info("joining the training group as rank %d of %d at %s", s.rank, s.world_size, s.group_init)
+            await asyncio.to_thread(self.group.start)
+        if not await self._restore() and s.warm_start is not None:
             await asyncio.to_thread(self._warm_start, s.warm_start)
         await self.source.start()
         self.kafka.mark(True)
@@ -322,6 +360,8 @@ class Updater:
             await self.release.close(0)
             await self.lease.release()
             await self.registry.registry.stop()
+            if self.group is not None:
+                self.group.close()
         log.info("updater stopped: %d samples trained", self.learner.samples_trained)
 
     async def __aenter__(self) -> Updater:
@@ -391,6 +431,8 @@ class Updater:
 
     async def _take(self, ingested: Ingested) -> None:
         """One fetch's samples into the trainer's queue; then a checkpoint or a snapshot if due."""
+        if self._group_stopped:
+            return  # the group stopped at its last checkpoint: a restart reads these again
         s = self.settings
         self.holdout.extend(ingested.held_out)
         self._recent.extend(ingested.trained[-PARITY_SAMPLES:])
@@ -415,15 +457,52 @@ class Updater:
             self._dead.append(letter)
 
     async def _enqueue(self, samples: list[Sample]) -> None:
-        if samples:
+        if samples and self.group is not None:
+            await self.trainer.put(list(samples), self.source)  # encoded in the round that learns it
+        elif samples:
             batch = encode(samples, self.vocabs, self.settings.model.max_tokens)
             await self.trainer.put(batch, self.source)
 
-    async def _drain(self) -> None:
+    async def _drain(self, checkpoint: bool = False) -> Barrier | None:
+        """Everything consumed is learned. In a group, every rank comes to a barrier (one with a
+        checkpoint on every rank when ``checkpoint``) and the weights stand still until
+        :meth:`_release`; returns that barrier (one asked for meanwhile, to stop, if there was)."""
         await self._enqueue(self.batcher.flush())
-        await self.trainer.drain()
+        if not isinstance(self.trainer, GroupTrainer):
+            await self.trainer.drain()
+            return None
+        # A rank's wish to stop can bring a barrier while the queue took the last samples.
+        barrier = self.trainer.pending or self.trainer.request(checkpoint=checkpoint)
+        self._group_token = barrier.token
+        await self.trainer.arrive(self.positions)
+        return barrier
+
+    def _release(self) -> None:
+        if isinstance(self.trainer, GroupTrainer):
+            self.trainer.release()
+
+    async def _at_group_barrier(self) -> bool:
+        """(In a group) come to the barrier the leader asked for, if one waits: checkpoint there
+        when it says so, and stop after a stop barrier. True when one was passed."""
+        trainer = self.trainer
+        if not isinstance(trainer, GroupTrainer) or (barrier := trainer.pending) is None:
+            return False
+        await self._enqueue(self.batcher.flush())
+        await trainer.arrive(self.positions)
+        try:
+            if barrier.checkpoint:
+                self._group_token = barrier.token
+                await self._checkpoint()
+        finally:
+            trainer.release()
+        if barrier.stop:
+            self._group_stopped = True
+            self._stopping.set()
+        return True
 
     async def _maybe_snapshot(self, now: float) -> None:
+        if await self._at_group_barrier() or not self.leads:
+            return
         s = self.settings
         checkpoint_due = now - self._last_checkpoint >= s.checkpoint_interval_s
         trained_soon = self.learner.samples_trained + len(self.batcher) + self.trainer.queued_samples
@@ -459,23 +538,44 @@ class Updater:
         )
         if not (checkpoint_due or publish_due or delta_due or check_due):
             return
-        await self._drain()
-        if delta_due:
-            self._last_delta = now
-            self._cut_delta()
-        if check_due:
-            assert self.deltas is not None
-            holdout = await self._holdout()
-            await self.release.check(self.learner.model, self.vocabs, holdout, self.deltas.handed_seq)
-        if checkpoint_due:
-            await self._checkpoint()
-        trained_more = self.learner.samples_trained > self.release.samples_released
-        if publish_due and trained_more and self.release.submit(await self._snapshot()):
-            self._last_publish = now
+        barrier = await self._drain(checkpoint=checkpoint_due)
+        checkpoint_due = checkpoint_due or (barrier is not None and barrier.checkpoint)
+        try:
+            if delta_due:
+                self._last_delta = now
+                self._cut_delta()
+            if check_due:
+                assert self.deltas is not None
+                holdout = await self._holdout()
+                await self.release.check(self.learner.model, self.vocabs, holdout, self.deltas.handed_seq)
+            if checkpoint_due:
+                await self._checkpoint()
+            trained_more = self.learner.samples_trained > self.release.samples_released
+            if publish_due and trained_more and self.release.submit(await self._snapshot()):
+                self._last_publish = now
+        finally:
+            self._release()
+        if barrier is not None and barrier.stop:
+            self._group_stopped = True
+            self._stopping.set()
 
     async def _drain_and_checkpoint(self) -> None:
-        await self._drain()
-        await self._checkpoint()
+        if not isinstance(self.trainer, GroupTrainer):
+            await self._drain()
+            await self._checkpoint()
+            return
+        # A group stops together, at a last barrier with a checkpoint on every rank: this rank
+        # asks for it (rank 0 at once) and comes to each barrier until that one has passed.
+        trainer = self.trainer
+        while not self._group_stopped:
+            if trainer.pending is None:
+                if self.leads:
+                    self._group_token = trainer.request(checkpoint=True, stop=True).token
+                else:
+                    trainer.ask_stop()
+                    await trainer.while_training(asyncio.sleep(trainer.tick_s))
+                    continue
+            await self._at_group_barrier()
 
     def _deltas_every_version_has(self) -> int | None:
         """The newest delta each version in the repository includes; None while one of them
@@ -543,7 +643,18 @@ class Updater:
     async def _checkpoint(self) -> None:
         """Dead letters, then the checkpoint, then the Kafka commit: offsets never run ahead."""
         self._last_checkpoint = self.clock.monotonic()
-        if not await self._confirm_writer():
+        settled = await self._confirm_writer()
+        # A group's ranks all write at this barrier: rank 0 may not skip one, so it waits for
+        # the lease to settle (the others wait at the barrier meanwhile) or stops.
+        for _ in range(GROUP_LEASE_TRIES if self.group is not None and not settled else 0):
+            await asyncio.sleep(1.0)
+            if settled := await self._confirm_writer():
+                break
+        if not settled and self.group is not None:
+            raise FreshrankError(
+                "the writer lease stayed unsettled at a group checkpoint: stopping for a restart"
+            )
+        if not settled:
             log.warning("writer lease unsettled; the checkpoint waits for the next round")
             return
         # Durable in the outbox before the offsets that produced them are committed.
@@ -558,14 +669,22 @@ class Updater:
         counters = self._counters()
         store = self.checkpointer.store
         ingest_state = await self.ingest.state_capture()
+        group = self._group_part()
         seconds = await self.checkpointer.save(
-            lambda: self.state.capture(self.release.serving, counters, ingest_state, has_base=store.has_base),
+            lambda: {
+                **self.state.capture(self.release.serving, counters, ingest_state, has_base=store.has_base),
+                **group,
+            },
             after=self.state.saved,
         )
-        positions = self.positions
-        if positions:
+        positions = commit = self.positions
+        if self.group is not None:
+            # Committed offsets never run ahead of the checkpoint every rank holds: at a barrier
+            # every rank has written the one of the barrier before, whose offsets go now.
+            commit, self._group_committable = self._group_committable, positions
+        if commit:
             try:
-                await self.source.commit(positions)
+                await self.source.commit(commit)
             except DependencyError as exc:
                 log.warning("%s; the checkpoint holds the offsets, the next one commits again", exc)
                 self.kafka.mark(False, str(exc))
@@ -582,6 +701,16 @@ class Updater:
             "samples_trained": self.learner.samples_trained,
         }
         log.debug("checkpoint written in %.3f s at %s", seconds, positions)
+
+    def _group_part(self) -> dict[str, Any]:
+        """What a group checkpoint says of itself: whose it is and which barrier took it."""
+        s = self.settings
+        if self.group is None:
+            return {}
+        first = self.counters.checkpoints == 0 and not self._resumed
+        return {
+            "group": {"rank": s.rank, "world_size": s.world_size, "token": self._group_token, "first": first}
+        }
 
     def _counters(self) -> dict[str, int]:
         r = self.release.counters
@@ -607,12 +736,15 @@ class Updater:
         self.holdout.extend(warm.held_out)
         self._warm = warm.to_dict()
 
-    def _restore(self) -> bool:
+    async def _restore(self) -> bool:
         """Resume from the checkpoint; False when there is none."""
-        saved = self.checkpointer.load()
+        saved = self.checkpointer.load() if self.group is None else await self._group_checkpoint()
         if saved is None:
             return False
         serving, counters = self.state.restore(saved)
+        self._resumed = True
+        if self.group is not None:
+            self._group_committable = self.positions  # every rank holds this one
         self.release.serving = serving
         self.counters = Counters(counters.get("checkpoints", 0))
         self.trainer.pauses = counters.get("backpressure_pauses", 0)
@@ -631,6 +763,55 @@ class Updater:
         )
         return True
 
+    async def _group_checkpoint(self) -> dict[str, Any] | None:
+        """The newest checkpoint every rank of the group holds (each keeps its last two: a crash
+        between two ranks' writes leaves some one ahead), or None when none has one."""
+        assert self.group is not None
+        s, store = self.settings, self.checkpointer.store
+        mine: list[str] = []  # tokens, newest first; START: this rank's history reaches the start
+        first = True  # no checkpoint, or the oldest kept is this rank's first
+        for previous in (False, True):
+            peeked = store.peek(previous)
+            if peeked is None:
+                continue
+            part = peeked.get("group") or {}
+            if (part.get("rank"), part.get("world_size")) != (s.rank, s.world_size):
+                raise ConfigError(
+                    f"expected a checkpoint of rank {s.rank} of {s.world_size} in {store.directory}, found "
+                    + (
+                        f"rank {part.get('rank')} of {part.get('world_size')}"
+                        if part
+                        else "one of an updater alone"
+                    )
+                    + " (start with the --world-size and --rank it was made with, or an empty --state-dir)"
+                )
+            mine.append(part["token"])
+            first = bool(part.get("first"))
+        if first:
+            mine.append(START)
+        every = await asyncio.to_thread(self.group.gather, mine)
+        common = [t for t in every[0] if all(t in tokens for tokens in every)]
+        if not common:
+            raise FreshrankError(
+                f"the group's checkpoints have no state in common (tokens per rank: {every}); "
+                "start every rank from an empty --state-dir"
+            )
+        if common[0] == START:
+            if mine != [START]:
+                # This rank wrote the group's first checkpoint and another did not (its offsets
+                # were never committed: see _checkpoint): the group begins again.
+                log.warning("the group starts from the beginning: not every rank wrote its first checkpoint")
+                store.clear()
+            return None
+        previous = mine.index(common[0]) == 1
+        saved = store.load(previous=previous)
+        if previous:
+            log.warning(
+                "resuming from the checkpoint before the last: the group's other ranks did not write the last"
+            )
+            store.adopt_previous()
+        return saved
+
     # ----------------------------------------------------------------- status
 
     def status(self) -> dict[str, Any]:
@@ -640,7 +821,7 @@ class Updater:
         return collect(self)
 
     def _write_status(self) -> None:
-        if self.lease.token is None or self._fenced:
+        if self._fenced or (self.leads and self.lease.token is None):
             return  # a standby (or a fenced writer) must not overwrite the writer's status file
         write_status(self.settings.state_dir / STATUS_FILE, self._status())
 

@@ -25,6 +25,7 @@ from rankcore.holdout import DEFAULT_HOLDOUT_EVERY, DEFAULT_MEASURE_EVERY, DEFAU
 from rankcore.model import RankerConfig
 from updater.batcher import DEFAULT_BATCH_SIZE, DEFAULT_MAX_WAIT_S
 from updater.clean import DEFAULT_DEDUP_CAPACITY
+from updater.group import DEFAULT_GROUP_TIMEOUT_S
 from updater.ingest_workers import DEFAULT_ANSWER_S
 from updater.joiner import DEFAULT_MAX_PENDING, DEFAULT_WINDOW_MS
 from updater.learner import DEFAULT_DENSE_LR, DEFAULT_SPARSE_LR
@@ -83,6 +84,11 @@ class Timeouts:
     triton_watch_s: float = _knob(DEFAULT_WATCH_S, "interval between checks of what Triton serves")
     probe_settle_s: float = _knob(
         DEFAULT_PROBE_SETTLE_S, "after a load, how long to wait for the new version to answer"
+    )
+    group_s: float = _knob(
+        DEFAULT_GROUP_TIMEOUT_S,
+        "one round of the training group (--world-size): a rank that does not answer within it "
+        "fails the group",
     )
     ingest_s: float = _knob(
         DEFAULT_ANSWER_S,
@@ -169,6 +175,21 @@ class UpdaterSettings:
         "process); one a free core, up to the partitions",
         metavar="N",
     )
+    world_size: int = _knob(
+        1,
+        "updaters that train this model together, in lockstep over torch.distributed: each "
+        "consumes the partitions p of --topic with p mod N = its --rank",
+        metavar="N",
+    )
+    rank: int = _knob(
+        0, "this updater's place in the group (0 holds the writer lease and publishes)", metavar="R"
+    )
+    group_init: str = _knob(
+        "",
+        "where the group's updaters meet: a torch.distributed init method, tcp://HOST:PORT of "
+        "rank 0 (or file:///PATH on one host); needed with --world-size above 1",
+        metavar="URL",
+    )
     seed: int = _knob(0, "seed of the model's initial weights")
     sparse_lr: float = _knob(DEFAULT_SPARSE_LR, "learning rate of the embedding rows (SparseAdam)")
     dense_lr: float = _knob(DEFAULT_DENSE_LR, "learning rate of the dense layers (Adam)")
@@ -247,6 +268,26 @@ class UpdaterSettings:
         if not isinstance(self.holdout_every, int) or self.holdout_every < 0 or self.holdout_every == 1:
             raise ConfigError(
                 f"expected holdout_every to be 0 (off) or an integer >= 2, got {self.holdout_every!r}"
+            )
+        for name in ("world_size", "rank"):
+            value = getattr(self, name)
+            if (
+                not isinstance(value, int)
+                or isinstance(value, bool)
+                or value < (1 if name == "world_size" else 0)
+            ):
+                raise ConfigError(
+                    f"expected {name} to be an integer >= {int(name == 'world_size')}, got {value!r}"
+                )
+        if self.rank >= self.world_size:
+            raise ConfigError(f"expected rank < world_size, got rank {self.rank} of {self.world_size}")
+        if self.world_size > 1 and self.warm_start is not None:
+            raise ConfigError(
+                "expected no --warm-start with --world-size above 1 (not supported in a group yet)"
+            )
+        if self.world_size > 1 and not self.group_init:
+            raise ConfigError(
+                "expected --group-init (where the group's updaters meet) with --world-size above 1"
             )
         workers = self.ingest_workers
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:

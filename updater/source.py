@@ -90,10 +90,15 @@ class KafkaSource:
         max_partition_fetch_bytes: int = 4 << 20,
         commit_timeout_s: float = DEFAULT_COMMIT_TIMEOUT_S,
         session_timeout_s: float = DEFAULT_SESSION_TIMEOUT_S,
+        share: tuple[int, int] | None = None,
     ) -> None:
         if not topics:
             raise ValueError("expected at least one topic to consume")
         self.topics = tuple(topics)
+        # A training group's rank (rank, world size): partitions are assigned by hand, p of the
+        # first topic when p mod world size = rank, and every partition of the others (the
+        # catalogue every rank joins with), committed by rank 0 alone.
+        self.share = share
         self.bootstrap = bootstrap
         self.commit_timeout_s = commit_timeout_s
         self.positions = positions
@@ -119,7 +124,29 @@ class KafkaSource:
         except KafkaError as exc:
             raise DependencyError(f"Kafka at {self.bootstrap}: {type(exc).__name__}: {exc}") from exc
         self._started = True
-        self.consumer.subscribe(list(self.topics), listener=_SeekToState(self))
+        if self.share is None:
+            self.consumer.subscribe(list(self.topics), listener=_SeekToState(self))
+            return
+        rank, world = self.share
+        try:
+            await self.consumer.topics()  # the partitions' metadata
+        except KafkaError as exc:
+            raise DependencyError(f"Kafka at {self.bootstrap}: {type(exc).__name__}: {exc}") from exc
+        assigned = []
+        for k, topic in enumerate(self.topics):
+            partitions = sorted(self.consumer.partitions_for_topic(topic) or ())
+            if not partitions and not k:
+                raise DependencyError(f"Kafka topic {topic!r} has no partitions (does it exist?)")
+            if not partitions:
+                log.warning("Kafka topic %r does not exist: none of it is read until a restart", topic)
+            assigned += [TopicPartition(topic, p) for p in partitions if k or p % world == rank]
+        self.consumer.assign(assigned)
+        positions = self.positions()
+        for tp in assigned:
+            offset = positions.get(offset_key(tp))
+            if offset is not None:
+                self.consumer.seek(tp, offset)
+        log.info("partitions assigned to rank %d of %d: %s", rank, world, sorted(map(str, assigned)))
 
     async def stop(self) -> None:
         if self._started:
@@ -181,6 +208,8 @@ class KafkaSource:
         commits again, and a restart seeks to the checkpoint, not to the committed offsets.
         """
         assigned = self.consumer.assignment()
+        if self.share is not None and self.share[0] != 0:
+            assigned = {tp for tp in assigned if tp.topic == self.topics[0]}  # rank 0 commits the rest
         todo = {
             tp: OffsetAndMetadata(off, "")
             for tp, off in ((parse_offset_key(k), v) for k, v in offsets.items())

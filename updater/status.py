@@ -15,6 +15,7 @@ import orjson
 
 from exporter.fleet import ReplicaSet
 from rankcore.text import TextEncoder
+from updater.group import GroupTrainer
 from updater.ingest_workers import IngestWorkers
 
 if TYPE_CHECKING:
@@ -80,6 +81,9 @@ class Status:
     # awaited, stalled), and the stalled ones by name (empty: ingest runs in this process).
     ingest_workers: list[dict[str, Any]] = field(default_factory=list)
     ingest_stalled: list[str] = field(default_factory=list)
+    # With --world-size above 1: this rank, its rounds, and (past a sixth of --timeout-group-s
+    # in one round) "stalled", naming the ranks whose last round is behind this one's.
+    group: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -136,6 +140,11 @@ def collect(u: Updater) -> Status:
         replicas=r.server.replicas() if isinstance(r.server, ReplicaSet) else [],
         ingest_workers=u.ingest.describe() if isinstance(u.ingest, IngestWorkers) else [],
         ingest_stalled=u.ingest.stalled() if isinstance(u.ingest, IngestWorkers) else [],
+        group=(
+            u.trainer.describe(u.settings.timeouts.group_s / 6)
+            if isinstance(u.trainer, GroupTrainer)
+            else None
+        ),
         registry_outbox=u.registry.to_dict(),
         vocab_sizes=u.vocabs.sizes(),
         vocab_evictions=u.vocabs.evictions(),

@@ -14,10 +14,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from rankcore.errors import TrainingFailed
 from rankcore.features import Batch
+from rankcore.sample import Sample
 from updater.learner import Learner
 
 DEFAULT_PAUSE_AFTER_S = 0.5
@@ -35,6 +36,11 @@ class Impressions:
     batch: Batch
 
 
+# An encoded batch; or, for a rank of a training group (updater/group.py), its samples, encoded
+# in the round that learns them; or impressions to score.
+Job = Batch | list[Sample] | Impressions
+
+
 class Trainer:
     def __init__(
         self,
@@ -48,7 +54,7 @@ class Trainer:
         self.pause_after_s = pause_after_s
         self.pauses = 0
         self.queued_samples = 0  # in batches waiting to be learned
-        self._queue: asyncio.Queue[Batch | Impressions] = asyncio.Queue(maxsize=queue_batches)
+        self._queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=queue_batches)
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> asyncio.Task[None]:
@@ -73,15 +79,17 @@ class Trainer:
             job = await self._queue.get()
             if isinstance(job, Impressions):
                 await asyncio.to_thread(self.learner.expect, job.batch)
+            elif not isinstance(job, Batch):
+                raise TypeError(f"expected an encoded batch, got {type(job).__name__}")
             else:
                 await asyncio.to_thread(self.learner.learn, job)
                 self.queued_samples -= len(job)
                 self.on_learned(job)
             self._queue.task_done()
 
-    async def put(self, batch: Batch | Impressions, source: Pausable | None = None) -> None:
+    async def put(self, batch: Job, source: Pausable | None = None) -> None:
         """Queue ``batch``; while the trainer is behind, wait, and past ``pause_after_s`` pause ``source``."""
-        samples = len(batch) if isinstance(batch, Batch) else 0
+        samples = 0 if isinstance(batch, Impressions) else len(batch)
         if not self._queue.full():
             self._queue.put_nowait(batch)
             self.queued_samples += samples
@@ -104,7 +112,7 @@ class Trainer:
         """Return once every queued batch is learned; :class:`TrainingFailed` if the trainer died."""
         await self.while_training(self._queue.join())
 
-    async def while_training(self, waiting: Awaitable[None], timeout_s: float | None = None) -> bool:
+    async def while_training(self, waiting: Awaitable[Any], timeout_s: float | None = None) -> bool:
         """Await ``waiting`` unless the trainer dies first (then nothing may be checkpointed).
 
         False when ``timeout_s`` passed first; ``waiting`` then goes on and can be awaited again.

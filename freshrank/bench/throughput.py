@@ -26,6 +26,9 @@ import io
 import math
 import os
 import pstats
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -49,6 +52,7 @@ from updater.learner import Learner
 from updater.service import Updater
 from updater.settings import UpdaterSettings
 from updater.source import ensure_topic
+from updater.status import read_status
 
 RATE = 2_000  # simulated events/s: sets how dense requests and actions are in stream time
 DURATION_S = 150  # of stream time: about 300k events
@@ -208,6 +212,87 @@ async def updater_run(
     }
 
 
+def _launch_group(
+    stack: EmbeddedStack, topic: str, states: list[Path], logs: Path
+) -> list[subprocess.Popen[bytes]]:
+    a, world = stack.addresses, len(states)
+    init = f"tcp://127.0.0.1:{free_port()}"
+    logs.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for rank in range(world):
+        cmd = [
+            sys.executable, "-m", "freshrank.cli", "updater", "--bootstrap", a.bootstrap,
+            "--pg-dsn", a.pg_dsn, "--model-repository", a.repository, "--state-dir", str(states[rank]),
+            "--topic", topic, "--group", f"bench-{topic}", "--publish-interval", str(NO_EXPORTS_S),
+            "--holdout-every", "0", "--world-size", str(world), "--rank", str(rank), "--group-init", init,
+        ]  # fmt: skip
+        with open(logs / f"rank{rank}.log", "wb") as log:
+            procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
+    return procs
+
+
+async def group_run(
+    stack: EmbeddedStack, topic: str, root: Path, target: int, progress: Progress, world: int = 2
+) -> dict[str, Any]:
+    """A training group of ``world`` updaters (``--world-size``), each its own process as in
+    production, timed from the first record either consumes to the last sample learned (read
+    off their status files, written every second: the figure is good to about a second)."""
+    states = [root / f"rank{r}" for r in range(world)]
+    procs = _launch_group(stack, topic, states, root)
+    watched = [psutil.Process(p.pid) for p in procs]
+
+    def statuses() -> list[dict[str, Any]]:
+        for p in procs:
+            if p.poll() is not None:
+                tail = (root / "rank0.log").read_text()[-2000:]
+                raise RuntimeError(f"a rank of the group exited with {p.returncode}: {tail}")
+        return [read_status(d / "status.json") for d in states]
+
+    try:
+        joined = time.monotonic()
+        for _ in range(6000):  # the clock starts with the first record consumed, as above
+            if any(int(s.get("events_consumed") or 0) for s in statuses()):
+                break
+            await asyncio.sleep(0.05)
+        started = time.monotonic()
+        cpu0 = [_cpu(w) for w in watched]
+        learned, last_report = 0, started
+        while learned < target:
+            await asyncio.sleep(0.05)
+            learned = sum(int(s.get("samples_trained") or 0) for s in statuses())
+            now = time.monotonic()
+            if now - last_report > 5:
+                last_report = now
+                progress(f"  {learned:,}/{target:,} samples")
+            if now - started > 300:
+                raise RuntimeError(f"the group learned {learned} of {target} in 300 s")
+        elapsed = time.monotonic() - started
+        cpu_s = [round(_cpu(w) - c, 2) for w, c in zip(watched, cpu0, strict=True)]
+        final = statuses()
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    per_rank = [int(s.get("samples_trained") or 0) for s in final]
+    return {
+        "world_size": world,
+        "samples": learned,
+        "samples_per_rank": per_rank,
+        "group_join_s": round(started - joined, 2),
+        "seconds": round(elapsed, 3),
+        "samples_per_s": round(learned / elapsed, 1),
+        "cpu_s_per_rank": cpu_s,
+        "samples_per_cpu_s": round(learned / sum(cpu_s), 1) if sum(cpu_s) else None,
+        "rounds_per_rank": [(s.get("group") or {}).get("rounds") for s in final],
+        "dead_letters": sum(int(s.get("dead_letters") or 0) for s in final),
+    }
+
+
 def _cpu(process: psutil.Process) -> float:
     times = process.cpu_times()
     return float(times.user + times.system)
@@ -310,6 +395,20 @@ def run(out: Path, progress: Progress) -> dict[str, Any]:
                         f"updater {name.replace('_', ' ')}: {run_result['samples_per_s']:,.0f} samples/s "
                         f"= {run_result['ratio_to_bare']:.2f} of the bare loop"
                     )
+                # Two updaters training together (--world-size 2), each its own process.
+                name, topic = "without_exports_group_of_2", "throughput-group"
+                await ensure_topic(stack.addresses.bootstrap, topic, partitions=PARTITIONS)
+                progress(f"producing {len(events):,} events to {topic}")
+                await produce_all(stack.addresses.bootstrap, topic, events)
+                progress("a training group of 2 updaters")
+                group = await group_run(stack, topic, root / name, target, progress)
+                group["ratio_to_bare"] = round(group["samples_per_s"] / bare["samples_per_s"], 3)
+                result[name] = group
+                progress(
+                    f"group of 2: {group['samples_per_s']:,.0f} samples/s = {group['ratio_to_bare']:.2f} "
+                    f"of the bare loop (per rank {group['samples_per_rank']}, "
+                    f"CPU-s {group['cpu_s_per_rank']})"
+                )
 
     asyncio.run(services())
     progress("profiling the consumer path (clean, join, encode) without Kafka")

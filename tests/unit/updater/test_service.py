@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from exporter.records import Serving
-from rankcore.errors import ConfigError, DependencyError, LeaseLost, TrainingFailed
+from rankcore.errors import ConfigError, DependencyError, FreshrankError, LeaseLost, TrainingFailed
 from tests.unit.updater.fakes import (
     FakeRegistry,
     InMemorySource,
@@ -374,3 +374,64 @@ async def test_impressions_are_scored_on_arrival_and_a_restart_can_turn_it_off(t
     again, *_ = build(tmp_path, values, measure_every=0)
     async with again:
         assert not again.learner.metrics.expecting  # every sample counts again
+
+
+class CannedGroup:
+    """A group whose other rank holds ``theirs``: what ``_group_checkpoint`` gathers."""
+
+    def __init__(self, theirs: list[str]) -> None:
+        self.theirs = theirs
+
+    def gather(self, mine: list[str]) -> list[list[str]]:
+        return [mine, self.theirs]
+
+
+def group_checkpoint(
+    store: CheckpointStore, token: str, step: int, rank: int = 0, first: bool = False
+) -> None:
+    store.save({"step": step, "group": {"rank": rank, "world_size": 2, "token": token, "first": first}})
+
+
+async def test_a_group_rank_resumes_from_the_newest_checkpoint_every_rank_holds(tmp_path: Path) -> None:
+    updater, *_ = build(tmp_path, world_size=2, rank=0, group_init="file:///unused")
+    store = updater.checkpointer.store
+    assert store.keep_previous
+    group_checkpoint(store, "t1", 1, first=True)
+    group_checkpoint(store, "t2", 2)  # the other rank died before it wrote its own t2
+    updater.group = CannedGroup(["t1", "t0"])  # type: ignore[assignment]
+    saved = await updater._group_checkpoint()
+    assert saved is not None and saved["step"] == 1
+    assert store.peek()["step"] == 1 and store.peek(previous=True) is None  # type: ignore[index]
+    updater.group = CannedGroup(["t1"])  # type: ignore[assignment]
+    assert (await updater._group_checkpoint())["step"] == 1  # type: ignore[index]
+    updater.group = CannedGroup(["t9"])  # type: ignore[assignment]
+    with pytest.raises(FreshrankError, match="no state in common"):
+        await updater._group_checkpoint()
+    group_checkpoint(store, "t3", 3)
+    group_checkpoint(
+        store, "t4", 4
+    )  # the first (t1) is gone: this rank's history no longer reaches the start
+    updater.group = CannedGroup([""])  # type: ignore[assignment]
+    with pytest.raises(FreshrankError, match="no state in common"):
+        await updater._group_checkpoint()
+
+
+async def test_a_group_starts_again_when_one_rank_missed_the_first_checkpoint(tmp_path: Path) -> None:
+    updater, *_ = build(tmp_path, world_size=2, rank=1, group_init="file:///unused")
+    updater.group = CannedGroup([""])  # type: ignore[assignment]
+    assert await updater._group_checkpoint() is None  # no rank has one: a first start
+    store = updater.checkpointer.store
+    group_checkpoint(store, "t1", 1, rank=1, first=True)  # this rank's first; the other died first
+    assert await updater._group_checkpoint() is None
+    assert store.peek() is None and not list((tmp_path / "state").glob("tables-*"))
+    group_checkpoint(store, "t1", 1, rank=1, first=True)
+    updater.group = CannedGroup(["t1", ""])  # type: ignore[assignment]
+    assert (await updater._group_checkpoint())["step"] == 1  # type: ignore[index]
+
+
+async def test_a_lone_updaters_checkpoint_is_not_a_group_ranks(tmp_path: Path) -> None:
+    updater, *_ = build(tmp_path, world_size=2, rank=1, group_init="file:///unused")
+    updater.group = CannedGroup([""])  # type: ignore[assignment]
+    CheckpointStore(tmp_path / "state").save({"step": 5})  # an updater's alone
+    with pytest.raises(ConfigError, match=r"rank 1 of 2 .* found one of an updater alone"):
+        await updater._group_checkpoint()
