@@ -64,6 +64,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         poison_at_s=args.poison_at,
         poison_for_s=args.poison_for,
         ingest_workers=args.ingest_workers,
+        workers=args.workers,
     )
     out = sys.stderr if args.json else sys.stdout
     if not args.verbose:
@@ -729,6 +730,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         metavar="N",
         help="processes that decode, clean and join the events, by partition (default 0: in the updater)",
+    )
+    up.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="updaters training the model together (a training group, --world-size N): rank 0 in "
+        "this process, the others as processes of their own (default 1)",
     )
     up.add_argument(
         "--publish-interval",

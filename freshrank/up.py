@@ -7,6 +7,8 @@ import contextlib
 import logging
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,11 +26,13 @@ from freshrank.stack import (
     DEFAULT_TRITON_HTTP_PORT,
     LOOPBACK_HOSTS,
     EmbeddedStack,
+    free_port,
 )
 from rankcore.errors import ConfigError
 from updater.service import Updater
 from updater.settings import DEFAULT_ITEMS_TOPIC, DEFAULT_PUBLISH_INTERVAL_S, DEFAULT_TOPIC, UpdaterSettings
 from updater.source import ensure_topic
+from updater.status import STATUS_FILE, read_status
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +60,19 @@ class UpOptions:
     poison_at_s: float = 0.0
     poison_for_s: float = 0.0
     ingest_workers: int = 0
+    # Updaters in a training group (--world-size): rank 0 here, ranks 1.. as `freshrank updater`
+    # processes with state directories of their own.
+    workers: int = 1
+
+
+def _wait(proc: subprocess.Popen[bytes], timeout_s: float) -> int | None:
+    """``proc``'s exit status, or None when it had to be killed after ``timeout_s``."""
+    try:
+        return proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return None
 
 
 def fresh_state_dir(path: Path) -> None:
@@ -72,7 +89,38 @@ def fresh_state_dir(path: Path) -> None:
     (path / STATE_MARKER).write_text("freshrank up state; deleted and recreated by each 'freshrank up'\n")
 
 
-def _summary(updater: Updater, produced: ProduceStats, served: int | None, started: float) -> dict[str, Any]:
+def _rank_command(settings: UpdaterSettings, rank: int, state_dir: Path) -> list[str]:
+    """``freshrank updater`` for another rank of the group rank 0 (``settings``) leads."""
+    s = settings
+    return [
+        sys.executable, "-m", "freshrank.cli", "updater", "--bootstrap", s.bootstrap, "--pg-dsn", s.pg_dsn,
+        "--model-repository", str(s.repository), "--state-dir", str(state_dir), "--topic", s.topic,
+        "--items-topic", s.items_topic, "--ingest-workers", str(s.ingest_workers),
+        "--world-size", str(s.world_size), "--rank", str(rank), "--group-init", s.group_init,
+    ]  # fmt: skip
+
+
+def _start_rank(settings: UpdaterSettings, rank: int, state: Path) -> subprocess.Popen[bytes]:
+    """Another rank of the group as a process, its log in ``updater-<rank>.log``."""
+    with open(state / f"updater-{rank}.log", "wb") as log_file:
+        return subprocess.Popen(
+            _rank_command(settings, rank, state / f"updater-{rank}"),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _group_trained(state: Path, ranks: int) -> int:
+    """Samples the other ranks have learned, from their status files."""
+    return sum(
+        int(read_status(state / f"updater-{r}" / STATUS_FILE).get("samples_trained") or 0)
+        for r in range(1, ranks)
+    )
+
+
+def _summary(
+    updater: Updater, produced: ProduceStats, served: int | None, started: float, others: int = 0
+) -> dict[str, Any]:
     status = updater.status()
     elapsed = time.monotonic() - started
     keys = (
@@ -100,7 +148,11 @@ def _summary(updater: Updater, produced: ProduceStats, served: int | None, start
     out["served_version"] = served
     out["events_produced"] = produced.events
     out["duration_s"] = round(elapsed, 1)
-    out["samples_trained_per_s"] = round(status["samples_trained"] / elapsed, 1) if elapsed else None
+    if updater.group is not None:
+        # The group's samples: rank 0's here, the other ranks' from their status files.
+        out["samples_trained"] = status["samples_trained"] + others
+        out["samples_trained_by_rank_0"] = status["samples_trained"]
+    out["samples_trained_per_s"] = round(out["samples_trained"] / elapsed, 1) if elapsed else None
     return out
 
 
@@ -144,9 +196,15 @@ async def run_up(
                 items_topic=ITEMS_TOPIC,
                 publish_interval_s=opts.publish_interval_s,
                 ingest_workers=opts.ingest_workers,
+                world_size=opts.workers,
+                group_init=f"tcp://127.0.0.1:{free_port()}" if opts.workers > 1 else "",
             )
             updater = Updater.from_settings(settings)
             sim_task: asyncio.Task[ProduceStats] | None = None
+            # The group's other ranks, each a process; they stop with rank 0 (at its last
+            # checkpoint barrier) and a dead one fails rank 0's next round.
+            ranks = [_start_rank(settings, r, state) for r in range(1, opts.workers)]
+            others = lambda: _group_trained(state, opts.workers)  # noqa: E731
             try:
                 await updater.start()
                 if opts.simulator:
@@ -176,7 +234,7 @@ async def run_up(
                         if sim_task is not None and sim_task.done():
                             sim_task.result()  # raises if the simulator failed
                         if progress is not None:
-                            progress(_summary(updater, produced, updater.served_version, started))
+                            progress(_summary(updater, produced, updater.served_version, started, others()))
                         with contextlib.suppress(TimeoutError):
                             async with asyncio.timeout(1.0):
                                 await stop.wait()
@@ -192,9 +250,12 @@ async def run_up(
                     await sim_task
             finally:
                 await updater.stop()
+                for proc in ranks:
+                    if await asyncio.to_thread(_wait, proc, 60) is None:
+                        log.error("rank process %d did not stop within 60 s; killed", proc.pid)
             async with TritonModel(addr.triton_grpc) as triton:
                 served = await triton.served_version()
-            return _summary(updater, produced, served, started)
+            return _summary(updater, produced, served, started, others())
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

@@ -120,3 +120,48 @@ def test_up_runs_the_loop_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     assert [flag for flag, port in ports.items() if port_open(port)] == []
     # No half-written version left behind.
     assert not list((state / "model_repository" / "ranker").glob(".tmp-*"))
+
+
+def test_up_with_two_workers_trains_as_a_group_and_stops_them_with_it(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    ports = [free_port(), free_port(), free_port()]
+    up = subprocess.run(
+        [
+            *FRESHRANK,
+            "up",
+            "--json",
+            "--duration",
+            "45",
+            "--rate",
+            "1000",
+            "--publish-interval",
+            "5",
+            "--workers",
+            "2",
+            "--state-dir",
+            str(state),
+            "--kafka-port",
+            str(ports[0]),
+            "--triton-http-port",
+            str(ports[1]),
+            "--triton-grpc-port",
+            str(ports[2]),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        check=False,
+    )
+    assert up.returncode == 0, up.stderr[-3000:]
+    summary = json.loads(up.stdout)
+    other = json.loads((state / "updater-1" / "status.json").read_text())
+    rank_0 = summary["samples_trained_by_rank_0"]
+    # Both ranks learned their own partitions' samples; the summary counts the group's.
+    assert rank_0 > 0 and other["samples_trained"] > 0
+    assert summary["samples_trained"] == rank_0 + other["samples_trained"]
+    assert other["group"]["rank"] == 1 and other["group"]["world_size"] == 2
+    assert summary["served_version"] is not None and summary["served_version"] == summary["live_version"]
+    # The other rank stopped with rank 0 at the group's last checkpoint, and nothing listens any more.
+    assert "updater stopped" in (state / "updater-1.log").read_text()
+    assert [port for port in ports if port_open(port)] == []
