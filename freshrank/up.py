@@ -89,13 +89,15 @@ def fresh_state_dir(path: Path) -> None:
     (path / STATE_MARKER).write_text("freshrank up state; deleted and recreated by each 'freshrank up'\n")
 
 
-def _rank_command(settings: UpdaterSettings, rank: int, state_dir: Path) -> list[str]:
-    """``freshrank updater`` for another rank of the group rank 0 (``settings``) leads."""
+def rank_command(settings: UpdaterSettings, rank: int, state_dir: Path) -> list[str]:
+    """``freshrank updater`` as rank ``rank`` of the group ``settings`` describe (their stream,
+    consumer group, cadence and holdout; the rest at their defaults)."""
     s = settings
     return [
         sys.executable, "-m", "freshrank.cli", "updater", "--bootstrap", s.bootstrap, "--pg-dsn", s.pg_dsn,
         "--model-repository", str(s.repository), "--state-dir", str(state_dir), "--topic", s.topic,
-        "--items-topic", s.items_topic, "--ingest-workers", str(s.ingest_workers),
+        "--items-topic", s.items_topic, "--group", s.group, "--ingest-workers", str(s.ingest_workers),
+        "--publish-interval", str(s.publish_interval_s), "--holdout-every", str(s.holdout_every),
         "--world-size", str(s.world_size), "--rank", str(rank), "--group-init", s.group_init,
     ]  # fmt: skip
 
@@ -104,7 +106,7 @@ def _start_rank(settings: UpdaterSettings, rank: int, state: Path) -> subprocess
     """Another rank of the group as a process, its log in ``updater-<rank>.log``."""
     with open(state / f"updater-{rank}.log", "wb") as log_file:
         return subprocess.Popen(
-            _rank_command(settings, rank, state / f"updater-{rank}"),
+            rank_command(settings, rank, state / f"updater-{rank}"),
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )

@@ -115,12 +115,12 @@ class CheckpointStore:
             tables: dict[str, Any] = torch.load(self.directory / name, map_location="cpu", weights_only=False)
             tables.pop("format", None)
             state[TABLES] = tables
+        # (The previous one's base needs no name here: the next save moves this one into its
+        # place, and adopt_previous() reads it from the file.)
         if previous:
             self.previous_tables_file = name
         else:
             self.tables_file = name
-            if self.keep_previous and self.previous.exists():
-                self.previous_tables_file = (self.peek(True) or {}).get(TABLES_FILE)
         return state
 
     def peek(self, previous: bool = False) -> dict[str, Any] | None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import logging
 import threading
 import time
 import uuid
@@ -41,6 +42,8 @@ from rankcore.model import Ranker
 from rankcore.sample import Sample
 from updater.learner import Learner
 from updater.trainer import DEFAULT_PAUSE_AFTER_S, Impressions, Job, Trainer
+
+log = logging.getLogger(__name__)
 
 DEFAULT_GROUP_TIMEOUT_S = 60.0
 ROUND_KEY = "freshrank/round/"
@@ -121,7 +124,8 @@ class TrainingGroup:
                 return
             try:
                 store.set(f"{BEAT_KEY}{self.rank}", repr(time.time()))
-            except RuntimeError:  # the store (rank 0) is gone: the next round fails on its own
+            except RuntimeError as exc:  # the store (rank 0) is gone: the next round fails on its own
+                log.warning("the group's heartbeat stopped: %s", exc)
                 return
 
     def late(self, round_number: int) -> list[int]:

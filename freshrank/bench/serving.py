@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import psutil
@@ -253,15 +253,18 @@ def request_columns(rng: random.Random, candidates: int = CANDIDATES) -> dict[st
 
 
 class CpuMeter:
-    """CPU seconds of this process and of Triton's process tree across a window."""
+    """CPU seconds of this process and of Triton's process tree across a window (this process
+    alone without ``triton_pid``: what a load-generator process measures of itself)."""
 
-    def __init__(self, triton_pid: int) -> None:
+    def __init__(self, triton_pid: int | None) -> None:
         self.me = psutil.Process()
-        self.triton = psutil.Process(triton_pid)
+        self.triton = psutil.Process(triton_pid) if triton_pid is not None else None
 
     def _triton_cpu(self) -> dict[int, float]:
         """CPU seconds per process of Triton's tree; pid 0 holds what its exited children used."""
         seen: dict[int, float] = {}
+        if self.triton is None:
+            return seen
         for p in [self.triton, *self.triton.children(recursive=True)]:
             try:
                 t = p.cpu_times()
@@ -316,33 +319,12 @@ def http_infer_factory(url: str) -> Callable[[], tuple[Infer, Callable[[], None]
     return make
 
 
-class SelfMeter:
-    """CPU seconds of this process alone: what a load-generator process measures of itself."""
-
-    def __init__(self) -> None:
-        self.me = psutil.Process()
-
-    def start(self) -> None:
-        t = self.me.cpu_times()
-        self._me0, self._wall0 = t.user + t.system, time.perf_counter()
-
-    def stop(self) -> dict[str, float]:
-        t = self.me.cpu_times()
-        wall = time.perf_counter() - self._wall0
-        return {"client_cores": round((t.user + t.system - self._me0) / wall, 2), "triton_cores": 0.0}
-
-
-class Meter(Protocol):
-    def start(self) -> None: ...
-    def stop(self) -> dict[str, float]: ...
-
-
 def _closed_loop_window(
     make: Callable[[], tuple[Infer, Callable[[], None]]],
     pool: list[dict[str, np.ndarray]],
     concurrency: int,
     duration_s: float,
-    meter: Meter,
+    meter: CpuMeter,
     ready: Callable[[], None] | None = None,
 ) -> tuple[list[float], int, float, dict[str, float]]:
     """``concurrency`` threads, each sending its next request as soon as the last one returns.
@@ -422,7 +404,7 @@ def _generator_process(
     """One load-generator process (spawned): a closed loop of its own, measured on its own CPU."""
     try:
         latencies, errors, wall, cpu = _closed_loop_window(
-            FACTORIES[protocol](url), pool, concurrency, duration_s, SelfMeter(), barrier.wait
+            FACTORIES[protocol](url), pool, concurrency, duration_s, CpuMeter(None), barrier.wait
         )
         answer.send((latencies, errors, wall, cpu["client_cores"]))
     except BaseException as exc:

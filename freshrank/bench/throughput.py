@@ -28,7 +28,6 @@ import os
 import pstats
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -42,6 +41,7 @@ from aiokafka.partitioner import murmur2
 from freshrank.bench.common import Progress, labelled, labelled_records
 from freshrank.simulator import SimulatorConfig, encode_event, generate
 from freshrank.stack import EmbeddedStack, free_port
+from freshrank.up import rank_command
 from rankcore.features import Vocabularies, encode
 from rankcore.holdout import DEFAULT_MEASURE_EVERY
 from rankcore.model import RankerConfig
@@ -215,19 +215,26 @@ async def updater_run(
 def _launch_group(
     stack: EmbeddedStack, topic: str, states: list[Path], logs: Path
 ) -> list[subprocess.Popen[bytes]]:
-    a, world = stack.addresses, len(states)
-    init = f"tcp://127.0.0.1:{free_port()}"
+    a = stack.addresses
+    settings = UpdaterSettings(
+        bootstrap=a.bootstrap,
+        pg_dsn=a.pg_dsn,
+        repository=Path(a.repository),
+        state_dir=states[0],
+        topic=topic,
+        group=f"bench-{topic}",
+        publish_interval_s=NO_EXPORTS_S,
+        holdout_every=0,  # every sample trained, so the counts match the bare loop's
+        world_size=len(states),
+        group_init=f"tcp://127.0.0.1:{free_port()}",
+    )
     logs.mkdir(parents=True, exist_ok=True)
     procs = []
-    for rank in range(world):
-        cmd = [
-            sys.executable, "-m", "freshrank.cli", "updater", "--bootstrap", a.bootstrap,
-            "--pg-dsn", a.pg_dsn, "--model-repository", a.repository, "--state-dir", str(states[rank]),
-            "--topic", topic, "--group", f"bench-{topic}", "--publish-interval", str(NO_EXPORTS_S),
-            "--holdout-every", "0", "--world-size", str(world), "--rank", str(rank), "--group-init", init,
-        ]  # fmt: skip
+    for rank, state in enumerate(states):
         with open(logs / f"rank{rank}.log", "wb") as log:
-            procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
+            procs.append(
+                subprocess.Popen(rank_command(settings, rank, state), stdout=log, stderr=subprocess.STDOUT)
+            )
     return procs
 
 
