@@ -22,6 +22,17 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
+# From Debian, for the tests: chromium draws the live dashboard in a real headless browser,
+# promtool checks the committed Prometheus configuration (deploy/prometheus/).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+$(VENV)/.installed-debian: | $(BIN)/python
+	@if ! command -v chromium > /dev/null || ! command -v promtool > /dev/null; then \
+		echo "installing chromium and prometheus (promtool) from Debian" >&2; \
+		$(SUDO) apt-get update -q > /dev/null && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends chromium prometheus > /dev/null; \
+	fi
+	@touch $@
+
 $(VENV)/.installed-bench: pyproject.toml $(VENV)/.installed
 	$(BIN)/pip install --quiet -e '.[bench]'
 	touch $@
@@ -39,10 +50,10 @@ lint: $(VENV)/.installed-test
 unit: $(VENV)/.installed-test
 	$(BIN)/python -m pytest tests/unit -q
 
-e2e: $(VENV)/.installed-test
+e2e: $(VENV)/.installed-test $(VENV)/.installed-debian
 	$(BIN)/python -m pytest tests/e2e -q
 
-test: lint
+test: lint $(VENV)/.installed-debian
 	$(BIN)/python -m pytest -q -rs
 
 bench: $(VENV)/.installed-bench

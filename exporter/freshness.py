@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -23,7 +23,10 @@ class Freshness:
     it does not, they wait for a later version (:meth:`requeue`).
     """
 
-    def __init__(self, memory: int = FRESHNESS_MEMORY) -> None:
+    def __init__(
+        self, memory: int = FRESHNESS_MEMORY, on_served: Callable[[Sequence[float]], None] | None = None
+    ) -> None:
+        self._on_served = on_served
         self._pending: deque[int] = deque(maxlen=memory)
         # (action time, freshness) in seconds: percentiles of the second, benchmarks pick the
         # actions of a chosen period by the first.
@@ -46,7 +49,14 @@ class Freshness:
     def served(self, action_ts_ms: list[int], served_at: float) -> list[float]:
         fresh = [served_at - ts / 1000.0 for ts in action_ts_ms]
         self.by_action.extend((ts / 1000.0, f) for ts, f in zip(action_ts_ms, fresh, strict=True))
+        if self._on_served is not None and fresh:
+            self._on_served(fresh)
         return fresh
 
     def percentile(self, q: float) -> float | None:
         return percentile((f for _, f in self.by_action), q)
+
+    def percentiles(self, *qs: float) -> list[float | None]:
+        """Several percentiles of one pass over what was measured."""
+        arr = np.fromiter((f for _, f in self.by_action), dtype=np.float64, count=len(self.by_action))
+        return [float(v) for v in np.percentile(arr, qs)] if arr.size else [None] * len(qs)

@@ -28,10 +28,10 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from exporter.check import check_parity
 from exporter.delta import DELTA_DIR, DeltaLog
@@ -55,6 +55,44 @@ DEFAULT_CLOSE_TIMEOUT_S = 60.0
 # After a load that moves to another version, Triton can answer with the old one for a moment
 # while it swaps; the probe asks again until the expected version answers, this long at most.
 DEFAULT_PROBE_SETTLE_S = 5.0
+# Release events kept for the timeline (status, the dashboard): versions live, rejected, rolled
+# back, failed; holds put and lifted.
+TIMELINE_LENGTH = 200
+
+
+class ReleaseObserver(Protocol):
+    """Told how long each stage of a release took and how fresh what it served was (the
+    updater's Prometheus histograms)."""
+
+    def stage_took(self, stage: str, seconds: float) -> None:
+        """``stage``: export (ONNX, parity, version directory), gate (candidate against live),
+        load (the server answering with it), check (the served state between versions)."""
+
+    def served_fresh(self, seconds: Sequence[float]) -> None:
+        """Seconds from each action to the first answer of a state that learned it."""
+
+
+class _Unobserved:
+    def stage_took(self, stage: str, seconds: float) -> None:
+        pass
+
+    def served_fresh(self, seconds: Sequence[float]) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class TimelineEntry:
+    """One event of the release cycle at ``at`` (epoch seconds): an outcome's kind (live,
+    published, rejected, rolled_back, failed) or ``hold`` / ``hold_lifted``."""
+
+    at: float
+    kind: str
+    version: int | None
+    served: int | None = None
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -157,8 +195,10 @@ class ReleaseManager:
         probe_settle_s: float = DEFAULT_PROBE_SETTLE_S,
         clock: Callable[[], float] = time.time,
         deltas: DeltaLog | None = None,
+        observer: ReleaseObserver | None = None,
     ) -> None:
         self.publisher = publisher
+        self.observer: ReleaseObserver = observer or _Unobserved()
         # Deltas flow between versions (the log they go to, also where holds are written): a
         # state judged worse, or a rejected candidate, holds serving at the last state that passed.
         self.deltas = deltas
@@ -179,7 +219,8 @@ class ReleaseManager:
         self.probe_settle_s = probe_settle_s
         self.clock = clock
         self.health = Health("triton")
-        self.freshness = Freshness()
+        self.freshness = Freshness(on_served=self.observer.served_fresh)
+        self.timeline: deque[TimelineEntry] = deque(maxlen=TIMELINE_LENGTH)
         self.counters = ReleaseCounters()
         self.serving = Serving()
         self.served_version: int | None = None
@@ -299,6 +340,8 @@ class ReleaseManager:
                 finally:
                     self._releasing = False
                 self.last_outcome = outcome
+                if outcome.kind != "skipped":
+                    self._note(outcome.kind, outcome.version, outcome.served, outcome.reason)
                 if outcome.kind not in ("skipped", "failed"):
                     self.samples_released = max(self.samples_released, snapshot.samples_trained)
                 if self._fenced:
@@ -345,6 +388,7 @@ class ReleaseManager:
         live = (self.live.model, self.live.vocabs) if self.live is not None else None
         self.judged_at = time.monotonic()
         verdict = await asyncio.to_thread(judge, snap.model, snap.vocabs, live, snap.holdout, self.gate)
+        self.observer.stage_took("gate", time.monotonic() - self.judged_at)
         metrics.update(verdict.metrics)
         if self.live is not None and "live_holdout_auc" in verdict.metrics:
             # With deltas flowing serving has the candidate's state, not the live version's weights.
@@ -361,6 +405,7 @@ class ReleaseManager:
         except CheckFailed as exc:
             return self._reject(snap, version, metrics, str(exc))
         metrics.update(export_s=round(built.export_s, 3), parity_max_abs_diff=built.parity)
+        self.observer.stage_took("export", built.export_s)
         published = built.published
         self.sink.record(
             AddVersion(
@@ -470,6 +515,7 @@ class ReleaseManager:
         self.judged_at = time.monotonic()
         settings = check_settings(self.gate)
         verdict = await asyncio.to_thread(judge, model, vocabs, (live.model, live.vocabs), holdout, settings)
+        self.observer.stage_took("check", time.monotonic() - self.judged_at)
         self.counters.checks += 1
         self.last_check = {"seq": seq, "at": self.clock(), "reason": verdict.reason, **verdict.metrics}
         # What serves now on the latest window: this state, or the version as cut while held.
@@ -526,6 +572,7 @@ class ReleaseManager:
             return
         self.held = self.last_hold = Hold(live.version, upto, reason, by, self.clock())
         self.counters.holds += 1
+        self._note("hold", live.version, reason=reason)
         log.warning("serving held at version %d delta %d: %s", live.version, upto, reason)
 
     async def _release_hold(self) -> None:
@@ -537,7 +584,13 @@ class ReleaseManager:
             log.warning("could not lift the hold on serving: %s", exc)
             return
         log.info("serving follows the deltas again (hold at delta %d lifted)", self.held.upto)
+        self._note("hold_lifted", self.held.version)
         self.held = None
+
+    def _note(
+        self, kind: str, version: int | None, served: int | None = None, reason: str | None = None
+    ) -> None:
+        self.timeline.append(TimelineEntry(self.clock(), kind, version, served, reason))
 
     def _served_holdout(self, version: int, metrics: dict[str, Any], prefix: str) -> None:
         self.served_holdout = {
@@ -693,6 +746,7 @@ class ReleaseManager:
         async with self._lock:
             config = self.publisher.config_text()
             load_s = await self.server.load(version=version, config_text=config, delta=delta)
+            self.observer.stage_took("load", load_s)
             deadline = time.monotonic() + self.probe_settle_s
             while True:
                 served = await self.server.probe()

@@ -13,10 +13,17 @@ from typing import Any
 import orjson
 
 from exporter.publish import MODEL_NAME
-from freshrank.stack import DEFAULT_KAFKA_PORT, DEFAULT_TRITON_GRPC_PORT, DEFAULT_TRITON_HTTP_PORT
+from freshrank.progress import Bars
+from freshrank.stack import (
+    DEFAULT_KAFKA_PORT,
+    DEFAULT_TRITON_GRPC_PORT,
+    DEFAULT_TRITON_HTTP_PORT,
+    DEFAULT_TRITON_METRICS_PORT,
+)
 from rankcore.errors import FreshrankError
 from updater.settings import DEFAULT_ITEMS_TOPIC, DEFAULT_PUBLISH_INTERVAL_S, DEFAULT_STATE_DIR, DEFAULT_TOPIC
 from updater.settings import add_arguments as add_updater_arguments
+from updater.web import DEFAULT_METRICS_PORT
 
 
 def _dump(obj: Any) -> str:
@@ -59,6 +66,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         kafka_port=args.kafka_port,
         triton_http_port=args.triton_http_port,
         triton_grpc_port=args.triton_grpc_port,
+        triton_metrics_port=args.triton_metrics_port,
+        metrics_port=args.metrics_port,
         listen_host=args.listen_host,
         publish_interval_s=args.publish_interval,
         poison_at_s=args.poison_at,
@@ -77,6 +86,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"triton    http {addr['triton_http']}  grpc {addr['triton_grpc']}", file=out)
         print(f"postgres  {addr['pg_dsn']}", file=out)
         print(f"models    {addr['repository']}", file=out)
+        print(f"dashboard {addr['dashboard']}", file=out)
+        print(f"metrics   {addr['metrics']}  triton {addr['triton_metrics']}", file=out)
         print(
             "stop with Ctrl-C" + (f" (or after {args.duration:.0f} s)" if args.duration else ""),
             file=out,
@@ -122,6 +133,26 @@ def _dump_tasks() -> None:
     sys.stderr.flush()
 
 
+class _WarmBar:
+    """The warm start's bar: megabytes of the file read, its own :class:`Bars` while it runs
+    (the updater's log lines go to stderr around it afterwards)."""
+
+    def __init__(self, size_bytes: int) -> None:
+        self._bars = Bars()
+        self._bars.__enter__()
+        self._bar = self._bars.add("warm start", total=size_bytes / 1e6, unit="MB")
+
+    def advance(self, n: float) -> None:
+        self._bar.advance(n / 1e6)
+
+    def close(self) -> None:
+        self._bars.__exit__(None, None, None)
+
+
+def _warm_bar(size_bytes: int) -> _WarmBar:
+    return _WarmBar(size_bytes)
+
+
 def cmd_updater(args: argparse.Namespace) -> int:
     from updater.service import Updater
     from updater.settings import from_arguments
@@ -132,6 +163,7 @@ def cmd_updater(args: argparse.Namespace) -> int:
         import signal
 
         updater = Updater.from_settings(settings)
+        updater.warm_progress = _warm_bar
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, updater.request_stop)
@@ -217,8 +249,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from freshrank.replay import (
         complete_journey_events,
         diginetica_events,
-        fit_speedup,
         load_complete_journey,
+        plan_replay,
         produce_replay,
     )
     from rankcore.errors import ConfigError
@@ -253,7 +285,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     _one_destination(args)
     # A dry pass in original time: the speedup at which the log takes --rate events/s.
-    speedup = fit_speedup(convert(int(time.time() * 1000), 1.0), args.rate)
+    speedup, total = plan_replay(convert(int(time.time() * 1000), 1.0), args.rate)
     if args.to_file is not None:
         from freshrank.simulator import write_events
 
@@ -269,9 +301,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        stats = await produce_replay(
-            args.bootstrap, args.topic, lambda start_ms: convert(start_ms, speedup), args.rate, stop=stop
-        )
+        with Bars(quiet=args.json) as bars:
+            bar = bars.add(f"replaying {args.dataset} to {args.topic}", total=total)
+            stats = await produce_replay(
+                args.bootstrap,
+                args.topic,
+                lambda start_ms: convert(start_ms, speedup),
+                args.rate,
+                stop=stop,
+                on_progress=lambda s: bar.update(s.events),
+            )
         return {
             "dataset": args.dataset,
             "events": stats.events,
@@ -479,8 +518,11 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
                 producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
                 try:
                     await producer.start()
-                    for letter in letters:
-                        await producer.send_and_wait(args.topic, value=letter["raw"], key=letter["key"])
+                    with Bars(quiet=args.json) as bars:
+                        bar = bars.add(f"replaying to {args.topic}", total=len(letters), unit="letters")
+                        for letter in letters:
+                            await producer.send_and_wait(args.topic, value=letter["raw"], key=letter["key"])
+                            bar.advance()
                 finally:
                     await producer.stop()
                 await registry.mark_replayed([int(letter["id"]) for letter in letters])
@@ -677,7 +719,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from freshrank.bench.runner import run
 
-    result = run(args.name, args.out, quiet=False)
+    result = run(args.name, args.out, quiet=args.json)
     if args.json:
         print(_dump(result))
     else:
@@ -718,6 +760,14 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--kafka-port", type=int, default=DEFAULT_KAFKA_PORT)
     up.add_argument("--triton-http-port", type=int, default=DEFAULT_TRITON_HTTP_PORT)
     up.add_argument("--triton-grpc-port", type=int, default=DEFAULT_TRITON_GRPC_PORT)
+    up.add_argument("--triton-metrics-port", type=int, default=DEFAULT_TRITON_METRICS_PORT)
+    up.add_argument(
+        "--metrics-port",
+        type=int,
+        default=DEFAULT_METRICS_PORT,
+        help=f"the updater's Prometheus metrics and live dashboard (default {DEFAULT_METRICS_PORT}; "
+        "0: a free port)",
+    )
     up.add_argument(
         "--listen-host",
         default="127.0.0.1",

@@ -585,6 +585,11 @@ def fit_speedup(events: Iterable[dict[str, Any]], rate: float) -> float:
 
     Paced by their timestamps, the events then arrive at about ``rate`` on average.
     """
+    return plan_replay(events, rate)[0]
+
+
+def plan_replay(events: Iterable[dict[str, Any]], rate: float) -> tuple[float, int]:
+    """:func:`fit_speedup` and how many events there are (one pass)."""
     if rate <= 0:
         raise ConfigError(f"expected a positive rate, got {rate!r}")
     count, first, last = 0, None, 0
@@ -593,8 +598,8 @@ def fit_speedup(events: Iterable[dict[str, Any]], rate: float) -> float:
         first = event["ts"] if first is None else first
         last = max(last, event["ts"])
     if first is None or last == first:
-        return 1.0
-    return (last - first) / (count / rate * 1000)
+        return 1.0, count
+    return (last - first) / (count / rate * 1000), count
 
 
 # --------------------------------------------------------------------------- Kafka
@@ -614,6 +619,7 @@ async def produce_replay(
     rate: float,
     stop: asyncio.Event | None = None,
     progress_every_s: float = 5.0,
+    on_progress: Callable[[ReplayStats], None] | None = None,
 ) -> ReplayStats:
     """Produce ``make_events(now_ms)`` to Kafka, each event once its timestamp has come.
 
@@ -650,6 +656,8 @@ async def produce_replay(
             stats.events += len(batch)
             # Every request has exactly one impression at position 0.
             stats.requests += sum(1 for e in batch if e["type"] == "impression" and e["position"] == 0)
+            if on_progress is not None and batch:
+                on_progress(stats)
             if time.monotonic() - last_report >= progress_every_s:
                 last_report = time.monotonic()
                 behind_s = (now_ms - batch[-1]["ts"]) / 1000 if batch else 0.0

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 DEFAULT_KAFKA_PORT = 9092
 DEFAULT_TRITON_HTTP_PORT = 8000
 DEFAULT_TRITON_GRPC_PORT = 8001
+DEFAULT_TRITON_METRICS_PORT = 8002
 DEFAULT_HOST = "127.0.0.1"
 STARTUP_TIMEOUT_S = 90.0
 WILDCARD_HOSTS = ("0.0.0.0", "::")
@@ -257,10 +258,14 @@ class Triton:
         grpc_port: int = DEFAULT_TRITON_GRPC_PORT,
         ort_threads: int = 1,
         host: str = DEFAULT_HOST,
+        metrics_port: int = 0,
     ) -> None:
         self.host = host
         self.http_port = http_port
         self.grpc_port = grpc_port
+        # Prometheus text at /metrics (request counts, queue and compute times per model); 0 picks
+        # a free port.
+        self.metrics_port = metrics_port or free_port()
         self.repository = repository.resolve()
         self.state_dir = state_dir.resolve()
         self.ort_threads = ort_threads
@@ -288,6 +293,10 @@ class Triton:
     @property
     def grpc_url(self) -> str:
         return host_port(client_host(self.host), self.grpc_port)
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{host_port(client_host(self.host), self.metrics_port)}/metrics"
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -321,8 +330,12 @@ class Triton:
             f"--http-port={self.http_port}",
             f"--grpc-address={self.host}",
             f"--grpc-port={self.grpc_port}",
-            "--allow-metrics=false",
-            f"--metrics-address={self.host}",  # in case metrics are ever turned on
+            # Triton's own Prometheus endpoint, on the same host as the rest (no GPU metrics: the
+            # pip build runs on the CPU).
+            "--allow-metrics=true",
+            "--allow-gpu-metrics=false",
+            f"--metrics-address={self.host}",
+            f"--metrics-port={self.metrics_port}",
             "--exit-on-error=false",
             "--strict-readiness=false",
             "--log-verbose=0",
@@ -331,7 +344,7 @@ class Triton:
 
     def start(self) -> None:
         dial = client_host(self.host)
-        for port in (self.http_port, self.grpc_port):
+        for port in (self.http_port, self.grpc_port, self.metrics_port):
             if port_open(port, dial):
                 raise DependencyError(f"expected port {port} to be free for Triton, but it is in use")
         if self.process is not None:
@@ -359,6 +372,7 @@ class StackAddresses:
     pg_dsn: str
     triton_http: str
     triton_grpc: str
+    triton_metrics: str
     repository: str
 
 
@@ -380,13 +394,21 @@ class EmbeddedStack:
         triton_grpc_port: int = DEFAULT_TRITON_GRPC_PORT,
         host: str = DEFAULT_HOST,
         advertised_host: str | None = None,
+        triton_metrics_port: int = 0,
     ) -> None:
         self.state_dir = state_dir.resolve()
         self.repository = self.state_dir / "model_repository"
         self.host = host
         self.broker = Broker(self.state_dir, kafka_port, host, advertised_host)
         self.postgres = Postgres(self.state_dir)
-        self.triton = Triton(self.state_dir, self.repository, triton_http_port, triton_grpc_port, host=host)
+        self.triton = Triton(
+            self.state_dir,
+            self.repository,
+            triton_http_port,
+            triton_grpc_port,
+            host=host,
+            metrics_port=triton_metrics_port,
+        )
         self._started: list[Broker | Postgres | Triton] = []
 
     @property
@@ -396,6 +418,7 @@ class EmbeddedStack:
             pg_dsn=self.postgres.dsn,
             triton_http=self.triton.http_url,
             triton_grpc=self.triton.grpc_url,
+            triton_metrics=self.triton.metrics_url,
             repository=str(self.repository),
         )
 

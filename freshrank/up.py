@@ -24,6 +24,7 @@ from freshrank.stack import (
     DEFAULT_KAFKA_PORT,
     DEFAULT_TRITON_GRPC_PORT,
     DEFAULT_TRITON_HTTP_PORT,
+    DEFAULT_TRITON_METRICS_PORT,
     LOOPBACK_HOSTS,
     EmbeddedStack,
     free_port,
@@ -33,6 +34,7 @@ from updater.service import Updater
 from updater.settings import DEFAULT_ITEMS_TOPIC, DEFAULT_PUBLISH_INTERVAL_S, DEFAULT_TOPIC, UpdaterSettings
 from updater.source import ensure_topic
 from updater.status import STATUS_FILE, read_status
+from updater.web import DEFAULT_METRICS_PORT
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,9 @@ class UpOptions:
     kafka_port: int = DEFAULT_KAFKA_PORT
     triton_http_port: int = DEFAULT_TRITON_HTTP_PORT
     triton_grpc_port: int = DEFAULT_TRITON_GRPC_PORT
+    triton_metrics_port: int = DEFAULT_TRITON_METRICS_PORT
+    # The updater's /metrics and dashboard, on loopback (0: a free port).
+    metrics_port: int = DEFAULT_METRICS_PORT
     # Where the broker and Triton listen: loopback unless asked (e.g. "0.0.0.0" for every interface).
     listen_host: str = DEFAULT_HOST
     publish_interval_s: float = DEFAULT_PUBLISH_INTERVAL_S
@@ -89,9 +94,10 @@ def fresh_state_dir(path: Path) -> None:
     (path / STATE_MARKER).write_text("freshrank up state; deleted and recreated by each 'freshrank up'\n")
 
 
-def rank_command(settings: UpdaterSettings, rank: int, state_dir: Path) -> list[str]:
+def rank_command(settings: UpdaterSettings, rank: int, state_dir: Path, metrics_port: int = 0) -> list[str]:
     """``freshrank updater`` as rank ``rank`` of the group ``settings`` describe (their stream,
-    consumer group, cadence and holdout; the rest at their defaults)."""
+    consumer group, cadence and holdout; the rest at their defaults), its metrics on
+    ``metrics_port`` (0: off)."""
     s = settings
     return [
         sys.executable, "-m", "freshrank.cli", "updater", "--bootstrap", s.bootstrap, "--pg-dsn", s.pg_dsn,
@@ -99,14 +105,16 @@ def rank_command(settings: UpdaterSettings, rank: int, state_dir: Path) -> list[
         "--items-topic", s.items_topic, "--group", s.group, "--ingest-workers", str(s.ingest_workers),
         "--publish-interval", str(s.publish_interval_s), "--holdout-every", str(s.holdout_every),
         "--world-size", str(s.world_size), "--rank", str(rank), "--group-init", s.group_init,
+        "--metrics-host", s.metrics_host, "--metrics-port", str(metrics_port),
     ]  # fmt: skip
 
 
 def _start_rank(settings: UpdaterSettings, rank: int, state: Path) -> subprocess.Popen[bytes]:
-    """Another rank of the group as a process, its log in ``updater-<rank>.log``."""
+    """Another rank of the group as a process, its log in ``updater-<rank>.log``, its metrics
+    on a free port (in the log)."""
     with open(state / f"updater-{rank}.log", "wb") as log_file:
         return subprocess.Popen(
-            rank_command(settings, rank, state / f"updater-{rank}"),
+            rank_command(settings, rank, state / f"updater-{rank}", metrics_port=free_port()),
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )
@@ -171,8 +179,14 @@ async def run_up(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     stack = EmbeddedStack(
-        state, opts.kafka_port, opts.triton_http_port, opts.triton_grpc_port, host=opts.listen_host
+        state,
+        opts.kafka_port,
+        opts.triton_http_port,
+        opts.triton_grpc_port,
+        host=opts.listen_host,
+        triton_metrics_port=opts.triton_metrics_port,
     )
+    metrics_port = opts.metrics_port or free_port()
     if opts.listen_host not in LOOPBACK_HOSTS:
         log.warning(
             "the broker and Triton (model control included) listen on %s, without authentication",
@@ -183,9 +197,13 @@ async def run_up(
     try:
         async with stack:
             addr = stack.addresses
-            (state / STACK_FILE).write_bytes(orjson.dumps(addr.__dict__, option=orjson.OPT_INDENT_2))
+            # The updater's endpoint stays on loopback whatever --listen-host says: its dashboard
+            # and metrics are for this machine (a scraper elsewhere: `freshrank updater --metrics-host`).
+            web = f"http://127.0.0.1:{metrics_port}/"
+            ready = {**addr.__dict__, "dashboard": web, "metrics": f"{web}metrics"}
+            (state / STACK_FILE).write_bytes(orjson.dumps(ready, option=orjson.OPT_INDENT_2))
             if on_ready is not None:
-                on_ready(addr.__dict__)
+                on_ready(ready)
             await ensure_topic(addr.bootstrap, TOPIC, PARTITIONS)
             await ensure_topic(addr.bootstrap, ITEMS_TOPIC, PARTITIONS)
             settings = UpdaterSettings(
@@ -200,6 +218,7 @@ async def run_up(
                 ingest_workers=opts.ingest_workers,
                 world_size=opts.workers,
                 group_init=f"tcp://127.0.0.1:{free_port()}" if opts.workers > 1 else "",
+                metrics_port=metrics_port,
             )
             updater = Updater.from_settings(settings)
             sim_task: asyncio.Task[ProduceStats] | None = None

@@ -12,7 +12,11 @@ Tasks, each owned by the :class:`~updater.supervisor.Supervisor`:
 - ``train``: the :class:`~updater.trainer.Trainer`'s task;
 - ``release``: the release manager's task (gate, export, publish, load, reconcile);
 - ``registry-flush``: :class:`~updater.registry_sync.RegistrySync` applies the outbox;
-- ``report``: writes ``status.json`` once a second.
+- ``report``: writes ``status.json`` once a second and adds a point to the dashboard's history.
+
+With ``--metrics-port`` (default 9468, on ``--metrics-host``, loopback by default) the same loop
+serves Prometheus metrics at ``/metrics`` and the live dashboard at ``/``
+(:class:`~updater.web.WebEndpoint`), from before the writer lease is held.
 
 A checkpoint writes the state to disk, and then, and only then, offsets are committed to Kafka.
 """
@@ -45,10 +49,12 @@ from rankcore.sample import Sample
 from updater.batcher import Batcher
 from updater.checkpoint import CheckpointStore
 from updater.group import START, Barrier, GroupTrainer, TrainingGroup, step_batch
+from updater.history import FRESHNESS_WINDOW_S, History, dashboard
 from updater.ingest import DeadLetter, Ingest, Ingested, RawRecord
 from updater.ingest_workers import IngestWorkers
 from updater.learner import Learner
 from updater.lease import NoLease, WriterLease
+from updater.metrics import UpdaterMetrics
 from updater.outbox import Outbox
 from updater.ports import Clock, EventSource, IngestStage, Lease, RegistryStore, SystemClock
 from updater.registry import Registry
@@ -59,7 +65,8 @@ from updater.state import Checkpointer, ModelState
 from updater.status import STATUS_FILE, Status, collect, write_status
 from updater.supervisor import Supervisor
 from updater.trainer import Impressions, Trainer
-from updater.warm import learn_history, read_lines
+from updater.warm import WarmProgress, learn_history, read_lines
+from updater.web import WebEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +139,14 @@ class Updater:
             on_serving=lambda serving: self.release.follow(serving),
             on_max_version=lambda version: self.release.raise_version_floor(version),
         )
+        # Counters and gauges read the status at each scrape; histograms are observed as they happen.
+        self.metrics = UpdaterMetrics(lambda: self._status() if self._holds_lease else None, self.clock.time)
+        self.history = History()
+        self.web = (
+            WebEndpoint(s.metrics_host, s.metrics_port, self.metrics.exposition, self._dashboard)
+            if s.metrics_port
+            else None
+        )
         publisher = Publisher(s.repository, model=s.model_name, keep=s.keep_versions)
         delta_log = (
             DeltaLog(publisher.model_dir / DELTA_DIR) if s.delta_interval_s > 0 and self.leads else None
@@ -147,6 +162,7 @@ class Updater:
             probe_settle_s=s.timeouts.probe_settle_s,
             clock=self.clock.time,
             deltas=delta_log,
+            observer=self.metrics,
         )
         # Between versions, the rows learned since the last delta (see exporter/delta.py).
         self.deltas: DeltaStream | None = None
@@ -199,6 +215,8 @@ class Updater:
         self._last_checkpoint = self.clock.monotonic()
         # What a warm start learned (``--warm-start``), recorded with every version cut since.
         self._warm: dict[str, Any] | None = None
+        # How the warm start shows its progress (set by the CLI: a bar on a terminal).
+        self.warm_progress: WarmProgress | None = None
         source.positions = lambda: self.ingest.positions
 
     @classmethod
@@ -269,6 +287,8 @@ class Updater:
         torch.set_num_threads(s.torch_threads)
         s.state_dir.mkdir(parents=True, exist_ok=True)
         log.info("updater starting (pid %d)", os.getpid())
+        if self.web is not None:
+            await self.web.start()
         await self.registry.connect()
         # One writer per model: a second updater waits here as a standby until the first is gone.
         if not await self.lease.wait(self._stopping):
@@ -362,6 +382,8 @@ class Updater:
             await self.registry.registry.stop()
             if self.group is not None:
                 self.group.close()
+            if self.web is not None:
+                await self.web.stop()
         log.info("updater stopped: %d samples trained", self.learner.samples_trained)
 
     async def __aenter__(self) -> Updater:
@@ -724,15 +746,22 @@ class Updater:
 
     def _warm_start(self, path: Path) -> None:
         s = self.settings
-        warm = learn_history(
-            read_lines(path),
-            self.learner,
-            self.vocabs,
-            source=str(path),
-            batch_size=s.batch_size,
-            window_ms=s.window_ms,
-            holdout_every=s.holdout_every,
-        )
+        lines = read_lines(path)
+        meter = self.warm_progress(path.stat().st_size) if self.warm_progress is not None else None
+        try:
+            warm = learn_history(
+                lines,
+                self.learner,
+                self.vocabs,
+                source=str(path),
+                batch_size=s.batch_size,
+                window_ms=s.window_ms,
+                holdout_every=s.holdout_every,
+                on_read=meter.advance if meter is not None else None,
+            )
+        finally:
+            if meter is not None:
+                meter.close()
         self.holdout.extend(warm.held_out)
         self._warm = warm.to_dict()
 
@@ -820,12 +849,22 @@ class Updater:
     def _status(self) -> Status:
         return collect(self)
 
-    def _write_status(self) -> None:
+    def _write_status(self) -> Status | None:
         if self._fenced or (self.leads and self.lease.token is None):
-            return  # a standby (or a fenced writer) must not overwrite the writer's status file
-        write_status(self.settings.state_dir / STATUS_FILE, self._status())
+            return None  # a standby (or a fenced writer) must not overwrite the writer's status file
+        status = self._status()
+        write_status(self.settings.state_dir / STATUS_FILE, status)
+        return status
+
+    def _dashboard(self) -> dict[str, Any]:
+        if not self._holds_lease:
+            return {"waiting": "standby: waiting for the writer lease"}
+        return dashboard(self._status(), self.history)
 
     async def _report(self) -> None:
         while True:
-            self._write_status()
+            status = self._write_status()
+            if status is not None:
+                since = status.updated_at - FRESHNESS_WINDOW_S
+                self.history.record(status, self.metrics.fresh_since(since))
             await asyncio.sleep(1.0)

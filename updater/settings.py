@@ -34,6 +34,7 @@ from updater.outbox import DEFAULT_MAX_BYTES
 from updater.registry import DEFAULT_TIMEOUT_S as DEFAULT_REGISTRY_TIMEOUT_S
 from updater.source import DEFAULT_COMMIT_TIMEOUT_S, DEFAULT_SESSION_TIMEOUT_S
 from updater.trainer import DEFAULT_PAUSE_AFTER_S
+from updater.web import DEFAULT_METRICS_HOST, DEFAULT_METRICS_PORT
 
 DEFAULT_STATE_DIR = Path(".freshrank")
 DEFAULT_UPDATER_STATE_DIR = DEFAULT_STATE_DIR / "updater"
@@ -190,6 +191,13 @@ class UpdaterSettings:
         "rank 0 (or file:///PATH on one host); needed with --world-size above 1",
         metavar="URL",
     )
+    metrics_host: str = _knob(
+        DEFAULT_METRICS_HOST,
+        "address of the Prometheus metrics (/metrics) and the live dashboard (/); loopback unless "
+        "asked (0.0.0.0: every interface, for a scraper on another host)",
+        metavar="HOST",
+    )
+    metrics_port: int = _knob(DEFAULT_METRICS_PORT, "port of the metrics and the dashboard (0: off)")
     seed: int = _knob(0, "seed of the model's initial weights")
     sparse_lr: float = _knob(DEFAULT_SPARSE_LR, "learning rate of the embedding rows (SparseAdam)")
     dense_lr: float = _knob(DEFAULT_DENSE_LR, "learning rate of the dense layers (Adam)")
@@ -279,6 +287,14 @@ class UpdaterSettings:
                 raise ConfigError(
                     f"expected {name} to be an integer >= {int(name == 'world_size')}, got {value!r}"
                 )
+        if (
+            isinstance(self.metrics_port, bool)
+            or not isinstance(self.metrics_port, int)
+            or not (0 <= self.metrics_port <= 65535)
+        ):
+            raise ConfigError(
+                f"expected metrics_port to be 0 (off) or a port number, got {self.metrics_port!r}"
+            )
         if self.rank >= self.world_size:
             raise ConfigError(f"expected rank < world_size, got rank {self.rank} of {self.world_size}")
         if self.world_size > 1 and self.warm_start is not None:

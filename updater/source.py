@@ -223,15 +223,18 @@ class KafkaSource:
         except (KafkaError, TimeoutError) as exc:
             raise DependencyError(f"Kafka offset commit: {type(exc).__name__}: {exc}") from exc
 
-    def lag(self) -> int | None:
-        """Records on the broker not yet consumed, from the last fetch's high watermarks."""
+    def lags(self) -> dict[str, int]:
+        """Records on the broker not yet consumed, by ``topic:partition``, from the last fetch's
+        high watermarks (a partition not fetched from since its assignment is left out)."""
         positions = self.positions()
-        total = 0
-        known = False
+        out = {}
         for tp in self.consumer.assignment():
             high = self.consumer.highwater(tp)
-            if high is None:
-                continue
-            known = True
-            total += max(0, high - positions.get(offset_key(tp), 0))
-        return total if known else None
+            if high is not None:
+                out[offset_key(tp)] = max(0, high - positions.get(offset_key(tp), 0))
+        return out
+
+    def lag(self) -> int | None:
+        """The sum of :meth:`lags`; None while no partition's is known."""
+        lags = self.lags()
+        return sum(lags.values()) if lags else None

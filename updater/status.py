@@ -49,6 +49,7 @@ class Status:
     served_holdout_auc: float | None
     freshness_p50_s: float | None
     freshness_p95_s: float | None
+    freshness_p99_s: float | None
     consumer_lag: int | None
     consumer_paused: bool
     pending_impressions: int
@@ -57,6 +58,10 @@ class Status:
     device: str
     writer_token: int | None
     dead_letters_by_reason: dict[str, int] = field(default_factory=dict)
+    # topic:partition -> records on the broker not yet consumed (the ones with a known watermark).
+    consumer_lag_by_partition: dict[str, int] = field(default_factory=dict)
+    # The release cycle's latest events, oldest first (exporter.release.TimelineEntry).
+    timeline: list[dict[str, Any]] = field(default_factory=list)
     dependencies: dict[str, dict[str, Any]] = field(default_factory=dict)
     serving: dict[str, Any] = field(default_factory=dict)
     last_rollback: dict[str, Any] = field(default_factory=dict)
@@ -97,6 +102,8 @@ def collect(u: Updater) -> Status:
     # the server serves a version this process did not build (one from before a restart).
     live = r.served_version if r.served_version is not None else (r.live.version if r.live else None)
     outcome = r.last_outcome
+    lags = u.source.lags() if u._holds_lease else {}
+    fresh = r.freshness.percentiles(50, 95, 99)
     return Status(
         updated_at=u.clock.time(),
         pid=os.getpid(),
@@ -119,9 +126,10 @@ def collect(u: Updater) -> Status:
         prequential_auc=_finite(m.auc()),
         prequential_logloss=_finite(m.logloss()),
         served_holdout_auc=r.served_holdout.get("auc"),
-        freshness_p50_s=r.freshness.percentile(50),
-        freshness_p95_s=r.freshness.percentile(95),
-        consumer_lag=u.source.lag() if u._holds_lease else None,
+        freshness_p50_s=fresh[0],
+        freshness_p95_s=fresh[1],
+        freshness_p99_s=fresh[2],
+        consumer_lag=sum(lags.values()) if lags else None,
         consumer_paused=u.source.paused,
         pending_impressions=u.ingest.pending,
         queue_batches=u.trainer.qsize(),
@@ -129,6 +137,8 @@ def collect(u: Updater) -> Status:
         device=str(u.learner.device),
         writer_token=u.lease.token,
         dead_letters_by_reason=dict(i.dead_letters_by_reason),
+        consumer_lag_by_partition=lags,
+        timeline=[e.to_dict() for e in r.timeline],
         dependencies={h.name: h.to_dict() for h in (u.kafka, u.registry.health, r.health)},
         serving={
             "mode": r.serving.mode,

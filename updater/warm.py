@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -34,6 +34,18 @@ from updater.learner import Learner
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY = 100_000
+READ_EVERY = 1_000  # lines between two calls of on_read
+
+
+class ReadMeter(Protocol):
+    """Told how much of the file was read (a progress bar's ``advance``), closed at the end."""
+
+    def advance(self, n: float) -> None: ...
+    def close(self) -> None: ...
+
+
+# Given the file's size in bytes, a meter for it (``freshrank updater`` draws a bar on a terminal).
+WarmProgress = Callable[[int], ReadMeter]
 
 
 @dataclass
@@ -78,18 +90,21 @@ def learn_history(
     window_ms: int,
     holdout_every: int,
     progress: Callable[[str], None] = log.info,
+    on_read: Callable[[int], None] | None = None,
 ) -> WarmStart:
     """Clean, join and learn ``lines`` (raw event values) in order; see the module docstring.
 
     Each event is judged at its own ``ts`` (a line without a usable one, at the last good
     time), so the join closes its windows as it would have live; the open windows are
-    drained at the end.
+    drained at the end. ``on_read`` gets the bytes read (with their line ends) every
+    :data:`READ_EVERY` lines and at the end.
     """
     started = time.perf_counter()
     ingest = Ingest(window_ms=window_ms, holdout_every=holdout_every)
     batcher = Batcher(batch_size)
     out = WarmStart(source)
     now_ms = 0
+    unread = 0
 
     def learn(samples: list[Sample]) -> None:
         for batch in batcher.add(samples, 0.0):
@@ -101,8 +116,14 @@ def learn_history(
         out.held_out.extend(ingested.held_out)
         learn(ingested.trained)
         out.events = offset + 1
+        unread += len(value) + 1
+        if on_read is not None and out.events % READ_EVERY == 0:
+            on_read(unread)
+            unread = 0
         if out.events % PROGRESS_EVERY == 0:
             progress(f"warm start: {out.events:,} events, {learner.samples_trained:,} samples learned")
+    if on_read is not None and unread:
+        on_read(unread)
     rest = ingest.drain()
     out.held_out.extend(rest.held_out)
     learn(rest.trained)

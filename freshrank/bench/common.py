@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from freshrank.progress import Bar, Bars
 from freshrank.simulator import encode_event
 from rankcore.model import RankerConfig
 from rankcore.sample import Sample
@@ -20,12 +21,17 @@ from updater.ingest import Ingest, Record
 
 
 class Progress:
-    """Timestamped progress lines on stderr, so long benchmarks show what they are doing."""
+    """Timestamped progress lines on stderr, so long benchmarks show what they are doing, and
+    bars (rate, time left) for their long loops when ``bars`` draws (a terminal, no --json)."""
 
-    def __init__(self, name: str, quiet: bool = False) -> None:
+    def __init__(self, name: str, quiet: bool = False, bars: Bars | None = None) -> None:
         self.name = name
         self.quiet = quiet
+        self.bars = bars or Bars(quiet=True)
         self.started = time.monotonic()
+
+    def bar(self, description: str, total: float | None, unit: str = "samples") -> Bar:
+        return self.bars.add(f"{self.name}: {description}", total=total, unit=unit)
 
     def __call__(self, message: str) -> None:
         if not self.quiet:

@@ -79,6 +79,7 @@ def _settings(
         topic=topic,
         group=f"bench-{topic}",
         publish_interval_s=publish_interval_s,
+        metrics_port=0,  # a bench measures; nothing scrapes it
     )
 
 

@@ -223,6 +223,7 @@ def replay(
     # Candidates are cut while the traffic lasts: after its last impression the stream's tail
     # is the remaining actions and then misses alone, which no running shop has.
     last_cut = START_MS + int(duration_s * 1000)
+    bar = progress.bar("candidates", (last_cut - START_MS) // interval_ms, unit="candidates")
     for now_ms, trained, held_out, open_held in stream(config, rate, duration_s):
         seen += trained
         seen += held_out
@@ -236,6 +237,7 @@ def replay(
             for rule in rules:
                 rule.release(candidate, window, next_cut)
             next_cut += interval_ms
+            bar.advance()
             if number % 30 == 0:
                 counts = (f"{r.name} rejected {r.rejected} rolled back {len(r.rollbacks)}" for r in rules)
                 progress(f"  {number} candidates, " + ", ".join(counts))

@@ -380,6 +380,7 @@ def run_online(
     total = len(samples) if learn is None else int(learn.sum())
     report = next_report = max(total // 4, 1)
     learned = 0
+    bar = progress.bar("learning", total)
     for step, rows in impression_schedule(impression_ms, known_ms, batch_size, learn):
         if step == "score":
             _score_rows(learner, samples, rows, vocabs, scores)
@@ -387,6 +388,7 @@ def run_online(
             continue
         learner.learn(encode([samples[r] for r in rows], vocabs, config.max_tokens))
         learned += len(rows)
+        bar.advance(len(rows))
         if learned >= next_report:
             progress(f"  {learned:,}/{total:,} samples learned")
             next_report += report
@@ -586,6 +588,7 @@ def run_river(
     subset = np.arange(0, len(samples), every)
     report = next_report = max(len(subset) // 4, 1)
     learned = 0
+    bar = progress.bar("river learning", len(subset))
     pending: dict[int, dict[str, float]] = {}
     for step, rows in impression_schedule(impression_ms[subset], known_ms[subset], 1):
         for n in subset[rows].tolist():
@@ -596,6 +599,7 @@ def run_river(
             else:
                 model.learn_one(pending.pop(n), bool(samples[n].label))
                 learned += 1
+                bar.advance()
                 if learned >= next_report:
                     progress(f"  {learned:,}/{len(subset):,}")
                     next_report += report

@@ -151,6 +151,7 @@ async def updater_run(
         holdout_every=0,  # every sample trained, so the counts match the bare loop's
         measure_every=measure_every,
         ingest_workers=ingest_workers,
+        metrics_port=0,  # a bench measures; nothing scrapes it
     )
     proc = psutil.Process()
     peak_rss = proc.memory_info().rss
@@ -227,6 +228,7 @@ def _launch_group(
         holdout_every=0,  # every sample trained, so the counts match the bare loop's
         world_size=len(states),
         group_init=f"tcp://127.0.0.1:{free_port()}",
+        metrics_port=0,
     )
     logs.mkdir(parents=True, exist_ok=True)
     procs = []

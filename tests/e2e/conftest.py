@@ -148,6 +148,7 @@ def settings_for(tmp_path: Path) -> Callable[..., UpdaterSettings]:
             window_ms=2_000,
             model=SMALL_MODEL,
             holdout_every=0,  # exact sample counts: nothing held out unless a test asks
+            metrics_port=0,  # a test that scrapes asks for a port
             **lane,
         )
         values.update(overrides)

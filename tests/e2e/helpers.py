@@ -84,7 +84,7 @@ def updater_command(target: EmbeddedStack | Lane, state_dir: Path, *extra: str) 
         sys.executable, "-m", "freshrank.cli", "updater",
         "--bootstrap", a.bootstrap, "--pg-dsn", dsn, "--model-repository", a.repository,
         "--triton-grpc", a.triton_grpc, "--state-dir", str(state_dir), "--holdout-every", "0",
-        *lane_args, *extra,
+        "--metrics-port", "0", *lane_args, *extra,
     ]  # fmt: skip
 
 

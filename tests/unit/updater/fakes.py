@@ -7,6 +7,7 @@ stop sequence; each can be made to fail the way the real adapter does (Dependenc
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ from rankcore.errors import DependencyError, LeaseLost, RejectedRequest
 from rankcore.model import RankerConfig
 from updater.ingest import Record
 from updater.settings import Timeouts, UpdaterSettings
+from updater.status import Status
 
 TINY = RankerConfig(
     user_capacity=64,
@@ -44,6 +46,7 @@ def settings(tmp: Path, **overrides: Any) -> UpdaterSettings:
         window_ms=1_000,
         model=TINY,
         holdout_every=0,
+        metrics_port=0,
         timeouts=Timeouts(fetch_ms=10, triton_watch_s=0.1, stop_s=5.0, export_stop_s=5.0, registry_s=1.0),
     )
     values.update(overrides)
@@ -142,6 +145,9 @@ class InMemorySource:
 
     def lag(self) -> int | None:
         return len(self.records) - self._next
+
+    def lags(self) -> dict[str, int]:
+        return {f"{self.topic}:0": len(self.records) - self._next}
 
     def behind(self) -> frozenset[str] | None:
         return frozenset({f"{self.topic}:0"}) if self._next < len(self.records) else frozenset()
@@ -285,3 +291,17 @@ class TinyServer:
 
     async def close(self) -> None:
         self.log.append("server.close")
+
+
+def blank_status(
+    t: float = 0.0, events: int = 0, dead: int = 0, trained: int = 0, **changes: object
+) -> Status:
+    """A status with the given counters and every other field empty (None, {} or [])."""
+    required = {
+        f.name: None
+        for f in dataclasses.fields(Status)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }
+    values = {**required, "updated_at": t, "events_consumed": events, "dead_letters": dead}
+    values.update(samples_trained=trained, consumer_paused=False, device="cpu", **changes)
+    return Status(**values)  # type: ignore[arg-type]

@@ -9,7 +9,7 @@ from rankcore.errors import ConfigError
 from rankcore.features import Vocabularies
 from rankcore.model import RankerConfig
 from updater.learner import Learner
-from updater.warm import learn_history, read_lines
+from updater.warm import READ_EVERY, learn_history, read_lines
 
 START = 1_700_000_000_000
 
@@ -23,6 +23,7 @@ def test_history_written_by_the_simulator_is_read_back_and_learned(tmp_path: Pat
     config = RankerConfig(user_capacity=4096, token_capacity=512, item_capacity=4096)
     learner = Learner(config, seed=0)
     said: list[str] = []
+    read: list[int] = []
     warm = learn_history(
         lines,
         learner,
@@ -32,8 +33,11 @@ def test_history_written_by_the_simulator_is_read_back_and_learned(tmp_path: Pat
         window_ms=10_000,
         holdout_every=10,
         progress=said.append,
+        on_read=read.append,
     )
     assert warm.events == len(events)
+    # The bar's measure: every byte of the file (each line with its end), in steps of READ_EVERY lines.
+    assert sum(read) == path.stat().st_size and len(read) == -(-len(events) // READ_EVERY)
     assert warm.samples_trained == learner.samples_trained > 1000
     assert warm.held_out and warm.dead_letters_by_reason  # the simulator's invalid events, by reason
     assert "learned" in said[-1]
