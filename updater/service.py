@@ -373,6 +373,9 @@ class Updater:
             self._write_status()
             await self.registry.flush_remaining(t.registry_s)
         finally:
+            # Scrapes stop before the parts they read are closed.
+            if self.web is not None:
+                await self.web.stop()
             # Nothing may write the shared state directory once the lease is released.
             await self.checkpointer.wait_idle()
             await self.ingest.close()
@@ -382,8 +385,6 @@ class Updater:
             await self.registry.registry.stop()
             if self.group is not None:
                 self.group.close()
-            if self.web is not None:
-                await self.web.stop()
         log.info("updater stopped: %d samples trained", self.learner.samples_trained)
 
     async def __aenter__(self) -> Updater:

@@ -6,7 +6,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,14 @@ class Progress:
         if not self.quiet:
             elapsed = time.monotonic() - self.started
             print(f"[{self.name} {elapsed:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def bar(progress: Callable[[str], None], description: str, total: float | None, unit: str = "samples") -> Bar:
+    """A bar of ``progress`` when it is a :class:`Progress`; one that draws nothing for any other
+    callable (the functions the benchmarks share also take a plain one)."""
+    if isinstance(progress, Progress):
+        return progress.bar(description, total, unit)
+    return Bars(quiet=True).add(description, total, unit)
 
 
 def percentiles(values: Iterable[float], qs: tuple[int, ...] = (50, 95, 99)) -> dict[str, float | None]:

@@ -45,6 +45,7 @@ import numpy as np
 
 from exporter.gate import GateSettings, judge, should_roll_back
 from freshrank.bench.common import Progress, percentiles
+from freshrank.bench.common import bar as progress_bar
 from freshrank.simulator import SimulatorConfig, encode_event, generate
 from rankcore.features import Vocabularies, encode, score
 from rankcore.holdout import DEFAULT_HOLDOUT_EVERY, DEFAULT_RECENT_S, HoldoutMetrics, evaluate, recent
@@ -223,7 +224,7 @@ def replay(
     # Candidates are cut while the traffic lasts: after its last impression the stream's tail
     # is the remaining actions and then misses alone, which no running shop has.
     last_cut = START_MS + int(duration_s * 1000)
-    bar = progress.bar("candidates", (last_cut - START_MS) // interval_ms, unit="candidates")
+    bar = progress_bar(progress, "candidates", (last_cut - START_MS) // interval_ms, unit="candidates")
     for now_ms, trained, held_out, open_held in stream(config, rate, duration_s):
         seen += trained
         seen += held_out

@@ -59,6 +59,7 @@ from typing import Any
 import numpy as np
 
 from freshrank.bench.common import Progress, labelled, save_figure
+from freshrank.bench.common import bar as progress_bar
 from freshrank.simulator import SimulatorConfig, encode_event, generate
 from rankcore.features import Batch, Vocabularies, encode
 from rankcore.holdout import DEFAULT_HOLDOUT_EVERY
@@ -380,7 +381,7 @@ def run_online(
     total = len(samples) if learn is None else int(learn.sum())
     report = next_report = max(total // 4, 1)
     learned = 0
-    bar = progress.bar("learning", total)
+    bar = progress_bar(progress, "learning", total)
     for step, rows in impression_schedule(impression_ms, known_ms, batch_size, learn):
         if step == "score":
             _score_rows(learner, samples, rows, vocabs, scores)
@@ -588,7 +589,7 @@ def run_river(
     subset = np.arange(0, len(samples), every)
     report = next_report = max(len(subset) // 4, 1)
     learned = 0
-    bar = progress.bar("river learning", len(subset))
+    bar = progress_bar(progress, "river learning", len(subset))
     pending: dict[int, dict[str, float]] = {}
     for step, rows in impression_schedule(impression_ms[subset], known_ms[subset], 1):
         for n in subset[rows].tolist():

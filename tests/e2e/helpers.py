@@ -60,11 +60,15 @@ class Lane:
         await send(self.bootstrap, records, self.items_topic)
 
 
-async def wait_for(predicate: Callable[[], bool], limit_s: float, what: str) -> None:
+async def wait_for(
+    predicate: Callable[[], bool], limit_s: float, what: str, state: Callable[[], object] | None = None
+) -> None:
+    """Poll ``predicate`` every 0.2 s; past ``limit_s`` fail, with ``state()`` in the message."""
     deadline = asyncio.get_running_loop().time() + limit_s
     while not predicate():
         if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {limit_s} s waiting for {what}")
+            seen = f"; state: {state()}" if state is not None else ""
+            raise AssertionError(f"timed out after {limit_s} s waiting for {what}{seen}")
         await asyncio.sleep(0.2)
 
 

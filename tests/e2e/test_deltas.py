@@ -166,7 +166,16 @@ async def test_a_poisoned_state_between_versions_is_held_at_the_snapshot_and_rel
             enough = asyncio.Event()  # clean traffic until then (see ShopTraffic.phase)
             clean = asyncio.create_task(phase(40, flipped=False, until=enough))
             try:
-                await wait_for(lambda: updater.status()["deltas"]["holds"] >= 1, 40, "a hold")
+                # On 2 shared cores under the whole suite the checks fall behind the traffic:
+                # 60 s, and what the checks saw if even that is not enough.
+                await wait_for(
+                    lambda: updater.status()["deltas"]["holds"] >= 1,
+                    60,
+                    "a hold",
+                    lambda: {
+                        k: updater.status()["deltas"][k] for k in ("checks", "checks_failed", "last_check")
+                    },
+                )
                 hold = updater.status()["deltas"]["last_hold"]
                 print(f"hold: {hold}")
                 assert (hold["version"], hold["upto"], hold["by"]) == (version, cut, "check")

@@ -34,7 +34,10 @@ def test_every_service_listens_on_loopback_only(shared_stack: EmbeddedStack) -> 
     assert s.broker.process.proc is not None
     triton = listening(s.triton.process.proc.pid)
     broker = listening(s.broker.process.proc.pid)
-    assert triton == {("127.0.0.1", s.triton.http_port), ("127.0.0.1", s.triton.grpc_port)}
+    # HTTP, gRPC and Triton's Prometheus metrics.
+    assert triton == {
+        ("127.0.0.1", p) for p in (s.triton.http_port, s.triton.grpc_port, s.triton.metrics_port)
+    }
     assert broker == {("127.0.0.1", s.broker.port)}
     # PostgreSQL: a Unix socket in its data directory, no TCP address at all.
     postmaster = int((s.postgres.pgdata / "postmaster.pid").read_text().split()[0])
@@ -45,6 +48,7 @@ def test_every_service_listens_on_loopback_only(shared_stack: EmbeddedStack) -> 
     assert a.bootstrap == f"127.0.0.1:{s.broker.port}"
     assert a.triton_grpc == f"127.0.0.1:{s.triton.grpc_port}"
     assert a.triton_http == f"127.0.0.1:{s.triton.http_port}"
+    assert a.triton_metrics == f"http://127.0.0.1:{s.triton.metrics_port}/metrics"
 
 
 def test_listening_elsewhere_is_explicit_and_stays_dialable(tmp_path: Path) -> None:
