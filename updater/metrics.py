@@ -147,7 +147,9 @@ def _counters(s: Status) -> Iterator[Metric]:
         s.versions_published,
     )
     yield _counter(
-        "freshrank_versions_rejected", "Candidate versions the gate or a check rejected", s.versions_rejected
+        "freshrank_versions_rejected",
+        "Candidate versions the gate or the ONNX parity check rejected",
+        s.versions_rejected,
     )
     yield _counter("freshrank_rollbacks", "Rollbacks to an earlier version", s.rollbacks)
     yield _counter(
