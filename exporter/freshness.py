@@ -11,8 +11,13 @@ FRESHNESS_MEMORY = 50_000
 
 
 def percentile(values: Iterable[float], q: float) -> float | None:
+    return percentiles(values, q)[0]
+
+
+def percentiles(values: Iterable[float], *qs: float) -> list[float | None]:
+    """Several percentiles of ``values`` in one pass (None each when there are none)."""
     arr = np.asarray(list(values), dtype=np.float64)
-    return float(np.percentile(arr, q)) if arr.size else None
+    return [float(v) for v in np.percentile(arr, qs)] if arr.size else [None] * len(qs)
 
 
 class Freshness:
@@ -57,6 +62,14 @@ class Freshness:
         return percentile((f for _, f in self.by_action), q)
 
     def percentiles(self, *qs: float) -> list[float | None]:
-        """Several percentiles of one pass over what was measured."""
-        arr = np.fromiter((f for _, f in self.by_action), dtype=np.float64, count=len(self.by_action))
-        return [float(v) for v in np.percentile(arr, qs)] if arr.size else [None] * len(qs)
+        return percentiles((f for _, f in self.by_action), *qs)
+
+    def served_since(self, since: float) -> list[float]:
+        """The freshness of what was served at ``since`` or later (an action's time plus its
+        freshness is when it was served; :attr:`by_action` is in the order served)."""
+        out = []
+        for action_at, fresh in reversed(self.by_action):
+            if action_at + fresh < since:
+                break
+            out.append(fresh)
+        return out

@@ -11,8 +11,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
+from exporter.freshness import percentiles
 from updater.status import Status
 
 HISTORY_POINTS = 3_600
@@ -49,11 +48,7 @@ class History:
             # A counter that went back (a restarted process's) has no rate at this point.
             rates = [(c - p) / dt if c >= p else None for c, p in zip(counts, self._last[1:], strict=True)]
         self._last = (t, *counts)
-        fresh = (
-            [float(v) for v in np.percentile(np.asarray(fresh_last_minute), (50, 95, 99))]
-            if len(fresh_last_minute)
-            else [None, None, None]
-        )
+        fresh = percentiles(fresh_last_minute, 50, 95, 99)
         point: dict[str, float | None] = {
             "t": t,
             "events_per_s": rates[0],

@@ -14,8 +14,6 @@ except where the status carries them from the registry (versions published).
 
 from __future__ import annotations
 
-import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, generate_latest
@@ -29,17 +27,14 @@ from updater.status import Status
 FRESHNESS_BUCKETS = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 STAGES = ("export", "gate", "load", "check")
-# The dashboard's freshness percentiles are over what was served in the last minute.
-RECENT_FRESHNESS = 50_000
 
 
 class UpdaterMetrics:
     """One updater's registry: its status as counters and gauges, its histograms, and the
     process's CPU, memory and file descriptors (``process_*``)."""
 
-    def __init__(self, status: Callable[[], Status | None], clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, status: Callable[[], Status | None]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.clock = clock
         self.freshness = Histogram(
             "freshrank_freshness_seconds",
             "Seconds from a shopper's action to the first answer of a served state that learned it",
@@ -57,8 +52,6 @@ class UpdaterMetrics:
         )
         for stage in STAGES:
             self.stage.labels(stage)  # every stage appears from the first scrape
-        # (served at, freshness): the dashboard's recent percentiles.
-        self.recent_freshness: deque[tuple[float, float]] = deque(maxlen=RECENT_FRESHNESS)
         self.registry.register(StatusCollector(status))
         ProcessCollector(registry=self.registry)
 
@@ -67,19 +60,8 @@ class UpdaterMetrics:
         self.stage.labels(stage).observe(seconds)
 
     def served_fresh(self, seconds: Sequence[float]) -> None:
-        now = self.clock()
         for s in seconds:
             self.freshness.observe(s)
-            self.recent_freshness.append((now, s))
-
-    def fresh_since(self, since: float) -> list[float]:
-        """Freshness of what was served at ``since`` or later."""
-        out = []
-        for at, s in reversed(self.recent_freshness):
-            if at < since:
-                break
-            out.append(s)
-        return out
 
     def exposition(self) -> bytes:
         """The Prometheus text format of everything above."""

@@ -140,7 +140,7 @@ class Updater:
             on_max_version=lambda version: self.release.raise_version_floor(version),
         )
         # Counters and gauges read the status at each scrape; histograms are observed as they happen.
-        self.metrics = UpdaterMetrics(lambda: self._status() if self._holds_lease else None, self.clock.time)
+        self.metrics = UpdaterMetrics(lambda: self._status() if self._holds_lease else None)
         self.history = History()
         self.web = (
             WebEndpoint(s.metrics_host, s.metrics_port, self.metrics.exposition, self._dashboard)
@@ -867,5 +867,5 @@ class Updater:
             status = self._write_status()
             if status is not None:
                 since = status.updated_at - FRESHNESS_WINDOW_S
-                self.history.record(status, self.metrics.fresh_since(since))
+                self.history.record(status, self.release.freshness.served_since(since))
             await asyncio.sleep(1.0)

@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 DEFAULT_METRICS_HOST = "127.0.0.1"
 DEFAULT_METRICS_PORT = 9468
 DASHBOARD_DIR = Path(__file__).resolve().parent / "dashboard"
-STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html"}
 
 
 class WebEndpoint:

@@ -58,7 +58,7 @@ async def test_a_scrape_reads_the_status_and_the_histograms_move_with_each_relea
     async with updater:
         await wait_for(lambda: updater.learner.samples_trained == 80, what="every sample learned")
         await wait_for(lambda: updater.release.served_version is not None, what="a version served")
-        await wait_for(lambda: len(updater.metrics.recent_freshness) > 0, what="freshness measured")
+        await wait_for(lambda: len(updater.release.freshness.by_action) > 0, what="freshness measured")
         got = parse(updater.metrics.exposition())
         status = updater.status()  # no await between: the same moment as the scrape
     assert got[("freshrank_writer", ())] == 1
